@@ -1,0 +1,49 @@
+# towerflow: the two commands a newcomer needs are `make run` and `make test`.
+# Each installs what it needs first (virtualenv, pinned packages, data).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DATA_DIR ?= data
+RUN_DIR ?= runs/local
+STAMP := $(VENV)/.installed
+
+.PHONY: setup data run test test-fast test-e2e lint clean
+
+# tfx 1.16.0 declares Requires-Python <3.11 although every compiled dependency
+# of the 1.16 line ships cp311 wheels and the stack works on 3.11 (see
+# DESIGN.md, "Stack facts"); newer TFX lines have no Linux wheels for
+# ml-metadata/TFDV. So pip must be told to ignore that one declaration. The
+# constraints file pins the whole resolved set, so the install needs no backtracking.
+$(STAMP): setup.py constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24" wheel "setuptools>=69,<75"
+	$(BIN)/python -m pip install --ignore-requires-python -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+$(DATA_DIR)/ml-100k/MANIFEST.json: | $(STAMP)
+	$(BIN)/towerflow data fetch --dataset ml-100k --data-dir $(DATA_DIR)
+
+data: $(DATA_DIR)/ml-100k/MANIFEST.json
+
+# The main job: the pipeline on the embedded default data (MovieLens-100K).
+run: setup data
+	$(BIN)/towerflow run --data-dir $(DATA_DIR)/ml-100k --output-dir $(RUN_DIR)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test-fast: setup data
+	$(BIN)/pytest -m "not e2e" -q
+
+test-e2e: setup data
+	$(BIN)/pytest -m e2e -q
+
+# Everything CI runs: lint, the fast suite, then the end-to-end suite.
+test: lint test-fast test-e2e
+
+clean:
+	rm -rf $(RUN_DIR) build *.egg-info

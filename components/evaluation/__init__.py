@@ -1,0 +1,1 @@
+"""Offline evaluation: the time-split protocol of DESIGN.md and the ranking / beyond-accuracy metrics."""

@@ -1,0 +1,1 @@
+"""Ingestion: raw interaction logs -> validated, point-in-time, time-split tf.Examples."""

@@ -1,0 +1,124 @@
+"""The Ingestion TFX component: runs the Beam ingestion graph and records what it made.
+
+Outputs
+  examples      standard `Examples` with splits train/eval/test (gzipped
+                tf.Example TFRecords), plus custom properties that lineage shows:
+                split strategy and cut-offs, rows per split, quarantined rows,
+                input path and fingerprint.
+  item_catalog  every item with its features (tf.Examples), for the index builder.
+  quarantine    JSON lines {table, reason, line} of every row that was rejected.
+
+A run whose bad-row fraction in any table exceeds `max_bad_fraction` fails
+with a message naming the table, the fraction and the most common reasons; the
+quarantine is written first so the user can see what went wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import apache_beam as beam
+from tfx import types
+from tfx.dsl.component.experimental.annotations import BeamComponentParameter, OutputArtifact, Parameter
+from tfx.dsl.component.experimental.decorators import component
+from tfx.types import standard_artifacts
+from tfx.types.standard_artifact_utils import encode_split_names
+
+from components.ingestion import beam_ingest
+from components.ingestion.splits import GLOBAL_TIME, SPLITS, SplitConfig
+
+
+class ItemCatalog(types.Artifact):
+    """Every catalog item with its features, as gzipped tf.Example TFRecords."""
+
+    TYPE_NAME = "towerflow.ItemCatalog"
+
+
+class QuarantinedRows(types.Artifact):
+    """Rows ingestion rejected, as JSON lines with the table and the reason."""
+
+    TYPE_NAME = "towerflow.QuarantinedRows"
+
+
+class BadRowsError(RuntimeError):
+    """Too many malformed rows for the run to be trusted."""
+
+
+def check_bad_rows(summary: dict, max_bad_fraction: float, quarantine_uri: str = "") -> None:
+    """Raises BadRowsError when some table's malformed fraction exceeds the threshold."""
+    for table, lines in sorted(summary["lines_read"].items()):
+        bad = summary["malformed_by_table"].get(table, 0)
+        if lines and bad / lines > max_bad_fraction:
+            reasons = sorted(
+                ((n, r) for r, n in summary["malformed_by_reason"].items() if r.startswith(f"{table}:")), reverse=True
+            )
+            top = "; ".join(f"{r.split(': ', 1)[1]} x{n}" for n, r in reasons[:3])
+            raise BadRowsError(
+                f"{bad} of {lines} rows of the {table} table are malformed ({bad / lines:.2%} > allowed "
+                f"{max_bad_fraction:.2%}); most common: {top}. Every rejected row is in {quarantine_uri or 'the quarantine output'}."
+            )
+
+
+@component(use_beam=True)
+def Ingestion(  # noqa: N802 - TFX names components like classes
+    examples: OutputArtifact[standard_artifacts.Examples],
+    item_catalog: OutputArtifact[ItemCatalog],
+    quarantine: OutputArtifact[QuarantinedRows],
+    data_dir: Parameter[str],
+    dataset_format: Parameter[str],
+    input_fingerprint: Parameter[str] = "",
+    split_strategy: Parameter[str] = GLOBAL_TIME,
+    train_fraction: Parameter[float] = 0.8,
+    eval_fraction: Parameter[float] = 0.9,
+    leave_last_n: Parameter[int] = 1,
+    history_length: Parameter[int] = 20,
+    max_bad_fraction: Parameter[float] = 0.01,
+    beam_pipeline: BeamComponentParameter[beam.Pipeline] = None,
+):
+    """Parses, validates, joins, adds point-in-time features and splits by time.
+
+    `train_fraction`/`eval_fraction` are the global_time quantiles (train <
+    q(train_fraction) <= eval < q(eval_fraction) <= test); `input_fingerprint`
+    is a content hash of `data_dir` so changed data is never served from cache.
+    """
+    split = SplitConfig(split_strategy, (train_fraction, eval_fraction), leave_last_n)
+    summary_path = os.path.join(examples.uri, beam_ingest.SUMMARY_FILE)
+    with beam_pipeline as pipeline:
+        beam_ingest.build_ingestion(
+            pipeline,
+            data_dir=data_dir,
+            fmt_name=dataset_format,
+            split=split,
+            history_length=history_length,
+            examples_uri=examples.uri,
+            catalog_uri=item_catalog.uri,
+            quarantine_uri=quarantine.uri,
+            summary_path=summary_path,
+        )
+    with open(summary_path, encoding="utf-8") as f:
+        summary = json.load(f)
+
+    examples.split_names = encode_split_names(list(SPLITS))
+    examples.span = 0
+    properties = {
+        "split_strategy": split_strategy,
+        "split_cutoffs": summary["cutoffs"] or [],
+        "split_fractions": [train_fraction, eval_fraction],
+        "leave_last_n": leave_last_n,
+        "split_counts": summary["split_counts"],
+        "lines_read": summary["lines_read"],
+        "malformed_by_table": summary["malformed_by_table"],
+        "malformed_by_reason": summary["malformed_by_reason"],
+        "num_users": summary["num_users"],
+        "num_items": summary["num_items"],
+        "input_path": data_dir,
+        "input_fingerprint": input_fingerprint,
+        "history_length": history_length,
+    }
+    for key, value in properties.items():
+        examples.set_json_value_custom_property(key, value)
+    item_catalog.set_int_custom_property("num_items", summary["num_items"])
+    quarantine.set_int_custom_property("num_rows", sum(summary["malformed_by_table"].values()))
+    quarantine.set_json_value_custom_property("by_reason", summary["malformed_by_reason"])
+    check_bad_rows(summary, max_bad_fraction, quarantine.uri)

@@ -1,0 +1,78 @@
+"""Typed configuration of a towerflow pipeline run: one place where defaults live."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from components.ingestion.splits import SPLIT_STRATEGIES
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SCHEMA = REPO_ROOT / "schemas" / "schema.pbtxt"
+
+
+def default_beam_args(workers: int | None = None) -> list[str]:
+    """DirectRunner in multi-processing mode, one worker per core."""
+    workers = workers or os.cpu_count() or 1
+    return ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
+
+
+@dataclass
+class IngestionConfig:
+    """How raw logs become examples. See components/ingestion/beam_ingest.py."""
+
+    dataset_format: str | None = None  # None: detected from the files
+    split_strategy: str = "global_time"
+    train_fraction: float = 0.8
+    eval_fraction: float = 0.9
+    leave_last_n: int = 1
+    history_length: int = 20
+    max_bad_fraction: float = 0.01
+
+    def __post_init__(self):
+        if self.split_strategy not in SPLIT_STRATEGIES:
+            raise ValueError(f"split_strategy must be one of {SPLIT_STRATEGIES}, got {self.split_strategy!r}")
+        if not 0.0 < self.train_fraction <= self.eval_fraction <= 1.0:
+            raise ValueError(
+                f"need 0 < train_fraction <= eval_fraction <= 1, got {self.train_fraction}, {self.eval_fraction}"
+            )
+        if self.leave_last_n < 1:
+            raise ValueError(f"leave_last_n must be >= 1, got {self.leave_last_n}")
+        if self.history_length < 1:
+            raise ValueError(f"history_length must be >= 1, got {self.history_length}")
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise ValueError(f"max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
+
+
+@dataclass
+class PipelineConfig:
+    """Everything a run needs; runners resolve paths, create_pipeline takes this."""
+
+    data_dir: str
+    pipeline_root: str
+    metadata_path: str
+    pipeline_name: str = "towerflow"
+    ingestion: IngestionConfig = field(default_factory=IngestionConfig)
+    schema_path: str | None = str(DEFAULT_SCHEMA)  # None or missing file: infer with SchemaGen
+    beam_pipeline_args: list[str] = field(default_factory=default_beam_args)
+    enable_cache: bool = True
+
+    def __post_init__(self):
+        if not Path(self.data_dir).is_dir():
+            raise ValueError(f"data_dir {self.data_dir!r} is not a directory; run `towerflow data fetch` first")
+        if not self.pipeline_name.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"pipeline_name must be alphanumeric with - or _, got {self.pipeline_name!r}")
+
+
+def fingerprint_dir(path: str | os.PathLike) -> str:
+    """Content hash of every file under `path` (names and bytes), for cache keys and lineage."""
+    digest = hashlib.blake2b(digest_size=16)
+    root = Path(path)
+    for file in sorted(p for p in root.rglob("*") if p.is_file() and p.name != "MANIFEST.json"):
+        digest.update(str(file.relative_to(root)).encode())
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()

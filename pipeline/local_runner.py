@@ -1,0 +1,172 @@
+"""Runs the pipeline with TFX's LocalDagRunner and an ML Metadata SQLite store.
+
+`run_local` also watches the store while the run goes, printing each
+component as it starts and finishes, and returns a `RunSummary` read back from
+MLMD (splits, counts, quarantined rows, artifact locations).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ml_metadata import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+from tfx import v1 as tfx
+
+from pipeline.config import PipelineConfig
+from pipeline.pipeline import create_pipeline
+
+_STATE_NAMES = {
+    metadata_store_pb2.Execution.NEW: "new",
+    metadata_store_pb2.Execution.RUNNING: "running",
+    metadata_store_pb2.Execution.COMPLETE: "done",
+    metadata_store_pb2.Execution.FAILED: "FAILED",
+    metadata_store_pb2.Execution.CACHED: "cached",
+    metadata_store_pb2.Execution.CANCELED: "canceled",
+}
+
+
+def sqlite_connection(metadata_path: str) -> metadata_store_pb2.ConnectionConfig:
+    Path(metadata_path).parent.mkdir(parents=True, exist_ok=True)
+    return tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path)
+
+
+@dataclass
+class RunSummary:
+    """What a run produced, read back from MLMD."""
+
+    pipeline_root: str
+    metadata_path: str
+    seconds: float
+    executions: list[tuple[str, str]] = field(default_factory=list)  # (component, state)
+    artifacts: dict[str, str] = field(default_factory=dict)  # "Component.output" -> uri
+    examples_properties: dict = field(default_factory=dict)
+
+    def format(self) -> str:
+        lines = [f"Pipeline run finished in {self.seconds:.1f}s"]
+        lines += [f"  {name:<20} {state}" for name, state in self.executions]
+        props = self.examples_properties
+        if props:
+            counts = props.get("split_counts", {})
+            lines.append(
+                "Splits ({}): {}".format(
+                    props.get("split_strategy"), ", ".join(f"{k} {v:,}" for k, v in counts.items())
+                )
+            )
+            if props.get("split_cutoffs"):
+                lines.append(f"  time cut-offs: {props['split_cutoffs']}")
+            bad = props.get("malformed_by_table", {})
+            lines.append(
+                f"Users {props.get('num_users', 0):,}, items {props.get('num_items', 0):,}, "
+                f"quarantined rows {sum(bad.values()):,} {dict(bad) if bad else ''}".rstrip()
+            )
+        lines.append("Artifacts:")
+        lines += [f"  {key:<32} {uri}" for key, uri in sorted(self.artifacts.items())]
+        lines.append(f"ML Metadata store: {self.metadata_path}")
+        return "\n".join(lines)
+
+
+def _latest_executions(store: metadata_store.MetadataStore, run_started: float) -> dict[str, int]:
+    """Component id -> state of its newest execution created since the run started."""
+    states = {}
+    for execution in store.get_executions():
+        if execution.create_time_since_epoch / 1000.0 < run_started - 1:
+            continue
+        node = execution.custom_properties.get("__node_id__")
+        name = node.string_value if node is not None and node.string_value else execution.name
+        states[name] = execution.last_known_state
+    return states
+
+
+class _ProgressWatcher(threading.Thread):
+    """Polls MLMD and reports component state changes; read-only, so it never blocks the run."""
+
+    def __init__(self, metadata_path: str, started: float, report: Callable[[str], None], interval: float = 1.0):
+        super().__init__(daemon=True)
+        self._path, self._started, self._report, self._interval = metadata_path, started, report, interval
+        self._stop = threading.Event()
+        self._seen: dict[str, int] = {}
+        self._since: dict[str, float] = {}
+
+    def poll(self) -> None:
+        try:
+            store = metadata_store.MetadataStore(sqlite_connection(self._path))
+            states = _latest_executions(store, self._started)
+        except Exception:  # the store may not exist yet or be mid-write; try again next tick
+            return
+        for name, state in states.items():
+            if self._seen.get(name) == state:
+                continue
+            now = time.time()
+            self._since.setdefault(name, now)
+            took = f" ({now - self._since[name]:.1f}s)" if state != metadata_store_pb2.Execution.RUNNING else ""
+            self._report(f"[{now - self._started:7.1f}s] {name:<20} {_STATE_NAMES.get(state, state)}{took}")
+            self._seen[name] = state
+
+    def run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.poll()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.join()
+        self.poll()
+
+
+def read_run_summary(config: PipelineConfig, started: float) -> RunSummary:
+    store = metadata_store.MetadataStore(sqlite_connection(config.metadata_path))
+    summary = RunSummary(config.pipeline_root, config.metadata_path, time.time() - started)
+    states = _latest_executions(store, started)
+    summary.executions = [(name, _STATE_NAMES.get(state, str(state))) for name, state in states.items()]
+    for execution in store.get_executions():
+        if execution.create_time_since_epoch / 1000.0 < started - 1:
+            continue
+        node = (
+            execution.custom_properties["__node_id__"].string_value
+            if "__node_id__" in execution.custom_properties
+            else execution.name
+        )
+        for event in store.get_events_by_execution_ids([execution.id]):
+            if event.type != metadata_store_pb2.Event.OUTPUT:
+                continue
+            [artifact] = store.get_artifacts_by_id([event.artifact_id])
+            key = event.path.steps[0].key if event.path.steps else str(artifact.id)
+            summary.artifacts[f"{node}.{key}"] = artifact.uri
+            if node == "Ingestion" and key == "examples":
+                summary.examples_properties = _json_properties(artifact)
+    return summary
+
+
+def _json_properties(artifact: metadata_store_pb2.Artifact) -> dict:
+    from google.protobuf import json_format
+
+    out = {}
+    for key, value in artifact.custom_properties.items():
+        if value.HasField("struct_value"):
+            out[key] = json_format.MessageToDict(value.struct_value).get("__value__")
+        elif value.HasField("string_value"):
+            out[key] = value.string_value
+        elif value.HasField("int_value"):
+            out[key] = value.int_value
+        elif value.HasField("double_value"):
+            out[key] = value.double_value
+    return out
+
+
+def run_local(config: PipelineConfig, report: Callable[[str], None] | None = print) -> RunSummary:
+    """Runs the whole pipeline locally; raises if a component fails."""
+    pipeline = create_pipeline(config, metadata_connection_config=sqlite_connection(config.metadata_path))
+    started = time.time()
+    watcher = _ProgressWatcher(config.metadata_path, started, report) if report else None
+    if watcher:
+        watcher.start()
+    try:
+        tfx.orchestration.LocalDagRunner().run(pipeline)
+    finally:
+        if watcher:
+            watcher.stop()
+    return read_run_summary(config, started)

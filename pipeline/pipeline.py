@@ -1,0 +1,51 @@
+"""`create_pipeline`: the one factory of the towerflow TFX pipeline.
+
+Runners (local_runner.py, kubeflow_runner.py) resolve roots and metadata and
+call this; every path and setting comes in through `PipelineConfig`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tfx import v1 as tfx
+
+from components.ingestion import readers
+from components.ingestion.component import Ingestion
+from pipeline.config import PipelineConfig, fingerprint_dir
+
+
+def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> tfx.dsl.Pipeline:
+    """Builds ingestion -> StatisticsGen -> SchemaGen|ImportSchemaGen -> ExampleValidator."""
+    ing = config.ingestion
+    data_dir = os.path.abspath(config.data_dir)
+    dataset_format = ing.dataset_format or readers.detect_format(data_dir)
+    ingestion = Ingestion(
+        data_dir=data_dir,
+        dataset_format=dataset_format,
+        input_fingerprint=fingerprint_dir(data_dir),
+        split_strategy=ing.split_strategy,
+        train_fraction=ing.train_fraction,
+        eval_fraction=ing.eval_fraction,
+        leave_last_n=ing.leave_last_n,
+        history_length=ing.history_length,
+        max_bad_fraction=ing.max_bad_fraction,
+    )
+    statistics_gen = tfx.components.StatisticsGen(examples=ingestion.outputs["examples"])
+    if config.schema_path and Path(config.schema_path).is_file():
+        schema_gen = tfx.components.ImportSchemaGen(schema_file=str(config.schema_path))
+    else:
+        schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
+    example_validator = tfx.components.ExampleValidator(
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"]
+    )
+    components = [ingestion, statistics_gen, schema_gen, example_validator]
+    return tfx.dsl.Pipeline(
+        pipeline_name=config.pipeline_name,
+        pipeline_root=config.pipeline_root,
+        components=components,
+        enable_cache=config.enable_cache,
+        metadata_connection_config=metadata_connection_config,
+        beam_pipeline_args=list(config.beam_pipeline_args),
+    )
