@@ -132,3 +132,85 @@ def context_features(timestamp: int) -> dict:
     """Time-of-day and day-of-week of a request or interaction, in UTC."""
     moment = _dt.datetime.fromtimestamp(int(timestamp), tz=_dt.UTC)
     return {CTX_HOUR: moment.hour, CTX_DAY_OF_WEEK: moment.weekday()}
+
+
+# =============================================================================
+# Transformed features: the outputs of models.preprocessing.preprocessing_fn.
+# The models, the trainers and the serving signatures read these keys; the raw
+# names above stay the ingestion contract.
+#
+# Every id feature is an int64 index into an embedding table whose row 0 is
+# reserved for padding (PAD_ID): vocabulary index i is stored as i + 1 and the
+# OOV buckets follow the vocabulary, so a model can mask with `ids != PAD_ID`
+# and never has to special-case -1. List features are right-padded with PAD_ID
+# to the fixed lengths below.
+# =============================================================================
+TRANSFORMED_SUFFIX = "_xf"
+
+
+def transformed_name(key: str) -> str:
+    """Name of the transformed feature derived from raw feature `key`."""
+    return key + TRANSFORMED_SUFFIX
+
+
+PAD_ID = 0
+NUM_OOV_BUCKETS = 1
+HIST_MAX_LEN = DEFAULT_HISTORY_LENGTH
+GENRES_MAX_LEN = 8
+TITLE_MAX_TOKENS = 12
+
+# --- ids and categories: int64 [B] ------------------------------------------
+USER_ID_XF = transformed_name(USER_ID)
+ITEM_ID_XF = transformed_name(ITEM_ID)
+USER_GENDER_XF = transformed_name(USER_GENDER)
+USER_OCCUPATION_XF = transformed_name(USER_OCCUPATION)
+USER_ZIP_PREFIX_XF = "user_zip_prefix" + TRANSFORMED_SUFFIX  # first 3 chars of the zip code
+USER_AGE_BUCKET_XF = "user_age_bucket" + TRANSFORMED_SUFFIX  # bucket 0 = unknown age
+ITEM_YEAR_BUCKET_XF = "item_release_year_bucket" + TRANSFORMED_SUFFIX  # bucket 0 = unknown year
+CTX_HOUR_XF = transformed_name(CTX_HOUR)  # 0..23, no padding slot
+CTX_DAY_OF_WEEK_XF = transformed_name(CTX_DAY_OF_WEEK)  # 0..6, no padding slot
+
+# --- padded lists: int64 [B, *_MAX_LEN], PAD_ID after the last real entry ----
+HIST_ITEM_IDS_XF = transformed_name(HIST_ITEM_IDS)  # oldest first, same ids as ITEM_ID_XF
+ITEM_GENRES_XF = transformed_name(ITEM_GENRES)
+ITEM_TITLE_TOKENS_XF = "item_title_tokens" + TRANSFORMED_SUFFIX
+
+# --- dense numbers: float32 [B] ----------------------------------------------
+USER_PRIOR_COUNT_LOG_XF = "user_prior_count_log1p" + TRANSFORMED_SUFFIX
+USER_PRIOR_MEAN_RATING_XF = transformed_name(USER_PRIOR_MEAN_RATING)  # rating / 5
+USER_DAYS_SINCE_FIRST_LOG_XF = "user_days_since_first_log1p" + TRANSFORMED_SUFFIX
+ITEM_PRIOR_COUNT_LOG_XF = "item_prior_count_log1p" + TRANSFORMED_SUFFIX
+# log(share of training interactions that hit the item); unseen items get the
+# smallest share seen in training. Used for the log-Q correction of retrieval.
+ITEM_LOG_FREQUENCY_XF = "item_log_frequency" + TRANSFORMED_SUFFIX
+
+# --- labels -------------------------------------------------------------------
+RATING_XF = transformed_name(RATING)  # float32 [B]
+LIKED_XF = transformed_name(LIKED)  # float32 [B], 0.0 or 1.0
+
+# --- vocabulary files (read sizes with TFTransformOutput.vocabulary_size_by_name)
+USER_ID_VOCAB = "user_id_vocab"
+ITEM_ID_VOCAB = "item_id_vocab"  # shared by ITEM_ID_XF and HIST_ITEM_IDS_XF
+ITEM_FREQUENCY_VOCAB = "item_id_frequency_vocab"  # "count item_id" lines
+USER_GENDER_VOCAB = "user_gender_vocab"
+USER_OCCUPATION_VOCAB = "user_occupation_vocab"
+USER_ZIP_PREFIX_VOCAB = "user_zip_prefix_vocab"
+ITEM_GENRE_VOCAB = "item_genre_vocab"
+ITEM_TITLE_TOKEN_VOCAB = "item_title_token_vocab"
+
+# Transformed features each tower reads (labels and the log-Q weight excluded).
+QUERY_FEATURES_XF = (
+    USER_ID_XF,
+    USER_GENDER_XF,
+    USER_OCCUPATION_XF,
+    USER_ZIP_PREFIX_XF,
+    USER_AGE_BUCKET_XF,
+    HIST_ITEM_IDS_XF,
+    USER_PRIOR_COUNT_LOG_XF,
+    USER_PRIOR_MEAN_RATING_XF,
+    USER_DAYS_SINCE_FIRST_LOG_XF,
+    CTX_HOUR_XF,
+    CTX_DAY_OF_WEEK_XF,
+)
+CANDIDATE_FEATURES_XF = (ITEM_ID_XF, ITEM_GENRES_XF, ITEM_TITLE_TOKENS_XF, ITEM_YEAR_BUCKET_XF)
+LABEL_FEATURES_XF = (RATING_XF, LIKED_XF)

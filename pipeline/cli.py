@@ -110,8 +110,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_logs() -> None:
+    """Keep the terminal for progress and summaries: library INFO chatter and Beam worker warnings go."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    logging.getLogger().setLevel(logging.ERROR)
+    for name in ("apache_beam", "absl", "tensorflow"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    _quiet_logs()
     args = build_parser().parse_args(argv)
     started = time.time()
     try:

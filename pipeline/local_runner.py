@@ -13,10 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from google.protobuf import json_format
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
+from components.ingestion.splits import SPLITS
 from pipeline.config import PipelineConfig
 from pipeline.pipeline import create_pipeline
 
@@ -54,7 +56,7 @@ class RunSummary:
             counts = props.get("split_counts", {})
             lines.append(
                 "Splits ({}): {}".format(
-                    props.get("split_strategy"), ", ".join(f"{k} {v:,}" for k, v in counts.items())
+                    props.get("split_strategy"), ", ".join(f"{k} {counts[k]:,}" for k in SPLITS if k in counts)
                 )
             )
             if props.get("split_cutoffs"):
@@ -70,16 +72,28 @@ class RunSummary:
         return "\n".join(lines)
 
 
-def _latest_executions(store: metadata_store.MetadataStore, run_started: float) -> dict[str, int]:
-    """Component id -> state of its newest execution created since the run started."""
-    states = {}
-    for execution in store.get_executions():
-        if execution.create_time_since_epoch / 1000.0 < run_started - 1:
+def execution_nodes(store: metadata_store.MetadataStore, pipeline_name: str | None = None) -> dict[int, str]:
+    """Execution id -> the pipeline node (component id) it ran, from MLMD's node contexts."""
+    nodes = {}
+    for context in store.get_contexts_by_type("node"):
+        pipeline, _, node = context.name.partition(".")
+        if pipeline_name and pipeline != pipeline_name:
             continue
-        node = execution.custom_properties.get("__node_id__")
-        name = node.string_value if node is not None and node.string_value else execution.name
-        states[name] = execution.last_known_state
-    return states
+        for execution in store.get_executions_by_context(context.id):
+            nodes[execution.id] = node
+    return nodes
+
+
+def _executions_since(store: metadata_store.MetadataStore, started: float):
+    """(node, execution) of every execution created since `started`, oldest first."""
+    nodes = execution_nodes(store)
+    executions = [e for e in store.get_executions() if e.create_time_since_epoch / 1000.0 >= started - 1]
+    return [(nodes.get(e.id, e.name or str(e.id)), e) for e in sorted(executions, key=lambda e: e.id)]
+
+
+def _latest_executions(store: metadata_store.MetadataStore, started: float) -> dict[str, int]:
+    """Component id -> state of its newest execution created since the run started."""
+    return {node: execution.last_known_state for node, execution in _executions_since(store, started)}
 
 
 class _ProgressWatcher(threading.Thread):
@@ -87,15 +101,15 @@ class _ProgressWatcher(threading.Thread):
 
     def __init__(self, metadata_path: str, started: float, report: Callable[[str], None], interval: float = 1.0):
         super().__init__(daemon=True)
-        self._path, self._started, self._report, self._interval = metadata_path, started, report, interval
-        self._stop = threading.Event()
+        self._path, self._run_started, self._report, self._interval = metadata_path, started, report, interval
+        self._halt = threading.Event()
         self._seen: dict[str, int] = {}
         self._since: dict[str, float] = {}
 
     def poll(self) -> None:
         try:
             store = metadata_store.MetadataStore(sqlite_connection(self._path))
-            states = _latest_executions(store, self._started)
+            states = _latest_executions(store, self._run_started)
         except Exception:  # the store may not exist yet or be mid-write; try again next tick
             return
         for name, state in states.items():
@@ -104,15 +118,15 @@ class _ProgressWatcher(threading.Thread):
             now = time.time()
             self._since.setdefault(name, now)
             took = f" ({now - self._since[name]:.1f}s)" if state != metadata_store_pb2.Execution.RUNNING else ""
-            self._report(f"[{now - self._started:7.1f}s] {name:<20} {_STATE_NAMES.get(state, state)}{took}")
+            self._report(f"[{now - self._run_started:7.1f}s] {name:<20} {_STATE_NAMES.get(state, state)}{took}")
             self._seen[name] = state
 
     def run(self) -> None:
-        while not self._stop.wait(self._interval):
+        while not self._halt.wait(self._interval):
             self.poll()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join()
         self.poll()
 
@@ -122,14 +136,7 @@ def read_run_summary(config: PipelineConfig, started: float) -> RunSummary:
     summary = RunSummary(config.pipeline_root, config.metadata_path, time.time() - started)
     states = _latest_executions(store, started)
     summary.executions = [(name, _STATE_NAMES.get(state, str(state))) for name, state in states.items()]
-    for execution in store.get_executions():
-        if execution.create_time_since_epoch / 1000.0 < started - 1:
-            continue
-        node = (
-            execution.custom_properties["__node_id__"].string_value
-            if "__node_id__" in execution.custom_properties
-            else execution.name
-        )
+    for node, execution in _executions_since(store, started):
         for event in store.get_events_by_execution_ids([execution.id]):
             if event.type != metadata_store_pb2.Event.OUTPUT:
                 continue
@@ -137,23 +144,32 @@ def read_run_summary(config: PipelineConfig, started: float) -> RunSummary:
             key = event.path.steps[0].key if event.path.steps else str(artifact.id)
             summary.artifacts[f"{node}.{key}"] = artifact.uri
             if node == "Ingestion" and key == "examples":
-                summary.examples_properties = _json_properties(artifact)
+                summary.examples_properties = artifact_properties(artifact)
     return summary
 
 
-def _json_properties(artifact: metadata_store_pb2.Artifact) -> dict:
-    from google.protobuf import json_format
+def _plain(value):
+    """Struct numbers come back as floats; give integral ones back as ints."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
+
+def artifact_properties(artifact: metadata_store_pb2.Artifact) -> dict:
+    """Custom properties of an MLMD artifact as plain Python values (JSON ones decoded)."""
     out = {}
     for key, value in artifact.custom_properties.items():
-        if value.HasField("struct_value"):
-            out[key] = json_format.MessageToDict(value.struct_value).get("__value__")
-        elif value.HasField("string_value"):
-            out[key] = value.string_value
-        elif value.HasField("int_value"):
-            out[key] = value.int_value
-        elif value.HasField("double_value"):
-            out[key] = value.double_value
+        kind = value.WhichOneof("value")
+        if kind == "struct_value":
+            decoded = json_format.MessageToDict(value.struct_value)
+            # TFX wraps non-dict JSON values as {"__value__": value}
+            out[key] = _plain(decoded["__value__"] if set(decoded) == {"__value__"} else decoded)
+        elif kind in ("string_value", "int_value", "double_value", "bool_value"):
+            out[key] = getattr(value, kind)
     return out
 
 

@@ -44,10 +44,10 @@ import datetime as _dt
 import math
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -121,8 +121,8 @@ _NOUNS = (
     "Detective Horizon Vow Station Outlaw Melody Voyage Circus Tower Fortune Desert"
 ).split()
 _PROGRESS_SECONDS = 5.0
-_PILOT_ROWS = 20_000
-_DEDUP_ROUNDS = 4
+_PILOT_ROWS = 50_000
+_DEDUP_MODES = ("popular", "uniform", "uniform", "uniform", "explore", "explore")
 
 
 @dataclass
@@ -156,8 +156,6 @@ class SynthConfig:
             _check_int(name, getattr(self, name), minimum=1)
         _check_int("seed", self.seed, minimum=0)
         _check_int("start_time", self.start_time, minimum=0)
-        if self.start_time + self.duration_days * 86_400 >= 2**32:
-            raise ValueError("SynthConfig: start_time + duration_days must end before 2106 (unsigned 32-bit seconds)")
         for name, lo, lo_open in (
             ("popularity_exponent", 0.0, False),
             ("topic_concentration", 0.0, True),
@@ -224,11 +222,10 @@ class SynthWorld:
     _user_bias: np.ndarray
     _item_vec: np.ndarray
     _item_bias: np.ndarray
-    _sorted_key: np.ndarray  # topic * span + release offset, ascending
+    _released_end: np.ndarray  # (topics, days): sorted position after the items released by that day
     _sorted_item: np.ndarray  # item index at each sorted position
     _cum_weight: np.ndarray  # len items + 1, cumulative popularity in sorted order
     _topic_start: np.ndarray  # first sorted position of each topic
-    _span: int
     _affinity_mean: float = 0.0
     _affinity_std: float = 1.0
     _rating_cuts: np.ndarray | None = None
@@ -236,9 +233,6 @@ class SynthWorld:
     @property
     def topics(self) -> int:
         return self.user_topic_mix.shape[1]
-
-    def genres_of(self, items: np.ndarray) -> list[list[str]]:
-        return [[GENRES[g] for g in range(len(GENRES)) if m >> g & 1] for m in self.item_genre_mask[items]]
 
 
 def _rng(seed: int, *path: int) -> np.random.Generator:
@@ -294,10 +288,11 @@ def build_world(config: SynthConfig) -> SynthWorld:
     popularity = rank.astype(np.float64) ** -c.popularity_exponent
 
     back_catalog = anchor | (rng.random(n_i) < c.catalog_at_start)
-    item_release = np.where(
-        back_catalog, c.start_time, c.start_time + rng.integers(0, span, size=n_i, dtype=np.int64)
-    ).astype(np.int64)
-    start_year = _dt.datetime.fromtimestamp(c.start_time, _dt.timezone.utc).year
+    # Releases happen at the start of a (simulated) day, so "released by time
+    # t" is a (topic, day) table lookup instead of a per-row binary search.
+    release_day = np.where(back_catalog, 0, rng.integers(0, c.duration_days, size=n_i, dtype=np.int64))
+    item_release = c.start_time + release_day * 86_400
+    start_year = _dt.datetime.fromtimestamp(c.start_time, _dt.UTC).year
     old_year = np.maximum(1920, start_year - np.floor(rng.gamma(1.5, 8.0, size=n_i)).astype(np.int64))
     new_year = item_release.astype("datetime64[s]").astype("datetime64[Y]").astype(np.int64) + 1970
     item_release_year = np.where(back_catalog, old_year, new_year)
@@ -316,7 +311,8 @@ def build_world(config: SynthConfig) -> SynthWorld:
     item_title = _titles(rng, item_topic, item_release_year)
 
     order = np.lexsort((item_release, item_topic))
-    sorted_key = item_topic[order].astype(np.int64) * (span + 1) + (item_release[order] - c.start_time)
+    sorted_key = item_topic[order].astype(np.int64) * c.duration_days + release_day[order]
+    released_end = np.searchsorted(sorted_key, np.arange(k * c.duration_days), side="right").reshape(k, -1)
     cum_weight = np.concatenate([[0.0], np.cumsum(popularity[order])])
     topic_start = np.searchsorted(item_topic[order], np.arange(k))
 
@@ -342,8 +338,7 @@ def build_world(config: SynthConfig) -> SynthWorld:
     )
     prior = np.exp(prior_logit - prior_logit.max(axis=1, keepdims=True))
     prior /= prior.sum(axis=1, keepdims=True)
-    mix = _log_dirichlet_rows(c.topic_concentration * k * prior / k * 1.0, rng) if k > 1 else np.ones((n_u, 1))
-    mix = mix.astype(np.float32)
+    mix = _log_dirichlet_rows(c.topic_concentration * prior, rng).astype(np.float32)
     del prior, prior_logit
     topic_cum = np.cumsum(mix, axis=1, dtype=np.float32)
     user_vec = (mix @ centroid.astype(np.float32) + rng.standard_normal((n_u, d)).astype(np.float32) * 0.3).astype(
@@ -384,11 +379,10 @@ def build_world(config: SynthConfig) -> SynthWorld:
         _user_bias=user_bias,
         _item_vec=item_vec,
         _item_bias=item_bias,
-        _sorted_key=sorted_key,
+        _released_end=released_end,
         _sorted_item=order,
         _cum_weight=cum_weight,
         _topic_start=topic_start,
-        _span=span,
     )
     _calibrate_ratings(world)
     return world
@@ -403,32 +397,47 @@ def _titles(rng: np.random.Generator, topic: np.ndarray, year: np.ndarray) -> li
     style = rng.choice(4, size=n, p=[0.45, 0.25, 0.2, 0.1])
     sequel = rng.random(n) < 0.05
     out = []
-    for a, b, b2, s, q, y in zip(adj.tolist(), noun.tolist(), noun2.tolist(), style.tolist(), sequel.tolist(), year):
+    for a, b, b2, s, q, y in zip(
+        adj.tolist(), noun.tolist(), noun2.tolist(), style.tolist(), sequel.tolist(), year.tolist()
+    ):
+        part2 = " 2" if q else ""
         if s == 0:
-            t = f"{_ADJECTIVES[a]} {_NOUNS[b]}"
+            t = f"{_ADJECTIVES[a]} {_NOUNS[b]}{part2}"
         elif s == 1:
             # MovieLens moves the article to the end, which needs CSV quoting.
-            t = f"{_ADJECTIVES[a]} {_NOUNS[b]}, The"
+            t = f"{_ADJECTIVES[a]} {_NOUNS[b]}{part2}, The"
         elif s == 2:
-            t = f"{_NOUNS[b]} of the {_NOUNS[b2]}"
+            t = f"{_NOUNS[b]} of the {_NOUNS[b2]}{part2}"
         else:
-            t = f'"{_ADJECTIVES[a]}" {_NOUNS[b]}'
-        out.append(f"{t}{' 2' if q else ''} ({y})")
+            t = f'"{_ADJECTIVES[a]}" {_NOUNS[b]}{part2}'
+        out.append(f"{t} ({y})")
     return out
 
 
-def _sample_items(world: SynthWorld, users: np.ndarray, times: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Topic from the user's mixture, then a released item of it by popularity."""
+def _sample_items(
+    world: SynthWorld, users: np.ndarray, times: np.ndarray, rng: np.random.Generator, mode: str = "popular"
+) -> np.ndarray:
+    """Topic from the user's mixture, then a released item of it by popularity.
+
+    mode "uniform": uniform among the topic's released items; "explore": also
+    a uniformly random topic.
+    """
     k = world.topics
-    cum = world._user_topic_cum[users]
-    topic = (cum < rng.random(users.size, dtype=np.float32)[:, None]).sum(axis=1)
-    np.minimum(topic, k - 1, out=topic)  # float32 cumsum may end just below 1
+    if mode == "explore":
+        topic = rng.integers(0, k, size=users.size)
+    else:
+        cum = world._user_topic_cum[users]
+        topic = (cum < rng.random(users.size, dtype=np.float32)[:, None]).sum(axis=1)
+        np.minimum(topic, k - 1, out=topic)  # float32 cumsum may end just below 1
     c = world.config
-    end = np.searchsorted(world._sorted_key, topic * (world._span + 1) + (times - c.start_time), side="right")
+    end = world._released_end[topic, (times - c.start_time) // 86_400]
     start = world._topic_start[topic]
-    lo = world._cum_weight[start]
-    hi = world._cum_weight[end]
-    pos = np.searchsorted(world._cum_weight, lo + rng.random(users.size) * (hi - lo), side="right") - 1
+    if mode != "popular":
+        pos = start + np.floor(rng.random(users.size) * (end - start)).astype(np.int64)
+    else:
+        lo = world._cum_weight[start]
+        hi = world._cum_weight[end]
+        pos = np.searchsorted(world._cum_weight, lo + rng.random(users.size) * (hi - lo), side="right") - 1
     np.clip(pos, start, end - 1, out=pos)
     return world._sorted_item[pos]
 
@@ -453,10 +462,15 @@ def _calibrate_ratings(world: SynthWorld) -> None:
     # pilot sample of real (user, item) draws and cutting at its quantiles
     # gives a MovieLens-like rating histogram for any config.
     rng = _rng(world.config.seed, 3)
-    p = world.user_counts / world.user_counts.sum()
-    users = rng.choice(p.size, size=_PILOT_ROWS, p=p)
+    # Whole users (not single rows) so the pilot goes through the same
+    # de-duplication as the real log: moving repeats off the popular head
+    # shifts ratings down noticeably for heavy users.
+    pick = rng.permutation(world.config.users)
+    take = int(np.searchsorted(np.cumsum(world.user_counts[pick]), _PILOT_ROWS)) + 1
+    users = np.repeat(pick[:take], world.user_counts[pick[:take]])
     times = _sample_times(world, users, rng)
     items = _sample_items(world, users, times, rng)
+    _dedup(world, users, times, items, rng)
     aff = np.einsum("ij,ij->i", world._user_vec[users], world._item_vec[items])
     world._affinity_mean = float(aff.mean())
     world._affinity_std = float(aff.std()) or 1.0
@@ -467,19 +481,22 @@ def _dedup(world: SynthWorld, users: np.ndarray, times: np.ndarray, items: np.nd
     """Resample repeated (user, item) pairs in place, best effort.
 
     Real rating logs hold one rating per pair. A chunk holds whole users, so
-    checking within the chunk is enough. A user with more interactions than
-    released items in their topics keeps some repeats after the last round.
+    checking within the chunk is enough. Heavy users exhaust the popular head
+    of their topics, so after the first round repeats are redrawn uniformly
+    from the released items of a topic: the user moves into the long tail;
+    the last rounds explore any topic. A user with more interactions than
+    released items keeps some repeats.
     """
     n_items = world.config.items
     rows = np.arange(users.size)
-    for _ in range(_DEDUP_ROUNDS):
+    for round_ in range(len(_DEDUP_MODES)):
         key = users[rows] * n_items + items[rows]
         order = np.argsort(key, kind="stable")
         sk = key[order]
         dup = rows[order[1:][sk[1:] == sk[:-1]]]
         if dup.size == 0:
             return
-        items[dup] = _sample_items(world, users[dup], times[dup], rng)
+        items[dup] = _sample_items(world, users[dup], times[dup], rng, mode=_DEDUP_MODES[round_])
         rows = np.flatnonzero(np.isin(users, np.unique(users[dup])))
 
 
@@ -494,20 +511,20 @@ def _format_rows(parts: list, n: int) -> bytes:
     width = 0
     for p in parts:
         if isinstance(p, bytes):
-            layout.append((p, len(p)))
+            layout.append((p, len(p), None))
             width += len(p)
         else:
-            nd = len(str(int(p.max()))) if n else 1
-            layout.append((p, nd))
-            width += nd
+            top = int(p.max()) if n else 0
+            layout.append((p, len(str(top)), np.uint32 if top < 2**32 else np.uint64))
+            width += layout[-1][1]
     mat = np.empty((n, width), np.uint8)
     keep = np.ones((n, width), bool)
     col = 0
-    for p, w in layout:
+    for p, w, dtype in layout:
         if isinstance(p, bytes):
             mat[:, col : col + w] = np.frombuffer(p, np.uint8)
         else:
-            x = p.astype(np.uint32 if w <= 9 else np.uint64)
+            x = p.astype(dtype)
             for j in range(w - 1, -1, -1):
                 x, digit = np.divmod(x, 10)
                 mat[:, col + j] = digit
@@ -563,7 +580,9 @@ def _write_items(path: Path, world: SynthWorld) -> None:
         w = csv.writer(f, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
         w.writerow(ITEM_COLUMNS)
         w.writerows(
-            zip((f"i{j}" for j in range(world.config.items)), world.item_title, world.item_release_year.tolist(), genres)
+            zip(
+                (f"i{j}" for j in range(world.config.items)), world.item_title, world.item_release_year.tolist(), genres
+            )
         )
 
 

@@ -65,8 +65,7 @@ class _ParseTable(beam.DoFn):
             )
 
 
-def _read_table(pipeline, data_dir: str, fmt: readers.DatasetFormat, table: str):
-    spec = getattr(fmt, table)
+def _read_table(pipeline, data_dir: str, spec: readers.TableSpec, table: str):
     path = os.path.join(data_dir, spec.filename)
     lines = pipeline | f"Read{table.title()}" >> beam.io.ReadFromText(
         path, coder=beam.coders.BytesCoder(), skip_header_lines=spec.header_lines, strip_trailing_newlines=True
@@ -239,7 +238,7 @@ def _catalog_record(item: readers.Item) -> dict:
 
 
 def _count(pcoll, label: str, key_fn):
-    return pcoll | f"Key{label}" >> beam.Map(lambda x: (key_fn(x), 1))
+    return pcoll | f"Count{label}" >> beam.Map(lambda x: (key_fn(x), 1))
 
 
 def _summarize(counts: Iterable[tuple[str, int]], cutoffs) -> str:
@@ -290,20 +289,20 @@ def build_ingestion(
     summary_path: str,
 ):
     """Adds the ingestion graph to `pipeline`; run the pipeline to execute it."""
-    fmt = readers.FORMATS[fmt_name]
-    interactions, bad_interactions, line_count = _read_table(pipeline, data_dir, fmt, "interactions")
+    specs = {table: readers.resolve_spec(data_dir, fmt_name, table) for table in readers.TABLES}
+    interactions, bad_interactions, line_count = _read_table(pipeline, data_dir, specs["interactions"], "interactions")
     malformed = [bad_interactions]
     counts = [line_count]
 
-    if fmt.items is not None:
-        items, bad_items, line_count = _read_table(pipeline, data_dir, fmt, "items")
+    if specs["items"] is not None:
+        items, bad_items, line_count = _read_table(pipeline, data_dir, specs["items"], "items")
         malformed.append(bad_items)
         counts.append(line_count)
         keyed_items = items | "KeyItems" >> beam.Map(lambda it: (it.item_id, it))
     else:
         keyed_items = pipeline | "NoItems" >> beam.Create([])
-    if fmt.users is not None:
-        users, bad_users, line_count = _read_table(pipeline, data_dir, fmt, "users")
+    if specs["users"] is not None:
+        users, bad_users, line_count = _read_table(pipeline, data_dir, specs["users"], "users")
         malformed.append(bad_users)
         counts.append(line_count)
         keyed_users = users | "KeyUsers" >> beam.Map(lambda u: (u.user_id, u))
@@ -318,7 +317,7 @@ def build_ingestion(
         by_item
         | "GroupByItem" >> beam.CoGroupByKey()
         | "JoinItems"
-        >> beam.ParDo(_JoinItem(require_known_items=fmt.items is not None)).with_outputs(
+        >> beam.ParDo(_JoinItem(require_known_items=specs["items"] is not None)).with_outputs(
             _JoinItem.UNKNOWN_ITEM, main="joined"
         )
     )
@@ -361,7 +360,7 @@ def build_ingestion(
     )
 
     # The catalog is the item table when there is one, else the items seen in logs.
-    if fmt.items is not None:
+    if specs["items"] is not None:
         catalog = items | "CatalogRecords" >> beam.Map(_catalog_record)
     else:
         catalog = (

@@ -13,7 +13,6 @@ with a message naming the table, the fraction and the most common reasons; the
 quarantine is written first so the user can see what went wrong.
 """
 
-from __future__ import annotations
 
 import json
 import os
@@ -56,7 +55,8 @@ def check_bad_rows(summary: dict, max_bad_fraction: float, quarantine_uri: str =
             top = "; ".join(f"{r.split(': ', 1)[1]} x{n}" for n, r in reasons[:3])
             raise BadRowsError(
                 f"{bad} of {lines} rows of the {table} table are malformed ({bad / lines:.2%} > allowed "
-                f"{max_bad_fraction:.2%}); most common: {top}. Every rejected row is in {quarantine_uri or 'the quarantine output'}."
+                f"{max_bad_fraction:.2%}); most common: {top}. "
+                f"Every rejected row is in {quarantine_uri or 'the quarantine output'}."
             )
 
 

@@ -1,0 +1,152 @@
+"""Ingestion's Beam graph on hand-made edge cases: leakage, ties, tiny users, empty splits, quarantine."""
+
+import csv
+
+import pytest
+from ingestion_checks import assert_no_leakage, run_ingestion
+
+from components.ingestion.component import BadRowsError, check_bad_rows
+from components.ingestion.splits import SplitConfig
+from models import features as F
+
+USERS = [("u1", 25, "M", "writer", "12345"), ("u2", 40, "F", "artist", "54321"), ("u3", 33, "F", "none", "99999")]
+ITEMS = [("i1", "One", 1990, "Drama"), ("i2", "Two", 1995, "Comedy|Drama"), ("i3", "Three", 2001, "")]
+
+
+def write_dataset(path, interactions, users=USERS, items=ITEMS, extra_lines=()):
+    """A dataset in the towerflow CSV format; `extra_lines` are appended verbatim (bytes) to interactions."""
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / "users.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["user_id", "age", "gender", "occupation", "zip_code"])
+        w.writerows(users)
+    with open(path / "items.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["item_id", "title", "release_year", "genres"])
+        w.writerows(items)
+    with open(path / "interactions.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["user_id", "item_id", "rating", "timestamp"])
+        w.writerows(interactions)
+    if extra_lines:
+        with open(path / "interactions.csv", "ab") as f:
+            for line in extra_lines:
+                f.write(line + b"\n")
+    return path
+
+
+# u1 rates i1 and i2 in the same second (a tie), then i3; u2 has a single interaction; u3 two.
+INTERACTIONS = [
+    ("u1", "i2", 4, 100),
+    ("u1", "i1", 5, 100),
+    ("u1", "i3", 3, 300),
+    ("u2", "i1", 2, 200),
+    ("u3", "i3", 4, 150),
+    ("u3", "i2", 1, 400),
+    ("u3", "i1", 5, 500),
+]
+
+
+def _by_key(rows):
+    return {(r[F.USER_ID], r[F.ITEM_ID]): r for r in rows}
+
+
+def test_ties_single_interactions_and_features(tmp_path):
+    data = write_dataset(tmp_path / "data", INTERACTIONS)
+    out = run_ingestion(data, tmp_path / "out", split=SplitConfig("leave_last_n", leave_last_n=1))
+    splits = out["splits"]
+    assert assert_no_leakage(splits, INTERACTIONS, history_length=20) == len(INTERACTIONS)
+    rows = _by_key([r for s in splits.values() for r in s])
+    # same-second interactions never see each other
+    assert rows[("u1", "i1")][F.HIST_ITEM_IDS] == []
+    assert rows[("u1", "i2")][F.HIST_ITEM_IDS] == []
+    # later ones see both, ordered by (timestamp, item_id)
+    assert rows[("u1", "i3")][F.HIST_ITEM_IDS] == ["i1", "i2"]
+    assert rows[("u1", "i3")][F.USER_PRIOR_MEAN_RATING] == pytest.approx(4.5)
+    # item_prior_count: i1 was interacted with at t=100 (u1) and t=200 (u2) before u3's t=500
+    assert rows[("u3", "i1")][F.ITEM_PRIOR_COUNT] == 2
+    assert rows[("u1", "i1")][F.ITEM_PRIOR_COUNT] == 0
+    # joins
+    assert rows[("u2", "i1")][F.USER_OCCUPATION] == "artist"
+    assert rows[("u3", "i2")][F.ITEM_GENRES] == ["Comedy", "Drama"]
+    assert rows[("u3", "i3")][F.ITEM_GENRES] == []
+    assert rows[("u3", "i3")][F.LIKED] == 1 and rows[("u3", "i2")][F.LIKED] == 0
+    # leave_last_n=1: u2's single interaction stays in train; u3: train, eval, test
+    assert rows[("u2", "i1")] in splits["train"]
+    assert [r[F.ITEM_ID] for r in splits["test"] if r[F.USER_ID] == "u3"] == ["i1"]
+    assert [r[F.ITEM_ID] for r in splits["eval"] if r[F.USER_ID] == "u3"] == ["i2"]
+    # u1's tie at t=100 is ordered by item id, so i3@300 is last (test) and i2 is eval
+    assert [r[F.ITEM_ID] for r in splits["eval"] if r[F.USER_ID] == "u1"] == ["i2"]
+    assert out["summary"]["split_counts"] == {"train": 3, "eval": 2, "test": 2}
+    assert out["summary"]["cutoffs"] is None
+    assert len(out["catalog"]) == 3 and out["summary"]["num_items"] == 3
+    assert out["summary"]["num_users"] == 3
+    assert out["quarantine"] == []
+
+
+def test_global_time_cutoffs_are_quantiles_and_honoured(tmp_path):
+    data = write_dataset(tmp_path / "data", INTERACTIONS)
+    out = run_ingestion(data, tmp_path / "out", split=SplitConfig("global_time", (0.5, 0.8)))
+    # timestamps sorted: 100 100 150 200 300 400 500 -> q0.5 = 200, q0.8 = 380 (linear interpolation)
+    assert out["summary"]["cutoffs"] == pytest.approx([200.0, 380.0])
+    assert_no_leakage(out["splits"], INTERACTIONS, 20, cutoffs=(200.0, 380.0))
+    assert out["summary"]["split_counts"] == {"train": 3, "eval": 2, "test": 2}
+    # test examples still carry history from earlier splits (point in time, not split-bounded)
+    [u3_test] = [r for r in out["splits"]["test"] if r[F.ITEM_ID] == "i1"]
+    assert u3_test[F.HIST_ITEM_IDS] == ["i3", "i2"]
+
+
+def test_empty_splits_when_every_timestamp_is_the_same(tmp_path):
+    same = [(u, i, 3, 777) for u, i, _, _ in INTERACTIONS]
+    data = write_dataset(tmp_path / "data", same)
+    out = run_ingestion(data, tmp_path / "out")
+    assert out["summary"]["split_counts"] == {"train": 0, "eval": 0, "test": len(same)}
+    assert out["splits"]["train"] == [] and out["splits"]["eval"] == []
+    assert all(r[F.HIST_ITEM_IDS] == [] for r in out["splits"]["test"])
+
+
+def test_history_length_is_capped(tmp_path):
+    many = [("u1", f"i{k % 3 + 1}", 3, 1000 + k) for k in range(10)]
+    data = write_dataset(tmp_path / "data", many)
+    out = run_ingestion(data, tmp_path / "out", history_length=4)
+    assert_no_leakage(out["splits"], many, history_length=4)
+    assert max(len(r[F.HIST_ITEM_IDS]) for s in out["splits"].values() for r in s) == 4
+
+
+BAD_LINES = [
+    b"u1,i1,5,",  # missing timestamp
+    b"u1,i1,9,1000",  # rating out of range
+    b"u 1,i1,3,1000",  # bad id
+    b"u1,i1,abc,1000",  # non-numeric rating
+    b"u1,i1,3",  # wrong field count
+    b"u1,i\xff\xfe1,3,1000",  # not UTF-8
+    b"u1,i9,3,1000",  # item not in the item table
+]
+
+
+def test_malformed_rows_are_quarantined_with_reasons_and_the_rest_survive(tmp_path):
+    data = write_dataset(tmp_path / "data", INTERACTIONS, extra_lines=BAD_LINES)
+    out = run_ingestion(data, tmp_path / "out")
+    quarantined = out["quarantine"]
+    assert len(quarantined) == len(BAD_LINES)
+    assert all(q["table"] == "interactions" and q["reason"] for q in quarantined)
+    reasons = " | ".join(sorted(q["reason"] for q in quarantined))
+    for fragment in ("timestamp", "range", "id", "rating", "field", "decod", "item table"):
+        assert fragment in reasons.lower(), (fragment, reasons)
+    # the good rows are all there, untouched
+    assert sum(out["summary"]["split_counts"].values()) == len(INTERACTIONS)
+    assert out["summary"]["malformed_by_table"] == {"interactions": len(BAD_LINES)}
+    assert out["summary"]["lines_read"]["interactions"] == len(INTERACTIONS) + len(BAD_LINES)
+    assert_no_leakage(out["splits"], INTERACTIONS, 20)
+    # 7 bad of 14 lines: a 60% threshold passes, a 10% one fails with a clear message
+    check_bad_rows(out["summary"], 0.6)
+    with pytest.raises(BadRowsError, match=r"7 of 14 rows of the interactions table are malformed"):
+        check_bad_rows(out["summary"], 0.1, "/q")
+
+
+def test_malformed_user_and_item_rows_are_quarantined_too(tmp_path):
+    users = USERS + [("u4", "old", "M", "x", "1")]
+    data = write_dataset(tmp_path / "data", INTERACTIONS, users=users)
+    out = run_ingestion(data, tmp_path / "out")
+    assert [q["table"] for q in out["quarantine"]] == ["users"]
+    assert out["summary"]["malformed_by_table"] == {"users": 1}

@@ -1,0 +1,229 @@
+"""preprocessing_fn run through tf.Transform's Beam implementation on inline data."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_transform as tft
+import tensorflow_transform.beam as tft_beam
+from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
+
+from models import features as F
+from models import preprocessing
+
+SCALARS = {
+    F.USER_ID: (tf.string, b""),
+    F.ITEM_ID: (tf.string, b""),
+    F.RATING: (tf.float32, 0.0),
+    F.TIMESTAMP: (tf.int64, 0),
+    F.LIKED: (tf.int64, 0),
+    F.USER_AGE: (tf.int64, -1),
+    F.USER_GENDER: (tf.string, b""),
+    F.USER_OCCUPATION: (tf.string, b""),
+    F.USER_ZIP: (tf.string, b""),
+    F.ITEM_TITLE: (tf.string, b""),
+    F.ITEM_RELEASE_YEAR: (tf.int64, 0),
+    F.USER_PRIOR_COUNT: (tf.int64, 0),
+    F.USER_PRIOR_MEAN_RATING: (tf.float32, 0.0),
+    F.USER_DAYS_SINCE_FIRST: (tf.float32, 0.0),
+    F.ITEM_PRIOR_COUNT: (tf.int64, 0),
+    F.CTX_HOUR: (tf.int64, 0),
+    F.CTX_DAY_OF_WEEK: (tf.int64, 0),
+}
+
+ITEMS = {
+    # item: (title, genres, year)
+    "i1": ("Toy Story (1995)", ["Comedy", "Drama"], 1995),
+    "i2": ("GoldenEye (1995)", ["Action"], 1995),
+    "i3": ("Four Rooms", [], 0),
+    "i4": ("Get Shorty!", ["Drama"], 1985),
+}
+USERS = {
+    # user: (age, gender, occupation, zip)
+    "u1": (25, "M", "writer", "10003"),
+    "u2": (-1, "F", "artist", ""),
+    "u3": (53, "", "", "94110"),
+}
+# (user, item, history); item counts i1:4 i2:3 i3:2 i4:1, user counts u1:5 u2:3 u3:2.
+INTERACTIONS = [
+    ("u1", "i1", []),
+    ("u1", "i2", ["i1"]),
+    ("u1", "i3", ["i1", "i2"]),
+    ("u1", "i4", ["i1", "i2", "i3"]),
+    ("u1", "i1", ["i1", "i2", "i3", "i4"]),
+    ("u2", "i1", []),
+    ("u2", "i2", ["i1"]),
+    ("u2", "i3", ["i1", "i2"]),
+    ("u3", "i1", []),
+    ("u3", "i2", ["i1"]),
+]
+
+
+def _instance(user, item, history, **overrides):
+    age, gender, occupation, zip_code = USERS.get(user, (-1, "", "", ""))
+    title, genres, year = ITEMS.get(item, ("Unknown Movie", [], 0))
+    instance = {
+        F.USER_ID: user.encode(),
+        F.ITEM_ID: item.encode(),
+        F.RATING: 4.0,
+        F.TIMESTAMP: 1000,
+        F.LIKED: 1,
+        F.USER_AGE: age,
+        F.USER_GENDER: gender.encode(),
+        F.USER_OCCUPATION: occupation.encode(),
+        F.USER_ZIP: zip_code.encode(),
+        F.ITEM_TITLE: title.encode(),
+        F.ITEM_GENRES: [g.encode() for g in genres],
+        F.ITEM_RELEASE_YEAR: year,
+        F.HIST_ITEM_IDS: [h.encode() for h in history],
+        F.USER_PRIOR_COUNT: len(history),
+        F.USER_PRIOR_MEAN_RATING: 4.0 if history else 0.0,
+        F.USER_DAYS_SINCE_FIRST: 2.0 if history else 0.0,
+        F.ITEM_PRIOR_COUNT: 3,
+        F.CTX_HOUR: 13,
+        F.CTX_DAY_OF_WEEK: 2,
+    }
+    instance.update(overrides)
+    return instance
+
+
+def _metadata():
+    spec = {key: tf.io.FixedLenFeature([], dtype) for key, (dtype, _) in SCALARS.items()}
+    spec[F.ITEM_GENRES] = tf.io.VarLenFeature(tf.string)
+    spec[F.HIST_ITEM_IDS] = tf.io.VarLenFeature(tf.string)
+    return dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(spec))
+
+
+@pytest.fixture(scope="module")
+def transformed(tmp_path_factory):
+    """(transformed train rows, transformed unseen rows, TFTransformOutput)."""
+    tmp = tmp_path_factory.mktemp("tft")
+    train = [_instance(*row) for row in INTERACTIONS]
+    unseen = [
+        # Unknown user, unknown item and genre, a history with an unknown item,
+        # and a history longer than HIST_MAX_LEN.
+        _instance("u99", "i99", ["i2", "i99"], **{F.ITEM_GENRES: [b"Western", b"Comedy"]}),
+        _instance("u1", "i2", ["i4"] + ["i1"] * F.HIST_MAX_LEN),
+    ]
+    metadata = _metadata()
+    with tft_beam.Context(temp_dir=str(tmp / "tmp")):
+        (train_rows, _), transform_fn = (train, metadata) | tft_beam.AnalyzeAndTransformDataset(
+            preprocessing.preprocessing_fn
+        )
+        unseen_rows, _ = ((unseen, metadata), transform_fn) | tft_beam.TransformDataset()
+        _ = transform_fn | tft_beam.WriteTransformFn(str(tmp / "transform_output"))
+    return train_rows, unseen_rows, tft.TFTransformOutput(str(tmp / "transform_output"))
+
+
+def test_vocabularies_and_shared_item_ids(transformed):
+    rows, _, tft_output = transformed
+    # Vocabularies are ordered by frequency; ids are shifted by one past PAD_ID.
+    item = {b"i1": 1, b"i2": 2, b"i3": 3, b"i4": 4}
+    assert tft_output.vocabulary_by_name(F.ITEM_ID_VOCAB) == [b"i1", b"i2", b"i3", b"i4"]
+    assert [r[F.ITEM_ID_XF] for r in rows] == [item[i.encode()] for _, i, _ in INTERACTIONS]
+    assert [r[F.USER_ID_XF] for r in rows] == [1] * 5 + [2] * 3 + [3] * 2
+    # The history uses the candidate vocabulary: same item -> same id.
+    assert list(rows[4][F.HIST_ITEM_IDS_XF][:5]) == [1, 2, 3, 4, F.PAD_ID]
+    assert rows[1][F.HIST_ITEM_IDS_XF][0] == rows[0][F.ITEM_ID_XF]
+
+
+def test_padding_to_fixed_lengths(transformed):
+    rows, unseen, _ = transformed
+    for row in rows + unseen:
+        assert row[F.HIST_ITEM_IDS_XF].shape == (F.HIST_MAX_LEN,)
+        assert row[F.ITEM_GENRES_XF].shape == (F.GENRES_MAX_LEN,)
+        assert row[F.ITEM_TITLE_TOKENS_XF].shape == (F.TITLE_MAX_TOKENS,)
+    assert np.all(rows[0][F.HIST_ITEM_IDS_XF] == F.PAD_ID)  # no history at all
+    assert np.all(rows[2][F.ITEM_GENRES_XF] == F.PAD_ID)  # item without genres
+    # The history keeps its newest HIST_MAX_LEN entries (i4 was the oldest).
+    assert list(unseen[1][F.HIST_ITEM_IDS_XF]) == [1] * F.HIST_MAX_LEN
+
+
+def test_unknown_values_map_to_oov_buckets(transformed):
+    _, unseen, tft_output = transformed
+    sizes = preprocessing.table_sizes_from_transform_output(tft_output)
+    assert sizes[preprocessing.USER_ID_TABLE] == 1 + 3 + F.NUM_OOV_BUCKETS
+    assert sizes[preprocessing.ITEM_ID_TABLE] == 1 + 4 + F.NUM_OOV_BUCKETS
+    oov_item = 1 + 4  # the first row after the 4 known items
+    row = unseen[0]
+    assert row[F.USER_ID_XF] == 1 + 3
+    assert row[F.ITEM_ID_XF] == oov_item
+    assert list(row[F.HIST_ITEM_IDS_XF][:3]) == [2, oov_item, F.PAD_ID]
+    genres = tft_output.vocabulary_by_name(F.ITEM_GENRE_VOCAB)
+    assert genres == [b"Drama", b"Comedy", b"Action"]
+    assert list(row[F.ITEM_GENRES_XF][:3]) == [1 + len(genres), 2, F.PAD_ID]  # Western is OOV
+    for key in (F.USER_ID_XF, F.ITEM_ID_XF, F.USER_GENDER_XF, F.USER_OCCUPATION_XF, F.USER_ZIP_PREFIX_XF):
+        table = {
+            F.USER_ID_XF: preprocessing.USER_ID_TABLE,
+            F.ITEM_ID_XF: preprocessing.ITEM_ID_TABLE,
+            F.USER_GENDER_XF: preprocessing.USER_GENDER_TABLE,
+            F.USER_OCCUPATION_XF: preprocessing.USER_OCCUPATION_TABLE,
+            F.USER_ZIP_PREFIX_XF: preprocessing.USER_ZIP_PREFIX_TABLE,
+        }[key]
+        assert 1 <= row[key] < sizes[table]
+
+
+def test_categories_buckets_and_numbers(transformed):
+    rows, _, tft_output = transformed
+    assert tft_output.vocabulary_by_name(F.USER_ZIP_PREFIX_VOCAB) == [b"100", b"941"]  # "" is dropped
+    u1, u2 = rows[0], rows[5]
+    assert u1[F.USER_ZIP_PREFIX_XF] == 1
+    assert u2[F.USER_ZIP_PREFIX_XF] == 1 + 2  # unknown zip -> OOV bucket
+    assert u1[F.USER_AGE_BUCKET_XF] == 3  # 25 is in [25, 35)
+    assert u2[F.USER_AGE_BUCKET_XF] == 0  # unknown age has bucket 0
+    assert rows[0][F.ITEM_YEAR_BUCKET_XF] == 7  # 1995 is in [1995, 2000)
+    assert rows[2][F.ITEM_YEAR_BUCKET_XF] == 0  # unknown year has bucket 0
+    tokens = tft_output.vocabulary_by_name(F.ITEM_TITLE_TOKEN_VOCAB)
+    assert {b"toy", b"story", b"1995", b"get", b"shorty"} <= set(tokens)
+    toy_story = [tokens[i - 1] for i in rows[0][F.ITEM_TITLE_TOKENS_XF] if i != F.PAD_ID]
+    assert toy_story == [b"toy", b"story", b"1995"]
+    assert rows[4][F.USER_PRIOR_COUNT_LOG_XF] == pytest.approx(math.log1p(4))
+    assert rows[4][F.USER_PRIOR_MEAN_RATING_XF] == pytest.approx(0.8)
+    assert rows[0][F.CTX_HOUR_XF] == 13 and rows[0][F.CTX_DAY_OF_WEEK_XF] == 2
+    assert rows[0][F.LIKED_XF] == 1.0 and rows[0][F.RATING_XF] == 4.0
+
+
+def test_item_log_frequency(transformed):
+    rows, unseen, _ = transformed
+    # Share of the 10 training interactions: i1 4/10, i2 3/10, i3 2/10, i4 1/10.
+    expected = {1: 0.4, 2: 0.3, 3: 0.2, 4: 0.1}
+    for row in rows:
+        assert row[F.ITEM_LOG_FREQUENCY_XF] == pytest.approx(math.log(expected[row[F.ITEM_ID_XF]]), rel=1e-5)
+    # An unseen item gets the smallest training share.
+    assert unseen[0][F.ITEM_LOG_FREQUENCY_XF] == pytest.approx(math.log(0.1), rel=1e-5)
+
+
+@pytest.mark.parametrize("form", ["sparse", "ragged"])
+def test_list_helpers_accept_sparse_and_ragged(form):
+    ragged = tf.ragged.constant([[5, 6, 7], [], [8]], dtype=tf.int64)
+    x = ragged.to_sparse() if form == "sparse" else ragged
+    ids = preprocessing._to_ragged(x)
+    pad = F.PAD_ID
+    np.testing.assert_array_equal(preprocessing._pad_to_dense(ids, 2, keep="last"), [[6, 7], [pad, pad], [8, pad]])
+    np.testing.assert_array_equal(preprocessing._pad_to_dense(ids, 2), [[5, 6], [pad, pad], [8, pad]])
+    np.testing.assert_array_equal(preprocessing._pad_to_dense(ids, 4)[0], [5, 6, 7, pad])
+
+
+def test_serving_layer_transforms_query_features_without_labels_or_item(transformed):
+    """The lead stacks tft_layer + tower: the query side must not need item or label inputs."""
+    _, _, tft_output = transformed
+    layer = tft_output.transform_features_layer()
+    raw = {
+        F.USER_ID: tf.constant([b"u1", b"nobody"]),
+        F.USER_AGE: tf.constant([25, -1], tf.int64),
+        F.USER_GENDER: tf.constant([b"M", b""]),
+        F.USER_OCCUPATION: tf.constant([b"writer", b"astronaut"]),
+        F.USER_ZIP: tf.constant([b"10003", b""]),
+        F.HIST_ITEM_IDS: tf.sparse.from_dense(tf.constant([[b"i1", b"i2"], [b"", b""]])),
+        F.USER_PRIOR_COUNT: tf.constant([2, 0], tf.int64),
+        F.USER_PRIOR_MEAN_RATING: tf.constant([4.0, 0.0]),
+        F.USER_DAYS_SINCE_FIRST: tf.constant([1.0, 0.0]),
+        F.CTX_HOUR: tf.constant([1, 2], tf.int64),
+        F.CTX_DAY_OF_WEEK: tf.constant([3, 4], tf.int64),
+    }
+    out = layer(raw)
+    for key in F.QUERY_FEATURES_XF:
+        assert key in out, key
+    np.testing.assert_array_equal(out[F.USER_ID_XF].numpy(), [1, 4])
+    np.testing.assert_array_equal(out[F.HIST_ITEM_IDS_XF].numpy()[:, :3], [[1, 2, 0], [0, 0, 0]])
