@@ -47,6 +47,7 @@ class RunSummary:
     executions: list[tuple[str, str]] = field(default_factory=list)  # (component, state)
     artifacts: dict[str, str] = field(default_factory=dict)  # "Component.output" -> uri
     examples_properties: dict = field(default_factory=dict)
+    anomalies: dict[str, list[str]] = field(default_factory=dict)  # split -> "feature: description"
 
     def format(self) -> str:
         lines = [f"Pipeline run finished in {self.seconds:.1f}s"]
@@ -66,6 +67,9 @@ class RunSummary:
                 f"Users {props.get('num_users', 0):,}, items {props.get('num_items', 0):,}, "
                 f"quarantined rows {sum(bad.values()):,} {dict(bad) if bad else ''}".rstrip()
             )
+        if "ExampleValidator.anomalies" in self.artifacts:
+            found = {split: issues for split, issues in self.anomalies.items() if issues}
+            lines.append(f"Schema anomalies: {found}" if found else "Schema anomalies: none")
         lines.append("Artifacts:")
         lines += [f"  {key:<32} {uri}" for key, uri in sorted(self.artifacts.items())]
         lines.append(f"ML Metadata store: {self.metadata_path}")
@@ -145,7 +149,22 @@ def read_run_summary(config: PipelineConfig, started: float) -> RunSummary:
             summary.artifacts[f"{node}.{key}"] = artifact.uri
             if node == "Ingestion" and key == "examples":
                 summary.examples_properties = artifact_properties(artifact)
+            if node == "ExampleValidator" and key == "anomalies":
+                summary.anomalies = read_anomalies(artifact.uri)
     return summary
+
+
+def read_anomalies(uri: str) -> dict[str, list[str]]:
+    """Split -> ["feature: description", ...] from ExampleValidator's SchemaDiff files."""
+    from tensorflow_metadata.proto.v0 import anomalies_pb2
+
+    found = {}
+    for path in sorted(Path(uri).glob("Split-*/SchemaDiff.pb")):
+        anomalies = anomalies_pb2.Anomalies.FromString(path.read_bytes())
+        found[path.parent.name.removeprefix("Split-")] = [
+            f"{feature}: {info.short_description}" for feature, info in sorted(anomalies.anomaly_info.items())
+        ]
+    return found
 
 
 def _plain(value):

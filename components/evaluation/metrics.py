@@ -14,8 +14,11 @@ Conventions shared by every function in this module:
   (``mean_ranking_metrics``, ``mean_*_at_k``) exclude them from the mean; the mean over zero
   users is ``nan``. The evaluation protocol never produces such users (see ``protocol.EvalSet``).
 
-The batch functions are vectorised (factorised item codes, one hit matrix of shape
-``(n_users, max K)``), so 100k users x K=100 takes a few seconds.
+The batch functions are vectorised: item ids are encoded once into integer codes
+(``encode_lists`` -> ``EncodedLists``, which every batch function also accepts) and the ranking
+metrics come from one hit matrix of shape ``(n_users, max K)``. 100k users x K=100: ~3 s to
+encode, ~2 s for all ranking metrics at K in (10, 50, 100), well under 1 s for coverage / Gini /
+popularity, and 0.2-10 s for diversity depending on the number of distinct genre sets.
 """
 
 from __future__ import annotations
@@ -139,7 +142,7 @@ class EncodedLists:
 def _raise_on_unknown(codes: np.ndarray, unknown_items: Callable[[], Iterable]) -> None:
     if (codes < 0).any():
         sample = list(pd.unique(np.asarray(list(unknown_items()), dtype=object)))[:5]
-        raise ValueError(f"items not in the vocabulary / catalog: {sample}")
+        raise ValueError(f"items not in the catalog (vocabulary): {sample}")
 
 
 def _raise_on_duplicates(enc: EncodedLists) -> None:
@@ -353,7 +356,7 @@ def catalog_coverage(recommended: Sequence[Iterable] | EncodedLists, catalog: It
     enc = encode_lists(recommended, catalog)
     if len(enc.vocabulary) == 0:
         raise ValueError("catalog is empty")
-    return len(np.unique(enc.codes)) / len(enc.vocabulary)
+    return int(np.count_nonzero(np.bincount(enc.codes, minlength=len(enc.vocabulary)))) / len(enc.vocabulary)
 
 
 def gini_of_exposure(recommended: Sequence[Iterable] | EncodedLists, catalog: Iterable) -> float:
@@ -461,7 +464,8 @@ def mean_intra_list_diversity(
     n_sets = dist.shape[0]
     kmax = int(lengths.max())
     ordered_sum = np.zeros(n, dtype=np.float64)
-    if n_sets * n_sets <= 4 * kmax * kmax:  # dense count vectors: one (n x S) @ (S x S) product
+    # a BLAS flop is ~100x cheaper than a random gather: compare n*S^2/100 with n*K^2/2
+    if n_sets * n_sets <= 50 * kmax * kmax:  # dense count vectors: one (n x S) @ (S x S) product
         chunk = max(1, chunk_elements // n_sets)
         for start in range(0, n, chunk):
             stop = min(n, start + chunk)
@@ -470,7 +474,7 @@ def mean_intra_list_diversity(
             counts = counts.reshape(stop - start, n_sets).astype(np.float64)
             ordered_sum[start:stop] = ((counts @ dist) * counts).sum(axis=1)
     else:  # gather the distance of every unordered pair of positions (pad id n_sets -> distance 0)
-        padded = np.full((n, kmax), n_sets, dtype=np.int64)
+        padded = np.full((n, kmax), n_sets, dtype=np.int32 if (n_sets + 1) ** 2 < 2**31 else np.int64)
         padded[rows, enc.positions] = gid
         dist_pad = np.zeros((n_sets + 1, n_sets + 1), dtype=np.float32)
         dist_pad[:n_sets, :n_sets] = dist
@@ -479,7 +483,7 @@ def mean_intra_list_diversity(
         chunk = max(1, chunk_elements // max(len(left), 1))
         for start in range(0, n, chunk):
             g = padded[start : start + chunk]
-            pair_dist = flat_dist[g[:, left] * (n_sets + 1) + g[:, right]]
+            pair_dist = flat_dist[g[:, left] * np.int32(n_sets + 1) + g[:, right]]
             ordered_sum[start : start + chunk] = 2.0 * pair_dist.sum(axis=1, dtype=np.float64)
     m = lengths[valid].astype(np.float64)
     return float((ordered_sum[valid] / (m * (m - 1))).mean())

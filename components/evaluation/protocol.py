@@ -85,9 +85,7 @@ def global_time_cutoffs(timestamps: Iterable[float], fractions: Sequence[float] 
     return tuple(int(q) if integral and float(q).is_integer() else float(q) for q in qs)
 
 
-def assign_global_time_split(
-    df: pd.DataFrame, cutoffs: Sequence[float], timestamp_col: str = "timestamp"
-) -> pd.Series:
+def assign_global_time_split(df: pd.DataFrame, cutoffs: Sequence[float], timestamp_col: str = "timestamp") -> pd.Series:
     """Split label per row: "train" (t < c0), "eval" (c0 <= t < c1), "test" (t >= c1).
 
     Returns a string Series named "split" aligned with ``df.index`` (use ``df.assign(split=...)``).
@@ -103,6 +101,17 @@ def assign_global_time_split(
 
 
 # --------------------------------------------------------------------------- eval set
+
+
+def _group_sets(pairs: pd.DataFrame) -> dict[str, frozenset[str]]:
+    """user_id -> frozenset of item_id (a sort + slices; pandas' groupby.agg(frozenset) is ~10x slower)."""
+    users = pairs["user_id"].to_numpy()
+    order = np.argsort(users, kind="stable")
+    users_sorted = users[order]
+    items_sorted = pairs["item_id"].to_numpy()[order].tolist()
+    starts = np.flatnonzero(np.r_[True, users_sorted[1:] != users_sorted[:-1]]) if len(users) else np.zeros(0, int)
+    ends = np.r_[starts[1:], len(users)].astype(int)
+    return {users_sorted[a]: frozenset(items_sorted[a:b]) for a, b in zip(starts.tolist(), ends.tolist())}
 
 
 @dataclass(eq=False)
@@ -139,9 +148,7 @@ class EvalSet:
         return len(self) - self.n_warm
 
     @classmethod
-    def from_frame(
-        cls, df: pd.DataFrame, catalog: Iterable[str] | None = None, cutoff: float | None = None
-    ) -> EvalSet:
+    def from_frame(cls, df: pd.DataFrame, catalog: Iterable[str] | None = None, cutoff: float | None = None) -> EvalSet:
         """Build from interactions with columns user_id, item_id, timestamp, split (train/eval/test).
 
         ``catalog`` defaults to every item id in ``df``; ``cutoff`` to the earliest test timestamp.
@@ -168,10 +175,10 @@ class EvalSet:
 
         marked = test.merge(history, on=["user_id", "item_id"], how="left", indicator=True)
         relevant_pairs = marked.loc[marked["_merge"] == "left_only", ["user_id", "item_id"]]
-        relevant_by_user = relevant_pairs.groupby("user_id")["item_id"].agg(frozenset)
-        seen_by_user = history.groupby("user_id")["item_id"].agg(frozenset)
+        relevant_by_user = _group_sets(relevant_pairs)
+        seen_by_user = _group_sets(history)
 
-        user_ids = tuple(sorted(relevant_by_user.index))
+        user_ids = tuple(sorted(relevant_by_user))
         n_dropped = test["user_id"].nunique() - len(user_ids)
         empty: frozenset[str] = frozenset()
         seen = tuple(seen_by_user.get(u, empty) for u in user_ids)
@@ -187,7 +194,7 @@ class EvalSet:
 
         return cls(
             user_ids=user_ids,
-            relevant=tuple(relevant_by_user.loc[list(user_ids)]) if user_ids else (),
+            relevant=tuple(relevant_by_user[u] for u in user_ids),
             seen=seen,
             is_warm=is_warm,
             cutoff=float(test_ts.min()) if cutoff is None else cutoff,
@@ -236,9 +243,7 @@ class EvalReport:
         """Plain-text table: one row per slice, one column per metric@K; then beyond-accuracy."""
         columns = [f"{name}@{k}" for k in self.ks for name in M.METRIC_NAMES]
         header = ["slice", "users", *columns]
-        rows = [
-            [s, str(self.n_users[s]), *(f"{self.metrics[s][c]:.{digits}f}" for c in columns)] for s in self.metrics
-        ]
+        rows = [[s, str(self.n_users[s]), *(f"{self.metrics[s][c]:.{digits}f}" for c in columns)] for s in self.metrics]
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
         def line(cells: list[str]) -> str:

@@ -11,6 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 from models import features as F  # noqa: E402
 from models import preprocessing  # noqa: E402
@@ -46,7 +47,6 @@ def make_transformed_batch(batch_size: int, seed: int = 0, table_sizes=None) -> 
             values[np.arange(values.shape[1])[None, :] >= lengths[:, None]] = F.PAD_ID
         return values.astype(np.int64)
 
-    item_ids = rng.permutation(np.arange(1, sizes[preprocessing.ITEM_ID_TABLE]))[:batch_size]
     return {
         F.USER_ID_XF: ids(preprocessing.USER_ID_TABLE),
         F.USER_GENDER_XF: ids(preprocessing.USER_GENDER_TABLE),
@@ -59,7 +59,7 @@ def make_transformed_batch(batch_size: int, seed: int = 0, table_sizes=None) -> 
         F.USER_DAYS_SINCE_FIRST_LOG_XF: rng.uniform(0, 5, batch_size).astype(np.float32),
         F.CTX_HOUR_XF: ids(preprocessing.CTX_HOUR_TABLE),
         F.CTX_DAY_OF_WEEK_XF: ids(preprocessing.CTX_DAY_OF_WEEK_TABLE),
-        F.ITEM_ID_XF: item_ids.astype(np.int64),
+        F.ITEM_ID_XF: ids(preprocessing.ITEM_ID_TABLE),
         F.ITEM_GENRES_XF: ids(preprocessing.ITEM_GENRE_TABLE, (batch_size, F.GENRES_MAX_LEN), padded=True),
         F.ITEM_TITLE_TOKENS_XF: ids(
             preprocessing.ITEM_TITLE_TOKEN_TABLE, (batch_size, F.TITLE_MAX_TOKENS), padded=True
@@ -75,3 +75,10 @@ def make_transformed_batch(batch_size: int, seed: int = 0, table_sizes=None) -> 
 @pytest.fixture
 def transformed_batch():
     return make_transformed_batch(8)
+
+
+def make_dataset(num_examples: int = 64, batch_size: int = 16, seed: int = 0):
+    """A tf.data pipeline of transformed examples, as the trainer would feed it."""
+    return tf.data.Dataset.from_tensor_slices(make_transformed_batch(num_examples, seed)).batch(
+        batch_size, drop_remainder=True
+    )

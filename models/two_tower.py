@@ -1,0 +1,218 @@
+"""Two-tower retrieval model (TFRS) over the transformed features.
+
+Query tower: user id, demographics, the pooled history (mean or attention over
+the shared item table), context and activity counts -> MLP -> L2-normalised
+`embedding_dim` vector. Candidate tower: item id (the same table the history
+reads), mean-pooled genres and title tokens, release-year bucket -> MLP ->
+L2-normalised vector of the same width.
+
+The loss is an in-batch sampled softmax (`tfrs.tasks.Retrieval`) with
+* a temperature, because dot products of unit vectors live in [-1, 1];
+* log-Q correction: popular items appear as in-batch negatives more often, so
+  their logits are lowered by log q (q = the item's share of training
+  interactions, `ITEM_LOG_FREQUENCY_XF`);
+* accidental-hit removal: an in-batch "negative" with the positive's item id
+  is not a negative;
+* optional mixed negatives: `num_random_negatives` items drawn uniformly from
+  the catalog are appended to the in-batch candidates, which gives the long
+  tail a chance to be a negative. The sampling probability of every candidate
+  is then that of the mixed proposal, (B * q_i + R / N) / (B + R) for batch
+  size B, R random negatives and N catalog items;
+* optional hard-negative mining (keep the `num_hard_negatives` top-scored
+  negatives per query).
+
+Both towers take the dict produced by `preprocessing_fn`, so a serving
+function is `tft_layer(raw) -> query_model(transformed)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from models import embeddings as E
+from models import features as F
+
+
+@dataclass
+class TwoTowerConfig:
+    """Hyper-parameters of the two-tower model; validated on construction."""
+
+    embedding_dim: int = 64  # width of both towers' outputs
+    user_id_dim: int = 32
+    item_id_dim: int = 32  # shared by candidate ids and history items
+    feature_dim: int = 8  # every other categorical feature
+    mlp_layers: tuple[int, ...] = (128,)  # hidden ReLU layers of each tower
+    history_pooling: E.HistoryPoolingMode = "mean"
+    temperature: float = 0.05
+    use_logq_correction: bool = True
+    remove_accidental_hits: bool = True
+    num_random_negatives: int = 0  # > 0 needs the catalog (mixed negatives)
+    num_hard_negatives: int = 0  # 0 keeps every negative
+    optimizer: E.OptimizerName = "adagrad"
+    learning_rate: float = 0.1
+    batch_size: int = 256
+    epochs: int = 5
+    embedding_backend: E.EmbeddingBackend = "keras"
+
+    def __post_init__(self):
+        for name in ("embedding_dim", "user_id_dim", "item_id_dim", "feature_dim", "batch_size", "epochs"):
+            E.require_int(name, getattr(self, name), minimum=1)
+        for name in ("num_random_negatives", "num_hard_negatives"):
+            E.require_int(name, getattr(self, name), minimum=0)
+        self.mlp_layers = tuple(self.mlp_layers)
+        for size in self.mlp_layers:
+            E.require_int("mlp_layers entries", size, minimum=1)
+        E.require_positive("temperature", self.temperature)
+        E.require_positive("learning_rate", self.learning_rate)
+        E.require_choice("history_pooling", self.history_pooling, E.HISTORY_POOLING_MODES)
+        E.require_choice("optimizer", self.optimizer, E.OPTIMIZERS)
+        E.require_choice("embedding_backend", self.embedding_backend, E.EMBEDDING_BACKENDS)
+        E.require_choice("use_logq_correction", self.use_logq_correction, (True, False))
+        E.require_choice("remove_accidental_hits", self.remove_accidental_hits, (True, False))
+
+
+class Tower(tf.keras.Model):
+    """One tower: embedding lookup, feature encoder, MLP, L2 normalisation.
+
+    `call(features)` looks up its own id features and is what gets exported.
+    `encode(features, embedded)` starts from embeddings looked up elsewhere,
+    which lets the training step look up both towers' ids in one call (the
+    form TPU embeddings need).
+    """
+
+    def __init__(
+        self,
+        embeddings: E.FeatureEmbeddings,
+        encoder: tf.keras.layers.Layer,
+        id_features: tuple[str, ...],
+        layer_sizes: tuple[int, ...],
+        output_dim: int,
+        name: str,
+    ):
+        super().__init__(name=name)
+        self.embeddings = embeddings
+        self.encoder = encoder
+        self.id_features = id_features
+        self.mlp = E.mlp(layer_sizes, output_dim, name=f"{name}_mlp")
+
+    def encode(self, features: Mapping[str, tf.Tensor], embedded: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        return tf.math.l2_normalize(self.mlp(self.encoder(features, embedded)), axis=-1)
+
+    def call(self, features: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        return self.encode(features, self.embeddings(E.select(features, self.id_features)))
+
+
+class TwoTowerModel(tfrs.Model):
+    """TFRS two-tower retrieval model; `query_model` / `candidate_model` export the towers.
+
+    Args:
+      config: hyper-parameters.
+      table_sizes: rows of every embedding table, from
+        `preprocessing.table_sizes_from_transform_output`.
+      catalog: transformed candidate features of every catalog item (arrays
+        with a leading item axis, including ITEM_LOG_FREQUENCY_XF); required
+        when `config.num_random_negatives > 0`.
+      optimizer: a legacy Keras optimizer; by default one is made from the
+        config. It is shared by the TPU embedding tables and `compile()`.
+    """
+
+    def __init__(
+        self,
+        config: TwoTowerConfig,
+        table_sizes: Mapping[str, int],
+        catalog: Mapping[str, np.ndarray] | None = None,
+        optimizer: tf.keras.optimizers.legacy.Optimizer | None = None,
+    ):
+        super().__init__()
+        self.config = config
+        self._optimizer = optimizer or E.make_optimizer(config.optimizer, config.learning_rate)
+        self.embeddings = E.build_feature_embeddings(
+            table_sizes,
+            config.user_id_dim,
+            config.item_id_dim,
+            config.feature_dim,
+            config.embedding_backend,
+            self._optimizer,
+        )
+        self.query_model = Tower(
+            self.embeddings,
+            E.QueryFeatureEncoder(config.history_pooling, name="query_features"),
+            E.QUERY_ID_FEATURES,
+            config.mlp_layers,
+            config.embedding_dim,
+            name="query_tower",
+        )
+        self.candidate_model = Tower(
+            self.embeddings,
+            E.CandidateFeatureEncoder(name="candidate_features"),
+            E.CANDIDATE_ID_FEATURES,
+            config.mlp_layers,
+            config.embedding_dim,
+            name="candidate_tower",
+        )
+        self.task = tfrs.tasks.Retrieval(
+            temperature=config.temperature,
+            num_hard_negatives=config.num_hard_negatives or None,
+            remove_accidental_hits=config.remove_accidental_hits,
+        )
+        self._catalog = self._check_catalog(catalog) if catalog is not None else None
+        if config.num_random_negatives and self._catalog is None:
+            raise ValueError("num_random_negatives > 0 needs the catalog's transformed candidate features")
+
+    @staticmethod
+    def _check_catalog(catalog: Mapping[str, np.ndarray]) -> dict[str, tf.Tensor]:
+        keys = E.CANDIDATE_ID_FEATURES + (F.ITEM_LOG_FREQUENCY_XF,)
+        tensors = {key: tf.constant(value) for key, value in E.select(catalog, keys).items()}
+        sizes = {int(value.shape[0]) for value in tensors.values()}
+        if len(sizes) != 1 or 0 in sizes:
+            raise ValueError(f"catalog features must share one non-empty leading axis, got sizes {sorted(sizes)}")
+        return tensors
+
+    def compile(self, optimizer=None, **kwargs):
+        """Compiles with the optimizer the embedding tables were built with."""
+        super().compile(optimizer=optimizer or self._optimizer, **kwargs)
+
+    def candidates_for_batch(self, features: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """The batch's positive items, followed by the random catalog negatives."""
+        keys = E.CANDIDATE_ID_FEATURES + (F.ITEM_LOG_FREQUENCY_XF,)
+        candidates = E.select(features, keys)
+        num_random = self.config.num_random_negatives
+        if not num_random:
+            return candidates
+        catalog_size = tf.shape(self._catalog[F.ITEM_ID_XF], out_type=tf.int64)[0]
+        rows = tf.random.uniform([num_random], maxval=catalog_size, dtype=tf.int64)
+        return {
+            key: tf.concat([tf.cast(candidates[key], self._catalog[key].dtype), tf.gather(self._catalog[key], rows)], 0)
+            for key in keys
+        }
+
+    def sampling_probability(self, candidates: Mapping[str, tf.Tensor], batch_size: tf.Tensor) -> tf.Tensor:
+        """Probability of each candidate under the (possibly mixed) negative proposal."""
+        unigram = tf.exp(tf.cast(candidates[F.ITEM_LOG_FREQUENCY_XF], tf.float32))
+        num_random = self.config.num_random_negatives
+        if not num_random:
+            return unigram
+        batch = tf.cast(batch_size, tf.float32)
+        uniform = 1.0 / tf.cast(tf.shape(self._catalog[F.ITEM_ID_XF])[0], tf.float32)
+        return (batch * unigram + num_random * uniform) / (batch + num_random)
+
+    def compute_loss(self, features: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+        candidates = self.candidates_for_batch(features)
+        # One lookup for both towers: the TPU embedding layer needs every
+        # feature in a single call.
+        embedded = self.embeddings(
+            {**E.select(features, E.QUERY_ID_FEATURES), **E.select(candidates, E.CANDIDATE_ID_FEATURES)}
+        )
+        query = self.query_model.encode(features, embedded)
+        candidate = self.candidate_model.encode(candidates, embedded)
+        kwargs = {}
+        if self.config.use_logq_correction:
+            kwargs["candidate_sampling_probability"] = self.sampling_probability(candidates, tf.shape(query)[0])
+        if self.config.remove_accidental_hits:
+            kwargs["candidate_ids"] = candidates[F.ITEM_ID_XF]
+        return self.task(query, candidate, compute_metrics=not training, **kwargs)
