@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Mapping, Sequence, get_args
+from typing import Literal, get_args
 
 import numpy as np
 import tensorflow as tf

@@ -28,7 +28,7 @@ depending on the schema.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import tensorflow as tf
 import tensorflow_transform as tft

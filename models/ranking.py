@@ -17,8 +17,9 @@ their weighted sum. `call` returns both predictions.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Mapping, get_args
+from typing import Literal, get_args
 
 import tensorflow as tf
 import tensorflow_recommenders as tfrs

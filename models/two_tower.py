@@ -27,8 +27,8 @@ function is `tft_layer(raw) -> query_model(transformed)`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import numpy as np
 import tensorflow as tf

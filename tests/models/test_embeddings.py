@@ -87,7 +87,8 @@ def _train(model, steps_dataset, epochs=3):
 
 
 def _two_tower(backend, table_sizes, **overrides):
-    config = TwoTowerConfig(embedding_dim=8, mlp_layers=(16,), embedding_backend=backend, **{**SMALL, **overrides})
+    settings = {**SMALL, "embedding_dim": 8, "mlp_layers": (16,), **overrides}
+    config = TwoTowerConfig(embedding_backend=backend, **settings)
     return TwoTowerModel(config, table_sizes)
 
 
