@@ -58,6 +58,12 @@ class PipelineConfig:
     schema_path: str | None = str(DEFAULT_SCHEMA)  # None or missing file: infer with SchemaGen
     beam_pipeline_args: list[str] = field(default_factory=default_beam_args)
     enable_cache: bool = True
+    # Transform and the two Trainers; off gives the data-only pipeline.
+    train_models: bool = True
+    # TwoTowerConfig / RankingConfig fields overriding their defaults (models/two_tower.py, models/ranking.py).
+    two_tower: dict = field(default_factory=dict)
+    ranking: dict = field(default_factory=dict)
+    seed: int = 0
 
     def __post_init__(self):
         if not Path(self.data_dir).is_dir():

@@ -16,8 +16,39 @@ from components.ingestion.component import Ingestion
 from pipeline.config import PipelineConfig, fingerprint_dir
 
 
+PREPROCESSING_FN = "models.preprocessing.preprocessing_fn"
+TWO_TOWER_RUN_FN = "models.run_fns.run_two_tower"
+RANKING_RUN_FN = "models.run_fns.run_ranking"
+
+
+def _training_components(config: PipelineConfig, ingestion, schema_gen) -> list:
+    """Transform (analysed on train only) -> two-tower Trainer and DCN Trainer."""
+    transform = tfx.components.Transform(
+        examples=ingestion.outputs["examples"],
+        schema=schema_gen.outputs["schema"],
+        preprocessing_fn=PREPROCESSING_FN,
+        splits_config=tfx.proto.SplitsConfig(analyze=["train"], transform=["train", "eval", "test"]),
+    )
+    trainers = []
+    for component_id, run_fn, key, values in (
+        ("TwoTowerTrainer", TWO_TOWER_RUN_FN, "two_tower", config.two_tower),
+        ("RankingTrainer", RANKING_RUN_FN, "ranking", config.ranking),
+    ):
+        trainer = tfx.components.Trainer(
+            run_fn=run_fn,
+            examples=transform.outputs["transformed_examples"],
+            transform_graph=transform.outputs["transform_graph"],
+            schema=schema_gen.outputs["schema"],
+            train_args=tfx.proto.TrainArgs(splits=["train"]),
+            eval_args=tfx.proto.EvalArgs(splits=["eval"]),
+            custom_config={key: dict(values), "seed": config.seed},
+        ).with_id(component_id)
+        trainers.append(trainer)
+    return [transform, *trainers]
+
+
 def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> tfx.dsl.Pipeline:
-    """Builds ingestion -> StatisticsGen -> SchemaGen|ImportSchemaGen -> ExampleValidator."""
+    """Ingestion -> StatisticsGen -> SchemaGen|ImportSchemaGen -> ExampleValidator -> Transform -> Trainers."""
     ing = config.ingestion
     data_dir = os.path.abspath(config.data_dir)
     dataset_format = ing.dataset_format or readers.detect_format(data_dir)
@@ -41,6 +72,8 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> 
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"]
     )
     components = [ingestion, statistics_gen, schema_gen, example_validator]
+    if config.train_models:
+        components += _training_components(config, ingestion, schema_gen)
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,

@@ -1,0 +1,236 @@
+"""Two-tower model: config validation, hand-computed loss pieces, towers, export."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from models import embeddings as E
+from models import features as F
+from models import preprocessing as P
+from models.two_tower import TwoTowerConfig, TwoTowerModel
+from tests.models.conftest import make_dataset, make_transformed_batch
+
+SMALL = dict(embedding_dim=8, user_id_dim=8, item_id_dim=8, feature_dim=4, mlp_layers=(16,), batch_size=8)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"embedding_dim": 0}, "embedding_dim"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"history_pooling": "max"}, "history_pooling"),
+        ({"embedding_backend": "gpu"}, "embedding_backend"),
+        ({"num_random_negatives": -1}, "num_random_negatives"),
+        ({"num_hard_negatives": 1.5}, "num_hard_negatives"),
+        ({"mlp_layers": (32, 0)}, "mlp_layers"),
+        ({"use_logq_correction": "yes"}, "use_logq_correction"),
+        ({"learning_rate": -0.1}, "learning_rate"),
+    ],
+)
+def test_config_rejects_bad_values(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        TwoTowerConfig(**overrides)
+
+
+def test_config_defaults_and_list_layers():
+    config = TwoTowerConfig(mlp_layers=[64, 32])
+    assert config.mlp_layers == (64, 32)
+    assert config.embedding_dim == 64 and config.use_logq_correction and config.remove_accidental_hits
+    assert config.num_random_negatives == 0 and config.num_hard_negatives == 0
+
+
+def test_random_negatives_need_a_catalog(table_sizes):
+    with pytest.raises(ValueError, match="catalog"):
+        TwoTowerModel(TwoTowerConfig(num_random_negatives=4, **SMALL), table_sizes)
+
+
+# --- the loss, by hand -------------------------------------------------------------
+#
+# Three queries and three in-batch candidates; candidates 1 and 3 are the same
+# item (id 10), candidate 2 is item 20. Temperature T = 0.5.
+#   q1 = [1, 0], q2 = [0, 1], q3 = [0.6, 0.8];  c1 = [1, 0], c2 = [0, 1], c3 = [1, 0]
+# logits = q . c / T:
+#   row 1: [2.0, 0.0, 2.0]   positive = column 1
+#   row 2: [0.0, 2.0, 0.0]   positive = column 2
+#   row 3: [1.2, 1.6, 1.2]   positive = column 3
+# The task sums the per-query softmax cross-entropy -log softmax(row)[positive].
+QUERIES = tf.constant([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+CANDIDATES = tf.constant([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+CANDIDATE_IDS = tf.constant([10, 20, 10], tf.int64)
+# Item 10 has half of all interactions, item 20 a quarter.
+SAMPLING_PROBABILITY = tf.constant([0.5, 0.25, 0.5])
+e = math.exp
+
+
+def _task(table_sizes, **overrides):
+    settings = {**SMALL, "temperature": 0.5, "remove_accidental_hits": False, **overrides}
+    return TwoTowerModel(TwoTowerConfig(**settings), table_sizes).task
+
+
+def test_loss_softmax_with_temperature(table_sizes):
+    # row 1: log(e^2 + 1 + e^2) - 2 = log(15.778) - 2 = 0.7586
+    # row 2: log(1 + e^2 + 1) - 2   = log(9.389) - 2  = 0.2395
+    # row 3: log(2 e^1.2 + e^1.6) - 1.2 = log(11.593) - 1.2 = 1.2504
+    expected = (math.log(2 * e(2) + 1) - 2) + (math.log(2 + e(2)) - 2) + (math.log(2 * e(1.2) + e(1.6)) - 1.2)
+    assert expected == pytest.approx(2.2486, abs=1e-4)
+    loss = _task(table_sizes)(QUERIES, CANDIDATES, compute_metrics=False)
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+
+
+def test_loss_with_log_q_correction(table_sizes):
+    # logits - log q: every exp(logit) is divided by q, i.e. multiplied by [2, 4, 2].
+    # row 1: exps [2e^2, 4, 2e^2]         -> log((4e^2 + 4) / 2e^2)            = 0.8201
+    # row 2: exps [2, 4e^2, 2]            -> log((4 + 4e^2) / 4e^2)            = 0.1269
+    # row 3: exps [2e^1.2, 4e^1.6, 2e^1.2] -> log((4e^1.2 + 4e^1.6) / 2e^1.2)  = 1.6062
+    expected = (
+        math.log((4 * e(2) + 4) / (2 * e(2)))
+        + math.log((4 + 4 * e(2)) / (4 * e(2)))
+        + math.log((4 * e(1.2) + 4 * e(1.6)) / (2 * e(1.2)))
+    )
+    assert expected == pytest.approx(2.5532, abs=1e-4)
+    loss = _task(table_sizes)(
+        QUERIES, CANDIDATES, candidate_sampling_probability=SAMPLING_PROBABILITY, compute_metrics=False
+    )
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+
+
+def test_loss_with_accidental_hits_removed(table_sizes):
+    # Row 1's positive is item 10, so column 3 (also item 10) is dropped;
+    # row 3's positive is item 10 too, so column 1 is dropped; row 2 keeps all.
+    # row 1: log((e^2 + 1) / e^2)       = log(1 + e^-2)  = 0.1269
+    # row 2: log((1 + e^2 + 1) / e^2)                    = 0.2395
+    # row 3: log((e^1.6 + e^1.2) / e^1.2) = log(1 + e^0.4) = 0.9130
+    expected = math.log(1 + e(-2)) + (math.log(2 + e(2)) - 2) + math.log(1 + e(0.4))
+    assert expected == pytest.approx(1.2795, abs=1e-4)
+    loss = _task(table_sizes, remove_accidental_hits=True)(
+        QUERIES, CANDIDATES, candidate_ids=CANDIDATE_IDS, compute_metrics=False
+    )
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+
+
+def test_loss_with_hits_removed_and_one_hard_negative(table_sizes):
+    # After hit removal each row keeps its positive and its best negative:
+    # row 1: [2, 0] -> log(1 + e^-2); row 2: [2, 0] -> log(1 + e^-2); row 3: [1.2, 1.6] -> log(1 + e^0.4)
+    expected = 2 * math.log(1 + e(-2)) + math.log(1 + e(0.4))
+    loss = _task(table_sizes, remove_accidental_hits=True, num_hard_negatives=1)(
+        QUERIES, CANDIDATES, candidate_ids=CANDIDATE_IDS, compute_metrics=False
+    )
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+
+
+def _reference_loss(query, candidate, temperature, log_q=None, ids=None):
+    """Numpy sampled softmax: the same formula as above, for any batch."""
+    logits = query @ candidate.T / temperature
+    if log_q is not None:
+        logits = logits - log_q[None, :]
+    if ids is not None:
+        duplicate = (ids[None, :] == ids[: len(query), None]) & ~np.eye(len(query), len(candidate), dtype=bool)
+        logits = np.where(duplicate, -np.inf, logits)
+    log_softmax = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    return -np.trace(log_softmax[:, : len(query)])
+
+
+def test_compute_loss_wires_log_q_and_candidate_ids(table_sizes):
+    batch = make_transformed_batch(8, seed=3)
+    batch[F.ITEM_ID_XF][:3] = 4  # accidental hits within the batch
+    model = TwoTowerModel(TwoTowerConfig(temperature=0.2, **SMALL), table_sizes)
+    query = model.query_model(batch).numpy()
+    candidate = model.candidate_model(batch).numpy()
+    expected = _reference_loss(query, candidate, 0.2, batch[F.ITEM_LOG_FREQUENCY_XF], batch[F.ITEM_ID_XF])
+    assert float(model.compute_loss(batch)) == pytest.approx(expected, rel=1e-4)
+
+    plain = TwoTowerModel(
+        TwoTowerConfig(temperature=0.2, use_logq_correction=False, remove_accidental_hits=False, **SMALL),
+        table_sizes,
+    )
+    query, candidate = plain.query_model(batch).numpy(), plain.candidate_model(batch).numpy()
+    assert float(plain.compute_loss(batch)) == pytest.approx(_reference_loss(query, candidate, 0.2), rel=1e-4)
+
+
+def _catalog(table_sizes, size=5):
+    catalog = make_transformed_batch(size, seed=9)
+    catalog[F.ITEM_ID_XF] = np.arange(1, size + 1, dtype=np.int64)
+    return {key: catalog[key] for key in E.CANDIDATE_ID_FEATURES + (F.ITEM_LOG_FREQUENCY_XF,)}
+
+
+def test_mixed_negatives_append_catalog_items_with_mixture_probability(table_sizes):
+    catalog = _catalog(table_sizes)
+    model = TwoTowerModel(TwoTowerConfig(num_random_negatives=2, **SMALL), table_sizes, catalog=catalog)
+    batch = make_transformed_batch(4, seed=1)
+    candidates = model.candidates_for_batch(batch)
+    assert candidates[F.ITEM_ID_XF].shape == (6,)
+    assert candidates[F.ITEM_GENRES_XF].shape == (6, F.GENRES_MAX_LEN)
+    np.testing.assert_array_equal(candidates[F.ITEM_ID_XF][:4], batch[F.ITEM_ID_XF])
+    assert set(candidates[F.ITEM_ID_XF][4:].numpy()) <= set(catalog[F.ITEM_ID_XF])
+    # B = 4 in-batch draws from the unigram q, R = 2 uniform draws over N = 5:
+    # an item with q = 0.25 has (4 * 0.25 + 2 / 5) / (4 + 2) = 1.4 / 6.
+    probability = model.sampling_probability({F.ITEM_LOG_FREQUENCY_XF: tf.math.log([0.25, 0.0 + 1e-9])}, 4)
+    np.testing.assert_allclose(probability, [1.4 / 6, (2 / 5) / 6], rtol=1e-5)
+    loss = model.compute_loss(batch)
+    assert np.isfinite(float(loss))
+
+
+def test_trains_with_mixed_and_hard_negatives_and_attention(table_sizes):
+    tf.keras.utils.set_random_seed(4)
+    config = TwoTowerConfig(
+        num_random_negatives=3, num_hard_negatives=4, history_pooling="attention", learning_rate=0.5, **SMALL
+    )
+    model = TwoTowerModel(config, table_sizes, catalog=_catalog(table_sizes))
+    model.compile()
+    losses = model.fit(make_dataset(), epochs=3, verbose=0).history["loss"]
+    assert np.all(np.isfinite(losses))
+    assert losses[-1] != losses[0]
+
+
+def test_towers_output_unit_vectors_and_share_the_item_table(table_sizes):
+    model = TwoTowerModel(TwoTowerConfig(**{**SMALL, "embedding_dim": 6}), table_sizes)
+    batch = make_transformed_batch(4, seed=2)
+    batch[F.HIST_ITEM_IDS_XF][:] = F.PAD_ID
+    batch[F.HIST_ITEM_IDS_XF][0, 0] = 7  # only user 0 has seen item 7
+    batch[F.ITEM_ID_XF][:] = [7, 2, 3, 2]
+    query, candidate = model.query_model(batch).numpy(), model.candidate_model(batch).numpy()
+    assert query.shape == (4, 6) and candidate.shape == (4, 6)
+    np.testing.assert_allclose(np.linalg.norm(query, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(candidate, axis=1), 1.0, rtol=1e-5)
+
+    # Moving item 7's single embedding row moves both the candidate "item 7"
+    # and the query whose history holds item 7, and nothing else.
+    table = model.embeddings.table_variables()[P.ITEM_ID_TABLE]
+    table.scatter_add(tf.IndexedSlices(tf.ones([1, table.shape[1]]), tf.constant([7])))
+    moved_query, moved_candidate = model.query_model(batch).numpy(), model.candidate_model(batch).numpy()
+    assert not np.allclose(moved_query[0], query[0]) and np.allclose(moved_query[1:], query[1:])
+    assert not np.allclose(moved_candidate[0], candidate[0]) and np.allclose(moved_candidate[1:], candidate[1:])
+
+
+def test_unknown_user_and_genre_at_inference(table_sizes):
+    model = TwoTowerModel(TwoTowerConfig(**SMALL), table_sizes)
+    batch = make_transformed_batch(2, seed=7)
+    # The OOV bucket is the table's last row (preprocessing maps unseen values there).
+    batch[F.USER_ID_XF][:] = table_sizes[P.USER_ID_TABLE] - 1
+    batch[F.ITEM_GENRES_XF][:, 0] = table_sizes[P.ITEM_GENRE_TABLE] - 1
+    assert np.all(np.isfinite(model.query_model(batch).numpy()))
+    assert np.all(np.isfinite(model.candidate_model(batch).numpy()))
+
+
+def test_query_tower_save_reload_predict(tmp_path, table_sizes):
+    model = TwoTowerModel(TwoTowerConfig(**SMALL), table_sizes)
+    batch = make_transformed_batch(3, seed=8)
+    query_batch = {key: batch[key] for key in F.QUERY_FEATURES_XF}
+    expected = model.query_model(query_batch).numpy()
+    spec = {
+        key: tf.TensorSpec([None, *value.shape[1:]], tf.as_dtype(value.dtype), name=key)
+        for key, value in query_batch.items()
+    }
+
+    @tf.function(input_signature=[spec])
+    def serve(features):
+        return {"query_embedding": model.query_model(features)}
+
+    export = tf.Module()
+    export.query_model = model.query_model
+    tf.saved_model.save(export, str(tmp_path / "query"), signatures={"serving_default": serve})
+    reloaded = tf.saved_model.load(str(tmp_path / "query"))
+    out = reloaded.signatures["serving_default"](**{k: tf.constant(v) for k, v in query_batch.items()})
+    np.testing.assert_allclose(out["query_embedding"], expected, rtol=1e-5, atol=1e-6)
