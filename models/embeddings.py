@@ -141,7 +141,9 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
         self.feature_tables = dict(feature_tables)
         if backend == "keras":
             self._tables = {
-                name: tf.keras.layers.Embedding(spec.rows, spec.dim, embeddings_initializer=_initializer(spec.dim), name=name)
+                name: tf.keras.layers.Embedding(
+                    spec.rows, spec.dim, embeddings_initializer=_initializer(spec.dim), name=name
+                )
                 for name, spec in specs.items()
             }
             # Built now, not on first lookup: a tower looks up only its own

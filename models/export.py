@@ -36,7 +36,7 @@ def raw_input_specs(tft_output: tft.TFTransformOutput, keys: Sequence[str]) -> d
 
 
 def _default_value(dtype: tf.DType):
-    return "" if dtype == tf.string else tf.zeros([], dtype)
+    return "" if dtype == tf.string else dtype.as_numpy_dtype(0)
 
 
 def to_transform_inputs(

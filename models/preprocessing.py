@@ -144,7 +144,9 @@ def _vocab_ids(x, vocab_filename: str) -> tf.Tensor:
 def _bucketize(x: tf.Tensor, boundaries) -> tf.Tensor:
     # Fixed boundaries (no analyzer): the buckets must mean the same thing in
     # every pipeline run, and the sentinels must land in their own bucket.
-    return tf.cast(tf.raw_ops.Bucketize(input=tf.cast(x, tf.float32), boundaries=[float(b) for b in boundaries]), tf.int64)
+    return tf.cast(
+        tf.raw_ops.Bucketize(input=tf.cast(x, tf.float32), boundaries=[float(b) for b in boundaries]), tf.int64
+    )
 
 
 def title_tokens(titles: tf.Tensor) -> tf.RaggedTensor:

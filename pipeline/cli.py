@@ -61,10 +61,38 @@ def _run(args) -> None:
         schema_path=None if args.infer_schema else args.schema,
         beam_pipeline_args=beam_args,
         enable_cache=not args.no_cache,
+        train_models=not args.no_train,
+        two_tower={"epochs": args.epochs} if args.epochs else {},
+        ranking={"epochs": args.epochs} if args.epochs else {},
     )
     print(f"Running pipeline {config.pipeline_name!r} on {config.data_dir} -> {out}")
     summary = run_local(config)
     print(summary.format())
+
+
+def _evaluate(args) -> None:
+    import json
+
+    from components.evaluation.offline import OfflineData, comparison_table, evaluate_models
+    from pipeline.local_runner import latest_artifacts
+
+    out = Path(args.output_dir).resolve()
+    artifacts = latest_artifacts(str(out / "metadata.sqlite"))
+    missing = [k for k in ("Ingestion.examples", "Ingestion.item_catalog") if k not in artifacts]
+    if missing:
+        raise ValueError(f"the run in {out} has no {', '.join(missing)}; run `towerflow run` first")
+    model_dirs = {
+        name: os.path.join(artifacts[key], "Format-Serving") if key in artifacts else None
+        for name, key in (("two_tower", "TwoTowerTrainer.model"), ("ranker", "RankingTrainer.model"))
+    }
+    print(f"Evaluating on the test split of {artifacts['Ingestion.examples']}")
+    data = OfflineData.from_artifacts(artifacts["Ingestion.examples"], artifacts["Ingestion.item_catalog"])
+    reports = evaluate_models(data, model_dirs["two_tower"], model_dirs["ranker"], rerank_depth=args.rerank_depth)
+    print(comparison_table(reports))
+    report_path = Path(args.report or out / "evaluation.json")
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(json.dumps({"models": model_dirs, **{k: r.to_dict() for k, r in reports.items()}}, indent=2))
+    print(f"Full report (every metric, K and slice): {report_path}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,7 +134,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--beam-arg", action="append", help="extra Beam pipeline arg, e.g. --beam-arg=--runner=DataflowRunner"
     )
     run.add_argument("--no-cache", action="store_true", help="re-run every component")
+    run.add_argument("--no-train", action="store_true", help="stop after validation (no Transform/Trainers)")
+    run.add_argument("--epochs", type=int, default=None, help="override both models' epochs")
     run.set_defaults(func=_run)
+
+    ev = commands.add_parser("evaluate", help="score popularity, two-tower and two-tower+DCN on the test split")
+    ev.add_argument("--output-dir", default="runs/local", help="the --output-dir of `towerflow run`")
+    ev.add_argument("--rerank-depth", type=int, default=100, help="retrieved candidates the ranker re-orders")
+    ev.add_argument("--report", default=None, help="JSON report path (default: <output-dir>/evaluation.json)")
+    ev.set_defaults(func=_evaluate)
     return parser
 
 

@@ -154,6 +154,24 @@ def read_run_summary(config: PipelineConfig, started: float) -> RunSummary:
     return summary
 
 
+def latest_artifacts(metadata_path: str) -> dict[str, str]:
+    """ "Node.output" -> URI of the newest artifact each node output has published."""
+    if not Path(metadata_path).is_file():
+        raise FileNotFoundError(f"no ML Metadata store at {metadata_path}; run `towerflow run` first")
+    store = metadata_store.MetadataStore(sqlite_connection(metadata_path))
+    nodes = execution_nodes(store)
+    latest: dict[str, tuple[int, str]] = {}
+    for event in store.get_events_by_execution_ids(list(nodes)):
+        if event.type != metadata_store_pb2.Event.OUTPUT or not event.path.steps:
+            continue
+        key = f"{nodes[event.execution_id]}.{event.path.steps[0].key}"
+        if key not in latest or event.artifact_id > latest[key][0]:
+            latest[key] = (event.artifact_id, "")
+    artifacts = store.get_artifacts_by_id([a for a, _ in latest.values()])
+    uris = {a.id: a.uri for a in artifacts if a.state == metadata_store_pb2.Artifact.LIVE}
+    return {key: uris[a] for key, (a, _) in latest.items() if a in uris}
+
+
 def read_anomalies(uri: str) -> dict[str, list[str]]:
     """Split -> ["feature: description", ...] from ExampleValidator's SchemaDiff files."""
     from tensorflow_metadata.proto.v0 import anomalies_pb2

@@ -15,7 +15,6 @@ from components.ingestion import readers
 from components.ingestion.component import Ingestion
 from pipeline.config import PipelineConfig, fingerprint_dir
 
-
 PREPROCESSING_FN = "models.preprocessing.preprocessing_fn"
 TWO_TOWER_RUN_FN = "models.run_fns.run_two_tower"
 RANKING_RUN_FN = "models.run_fns.run_ranking"

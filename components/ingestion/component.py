@@ -21,6 +21,8 @@ import apache_beam as beam
 from tfx import types
 from tfx.dsl.component.experimental.annotations import BeamComponentParameter, OutputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
+from tfx.components.util import examples_utils
+from tfx.proto import example_gen_pb2
 from tfx.types import standard_artifacts
 from tfx.types.standard_artifact_utils import encode_split_names
 
@@ -100,6 +102,7 @@ def Ingestion(  # noqa: N802 - TFX names components like classes
         summary = json.load(f)
 
     examples.split_names = encode_split_names(list(SPLITS))
+    examples_utils.set_payload_format(examples, example_gen_pb2.PayloadFormat.FORMAT_TF_EXAMPLE)
     examples.span = 0
     properties = {
         "split_strategy": split_strategy,

@@ -82,3 +82,15 @@ def make_dataset(num_examples: int = 64, batch_size: int = 16, seed: int = 0):
     return tf.data.Dataset.from_tensor_slices(make_transformed_batch(num_examples, seed)).batch(
         batch_size, drop_remainder=True
     )
+
+
+@pytest.fixture
+def make_batch():
+    """Factory fixture: make_batch(batch_size, seed=0) -> dict of numpy arrays."""
+    return make_transformed_batch
+
+
+@pytest.fixture(name="make_dataset")
+def make_dataset_fixture():
+    """Factory fixture: make_dataset(num_examples=64, batch_size=16, seed=0) -> tf.data.Dataset."""
+    return make_dataset

@@ -9,7 +9,6 @@ from models import features as F
 from models import preprocessing as P
 from models.ranking import DCNRankingModel, RankingConfig
 from models.two_tower import TwoTowerConfig, TwoTowerModel
-from tests.models.conftest import make_dataset, make_transformed_batch
 
 SMALL = dict(user_id_dim=8, item_id_dim=8, feature_dim=4, batch_size=16, epochs=1)
 
@@ -93,7 +92,7 @@ def _two_tower(backend, table_sizes, **overrides):
 
 
 @pytest.mark.parametrize("backend", E.EMBEDDING_BACKENDS)
-def test_two_tower_trains_with_both_backends(backend, table_sizes):
+def test_two_tower_trains_with_both_backends(backend, table_sizes, make_dataset):
     tf.keras.utils.set_random_seed(1)
     losses = _train(_two_tower(backend, table_sizes, learning_rate=0.5), make_dataset())
     assert np.all(np.isfinite(losses))
@@ -101,7 +100,7 @@ def test_two_tower_trains_with_both_backends(backend, table_sizes):
 
 
 @pytest.mark.parametrize("backend", E.EMBEDDING_BACKENDS)
-def test_ranking_trains_with_both_backends(backend, table_sizes):
+def test_ranking_trains_with_both_backends(backend, table_sizes, make_dataset):
     tf.keras.utils.set_random_seed(1)
     config = RankingConfig(deep_layers=(16,), embedding_backend=backend, learning_rate=0.1, **SMALL)
     losses = _train(DCNRankingModel(config, table_sizes), make_dataset())
@@ -109,9 +108,9 @@ def test_ranking_trains_with_both_backends(backend, table_sizes):
     assert losses[-1] < losses[0]
 
 
-def test_tpu_checkpoint_restores_into_keras_two_tower(tmp_path, table_sizes):
+def test_tpu_checkpoint_restores_into_keras_two_tower(tmp_path, table_sizes, make_batch, make_dataset):
     tf.keras.utils.set_random_seed(2)
-    batch = make_transformed_batch(8, seed=5)
+    batch = make_batch(8, seed=5)
     trained = _two_tower("tpu", table_sizes, history_pooling="attention")
     _train(trained, make_dataset(), epochs=2)
     checkpoint_path = tf.train.Checkpoint(model=trained).save(str(tmp_path / "ckpt"))
@@ -133,9 +132,9 @@ def test_tpu_checkpoint_restores_into_keras_two_tower(tmp_path, table_sizes):
     np.testing.assert_allclose(item_table, trained.embeddings.table_variables()[P.ITEM_ID_TABLE].numpy())
 
 
-def test_tpu_weights_transfer_into_keras_ranking(table_sizes):
+def test_tpu_weights_transfer_into_keras_ranking(table_sizes, make_batch, make_dataset):
     tf.keras.utils.set_random_seed(3)
-    batch = make_transformed_batch(8, seed=6)
+    batch = make_batch(8, seed=6)
     config = dict(deep_layers=(16,), projection_dim=4, **SMALL)
     tpu_model = DCNRankingModel(RankingConfig(embedding_backend="tpu", **config), table_sizes)
     _train(tpu_model, make_dataset(), epochs=1)
@@ -146,8 +145,8 @@ def test_tpu_weights_transfer_into_keras_ranking(table_sizes):
         np.testing.assert_allclose(keras_model(batch)[key], value, rtol=1e-5, atol=1e-6)
 
 
-def test_weight_transfer_rejects_different_models(table_sizes):
-    batch = make_transformed_batch(4)
+def test_weight_transfer_rejects_different_models(table_sizes, make_batch):
+    batch = make_batch(4)
     a = _two_tower("tpu", table_sizes)
     b = _two_tower("keras", table_sizes, mlp_layers=(16, 16))
     for model in (a, b):

@@ -227,3 +227,27 @@ def test_serving_layer_transforms_query_features_without_labels_or_item(transfor
         assert key in out, key
     np.testing.assert_array_equal(out[F.USER_ID_XF].numpy(), [1, 4])
     np.testing.assert_array_equal(out[F.HIST_ITEM_IDS_XF].numpy()[:, :3], [[1, 2, 0], [0, 0, 0]])
+
+
+def test_raw_unknown_user_through_transform_and_query_tower(transformed):
+    """tft_layer + query tower on raw features, as the serving function stacks them."""
+    from models.two_tower import TwoTowerConfig, TwoTowerModel
+
+    _, _, tft_output = transformed
+    sizes = preprocessing.table_sizes_from_transform_output(tft_output)
+    model = TwoTowerModel(TwoTowerConfig(embedding_dim=8, mlp_layers=(8,)), sizes)
+    raw = {
+        F.USER_ID: tf.constant([b"never-seen-user"]),
+        F.USER_AGE: tf.constant([-1], tf.int64),
+        F.USER_GENDER: tf.constant([b""]),
+        F.USER_OCCUPATION: tf.constant([b"astronaut"]),
+        F.USER_ZIP: tf.constant([b"ABCDE"]),
+        F.HIST_ITEM_IDS: tf.sparse.from_dense(tf.constant([[b"i1", b"never-seen-item"]])),
+        F.USER_PRIOR_COUNT: tf.constant([2], tf.int64),
+        F.USER_PRIOR_MEAN_RATING: tf.constant([3.0]),
+        F.USER_DAYS_SINCE_FIRST: tf.constant([1.0]),
+        F.CTX_HOUR: tf.constant([23], tf.int64),
+        F.CTX_DAY_OF_WEEK: tf.constant([6], tf.int64),
+    }
+    embedding = model.query_model(tft_output.transform_features_layer()(raw)).numpy()
+    assert embedding.shape == (1, 8) and np.all(np.isfinite(embedding))

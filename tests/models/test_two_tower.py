@@ -10,7 +10,6 @@ from models import embeddings as E
 from models import features as F
 from models import preprocessing as P
 from models.two_tower import TwoTowerConfig, TwoTowerModel
-from tests.models.conftest import make_dataset, make_transformed_batch
 
 SMALL = dict(embedding_dim=8, user_id_dim=8, item_id_dim=8, feature_dim=4, mlp_layers=(16,), batch_size=8)
 
@@ -132,8 +131,8 @@ def _reference_loss(query, candidate, temperature, log_q=None, ids=None):
     return -np.trace(log_softmax[:, : len(query)])
 
 
-def test_compute_loss_wires_log_q_and_candidate_ids(table_sizes):
-    batch = make_transformed_batch(8, seed=3)
+def test_compute_loss_wires_log_q_and_candidate_ids(table_sizes, make_batch):
+    batch = make_batch(8, seed=3)
     batch[F.ITEM_ID_XF][:3] = 4  # accidental hits within the batch
     model = TwoTowerModel(TwoTowerConfig(temperature=0.2, **SMALL), table_sizes)
     query = model.query_model(batch).numpy()
@@ -149,16 +148,16 @@ def test_compute_loss_wires_log_q_and_candidate_ids(table_sizes):
     assert float(plain.compute_loss(batch)) == pytest.approx(_reference_loss(query, candidate, 0.2), rel=1e-4)
 
 
-def _catalog(table_sizes, size=5):
-    catalog = make_transformed_batch(size, seed=9)
+def _catalog(make_batch, size=5):
+    catalog = make_batch(size, seed=9)
     catalog[F.ITEM_ID_XF] = np.arange(1, size + 1, dtype=np.int64)
     return {key: catalog[key] for key in E.CANDIDATE_ID_FEATURES + (F.ITEM_LOG_FREQUENCY_XF,)}
 
 
-def test_mixed_negatives_append_catalog_items_with_mixture_probability(table_sizes):
-    catalog = _catalog(table_sizes)
+def test_mixed_negatives_append_catalog_items_with_mixture_probability(table_sizes, make_batch):
+    catalog = _catalog(make_batch)
     model = TwoTowerModel(TwoTowerConfig(num_random_negatives=2, **SMALL), table_sizes, catalog=catalog)
-    batch = make_transformed_batch(4, seed=1)
+    batch = make_batch(4, seed=1)
     candidates = model.candidates_for_batch(batch)
     assert candidates[F.ITEM_ID_XF].shape == (6,)
     assert candidates[F.ITEM_GENRES_XF].shape == (6, F.GENRES_MAX_LEN)
@@ -166,27 +165,27 @@ def test_mixed_negatives_append_catalog_items_with_mixture_probability(table_siz
     assert set(candidates[F.ITEM_ID_XF][4:].numpy()) <= set(catalog[F.ITEM_ID_XF])
     # B = 4 in-batch draws from the unigram q, R = 2 uniform draws over N = 5:
     # an item with q = 0.25 has (4 * 0.25 + 2 / 5) / (4 + 2) = 1.4 / 6.
-    probability = model.sampling_probability({F.ITEM_LOG_FREQUENCY_XF: tf.math.log([0.25, 0.0 + 1e-9])}, 4)
+    probability = model.sampling_probability({F.ITEM_LOG_FREQUENCY_XF: tf.math.log([0.25, 1e-9])}, 4)
     np.testing.assert_allclose(probability, [1.4 / 6, (2 / 5) / 6], rtol=1e-5)
     loss = model.compute_loss(batch)
     assert np.isfinite(float(loss))
 
 
-def test_trains_with_mixed_and_hard_negatives_and_attention(table_sizes):
+def test_trains_with_mixed_and_hard_negatives_and_attention(table_sizes, make_batch, make_dataset):
     tf.keras.utils.set_random_seed(4)
     config = TwoTowerConfig(
         num_random_negatives=3, num_hard_negatives=4, history_pooling="attention", learning_rate=0.5, **SMALL
     )
-    model = TwoTowerModel(config, table_sizes, catalog=_catalog(table_sizes))
+    model = TwoTowerModel(config, table_sizes, catalog=_catalog(make_batch))
     model.compile()
     losses = model.fit(make_dataset(), epochs=3, verbose=0).history["loss"]
     assert np.all(np.isfinite(losses))
     assert losses[-1] != losses[0]
 
 
-def test_towers_output_unit_vectors_and_share_the_item_table(table_sizes):
+def test_towers_output_unit_vectors_and_share_the_item_table(table_sizes, make_batch):
     model = TwoTowerModel(TwoTowerConfig(**{**SMALL, "embedding_dim": 6}), table_sizes)
-    batch = make_transformed_batch(4, seed=2)
+    batch = make_batch(4, seed=2)
     batch[F.HIST_ITEM_IDS_XF][:] = F.PAD_ID
     batch[F.HIST_ITEM_IDS_XF][0, 0] = 7  # only user 0 has seen item 7
     batch[F.ITEM_ID_XF][:] = [7, 2, 3, 2]
@@ -204,9 +203,9 @@ def test_towers_output_unit_vectors_and_share_the_item_table(table_sizes):
     assert not np.allclose(moved_candidate[0], candidate[0]) and np.allclose(moved_candidate[1:], candidate[1:])
 
 
-def test_unknown_user_and_genre_at_inference(table_sizes):
+def test_unknown_user_and_genre_at_inference(table_sizes, make_batch):
     model = TwoTowerModel(TwoTowerConfig(**SMALL), table_sizes)
-    batch = make_transformed_batch(2, seed=7)
+    batch = make_batch(2, seed=7)
     # The OOV bucket is the table's last row (preprocessing maps unseen values there).
     batch[F.USER_ID_XF][:] = table_sizes[P.USER_ID_TABLE] - 1
     batch[F.ITEM_GENRES_XF][:, 0] = table_sizes[P.ITEM_GENRE_TABLE] - 1
@@ -214,9 +213,9 @@ def test_unknown_user_and_genre_at_inference(table_sizes):
     assert np.all(np.isfinite(model.candidate_model(batch).numpy()))
 
 
-def test_query_tower_save_reload_predict(tmp_path, table_sizes):
+def test_query_tower_save_reload_predict(tmp_path, table_sizes, make_batch):
     model = TwoTowerModel(TwoTowerConfig(**SMALL), table_sizes)
-    batch = make_transformed_batch(3, seed=8)
+    batch = make_batch(3, seed=8)
     query_batch = {key: batch[key] for key in F.QUERY_FEATURES_XF}
     expected = model.query_model(query_batch).numpy()
     spec = {

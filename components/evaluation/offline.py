@@ -1,0 +1,258 @@
+"""Offline evaluation of exported models with the DESIGN.md protocol.
+
+Reads what the pipeline produced -- the ingested splits, the item catalog, the
+exported two-tower and DCN SavedModels -- and scores three recommenders on the
+test split: popularity (train+eval counts), two-tower retrieval (exact top-K
+over the whole catalog minus seen items) and retrieval followed by DCN
+re-ranking of the top `rerank_depth`. Users are served as of the test cut-off:
+their history features come from `models.features.history_features` over
+their train+eval interactions, exactly what the online feature store computes.
+
+Models are called only through their serving signatures on raw features, so
+this measures what serving would return.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from components.evaluation.protocol import EvalReport, EvalSet, PopularityRecommender, evaluate
+from models import features as F
+
+FRAME_KEYS = (F.USER_ID, F.ITEM_ID, F.RATING, F.TIMESTAMP)
+USER_STATIC = (F.USER_AGE, F.USER_GENDER, F.USER_OCCUPATION, F.USER_ZIP)
+DEFAULT_KS = (10, 50, 100)
+
+
+def _read_records(pattern: str, keys: Mapping[str, tf.io.FixedLenFeature | tf.io.VarLenFeature]) -> dict:
+    files = sorted(glob.glob(pattern))
+    if not files:
+        return {k: np.array([]) for k in keys}
+    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(8192)
+    columns: dict[str, list] = {k: [] for k in keys}
+    for batch in dataset.map(lambda s: tf.io.parse_example(s, keys)):
+        for key, value in batch.items():
+            if isinstance(value, tf.SparseTensor):
+                columns[key].extend(tf.RaggedTensor.from_sparse(value).to_list())
+            else:
+                columns[key].extend(value.numpy().reshape(-1).tolist())
+    return columns
+
+
+def _decode(values):
+    return [v.decode("utf-8") if isinstance(v, bytes) else v for v in values]
+
+
+@dataclass
+class OfflineData:
+    """Interactions with their split, static user features and the catalog's raw features."""
+
+    frame: pd.DataFrame  # user_id, item_id, rating, timestamp, split
+    users: pd.DataFrame  # index user_id; USER_STATIC columns
+    catalog: pd.DataFrame  # index item_id; ITEM_FEATURES columns (genres as lists)
+
+    @classmethod
+    def from_artifacts(cls, examples_uri: str, catalog_uri: str) -> OfflineData:
+        spec = {
+            F.USER_ID: tf.io.FixedLenFeature([], tf.string),
+            F.ITEM_ID: tf.io.FixedLenFeature([], tf.string),
+            F.RATING: tf.io.FixedLenFeature([], tf.float32),
+            F.TIMESTAMP: tf.io.FixedLenFeature([], tf.int64),
+            F.USER_AGE: tf.io.FixedLenFeature([], tf.int64),
+            F.USER_GENDER: tf.io.FixedLenFeature([], tf.string),
+            F.USER_OCCUPATION: tf.io.FixedLenFeature([], tf.string),
+            F.USER_ZIP: tf.io.FixedLenFeature([], tf.string),
+        }
+        frames = []
+        for split in ("train", "eval", "test"):
+            cols = _read_records(os.path.join(examples_uri, f"Split-{split}", "*.gz"), spec)
+            frame = pd.DataFrame({k: _decode(v) for k, v in cols.items()})
+            frame["split"] = split
+            frames.append(frame)
+        full = pd.concat(frames, ignore_index=True)
+        users = full.drop_duplicates(F.USER_ID).set_index(F.USER_ID)[list(USER_STATIC)]
+        catalog_spec = {
+            F.ITEM_ID: tf.io.FixedLenFeature([], tf.string),
+            F.ITEM_TITLE: tf.io.FixedLenFeature([], tf.string),
+            F.ITEM_GENRES: tf.io.VarLenFeature(tf.string),
+            F.ITEM_RELEASE_YEAR: tf.io.FixedLenFeature([], tf.int64),
+        }
+        cols = _read_records(os.path.join(catalog_uri, "*.gz"), catalog_spec)
+        catalog = pd.DataFrame(
+            {
+                F.ITEM_ID: _decode(cols[F.ITEM_ID]),
+                F.ITEM_TITLE: _decode(cols[F.ITEM_TITLE]),
+                F.ITEM_GENRES: [_decode(g) for g in cols[F.ITEM_GENRES]],
+                F.ITEM_RELEASE_YEAR: cols[F.ITEM_RELEASE_YEAR],
+            }
+        ).set_index(F.ITEM_ID)
+        return cls(full[list(FRAME_KEYS) + ["split"]], users, catalog)
+
+    def eval_set(self) -> EvalSet:
+        return EvalSet.from_frame(self.frame, catalog=list(self.catalog.index))
+
+
+def _pad(lists: Sequence[Sequence[str]]) -> np.ndarray:
+    width = max([len(x) for x in lists] + [1])
+    return np.array([list(x) + [""] * (width - len(x)) for x in lists], dtype=object)
+
+
+def query_features(
+    data: OfflineData, user_ids: Sequence[str], as_of: int, history_length: int = F.DEFAULT_HISTORY_LENGTH
+) -> dict[str, np.ndarray]:
+    """Raw query-tower inputs of `user_ids` as of `as_of`, from their train+eval interactions."""
+    past = data.frame[(data.frame["split"] != "test") & (data.frame[F.TIMESTAMP] < as_of)]
+    events = {
+        user: [F.Event(int(t), i, float(r)) for i, r, t in zip(g[F.ITEM_ID], g[F.RATING], g[F.TIMESTAMP])]
+        for user, g in past.groupby(F.USER_ID)
+    }
+    history = [F.history_features(events.get(u, []), as_of, history_length) for u in user_ids]
+    context = F.context_features(as_of)
+    statics = data.users.reindex(list(user_ids))
+    out = {
+        F.USER_ID: np.array(user_ids, dtype=object),
+        F.USER_AGE: statics[F.USER_AGE].fillna(-1).astype(np.int64).to_numpy(),
+        F.USER_GENDER: statics[F.USER_GENDER].fillna("").to_numpy(dtype=object),
+        F.USER_OCCUPATION: statics[F.USER_OCCUPATION].fillna("").to_numpy(dtype=object),
+        F.USER_ZIP: statics[F.USER_ZIP].fillna("").to_numpy(dtype=object),
+        F.HIST_ITEM_IDS: _pad([h[F.HIST_ITEM_IDS] for h in history]),
+        F.USER_PRIOR_COUNT: np.array([h[F.USER_PRIOR_COUNT] for h in history], dtype=np.int64),
+        F.USER_PRIOR_MEAN_RATING: np.array([h[F.USER_PRIOR_MEAN_RATING] for h in history], dtype=np.float32),
+        F.USER_DAYS_SINCE_FIRST: np.array([h[F.USER_DAYS_SINCE_FIRST] for h in history], dtype=np.float32),
+        F.CTX_HOUR: np.full(len(user_ids), context[F.CTX_HOUR], dtype=np.int64),
+        F.CTX_DAY_OF_WEEK: np.full(len(user_ids), context[F.CTX_DAY_OF_WEEK], dtype=np.int64),
+    }
+    return out
+
+
+def candidate_features(data: OfflineData, item_ids: Sequence[str]) -> dict[str, np.ndarray]:
+    rows = data.catalog.reindex(list(item_ids))
+    return {
+        F.ITEM_ID: np.array(item_ids, dtype=object),
+        F.ITEM_TITLE: rows[F.ITEM_TITLE].fillna("").to_numpy(dtype=object),
+        F.ITEM_GENRES: _pad([g if isinstance(g, list) else [] for g in rows[F.ITEM_GENRES]]),
+        F.ITEM_RELEASE_YEAR: rows[F.ITEM_RELEASE_YEAR].fillna(0).astype(np.int64).to_numpy(),
+    }
+
+
+def _call(signature, inputs: Mapping[str, np.ndarray], batch_size: int = 4096) -> dict[str, np.ndarray]:
+    n = len(next(iter(inputs.values())))
+    outs: dict[str, list] = {}
+    for start in range(0, n, batch_size):
+        chunk = {k: tf.constant(v[start : start + batch_size]) for k, v in inputs.items()}
+        for key, value in signature(**chunk).items():
+            outs.setdefault(key, []).append(value.numpy())
+    return {k: np.concatenate(v) for k, v in outs.items()}
+
+
+class TwoTowerRecommender:
+    """Exact top-K by dot product over the catalog, through the exported tower signatures."""
+
+    def __init__(self, model_dir: str, data: OfflineData, as_of: int):
+        self._model = tf.saved_model.load(model_dir)
+        self._data, self._as_of = data, as_of
+        self.item_ids = np.array(data.catalog.index, dtype=object)
+        self._index = {item: i for i, item in enumerate(self.item_ids)}
+        cand = self._model.signatures["candidate_tower"]
+        self.item_embeddings = _call(cand, candidate_features(data, list(self.item_ids)))["embedding"]
+
+    def query_embeddings(self, user_ids: Sequence[str]) -> np.ndarray:
+        return _call(self._model.signatures["query_tower"], query_features(self._data, user_ids, self._as_of))[
+            "embedding"
+        ]
+
+    def __call__(self, user_ids, k, exclude):
+        scores = self.query_embeddings(user_ids) @ self.item_embeddings.T
+        for row, seen in enumerate(exclude):
+            idx = [self._index[i] for i in seen if i in self._index]
+            scores[row, idx] = -np.inf
+        k = min(k, scores.shape[1])
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        order = np.take_along_axis(scores, top, axis=1).argsort(axis=1)[:, ::-1]
+        ranked = np.take_along_axis(top, order, axis=1)
+        return [[self.item_ids[j] for j in row if np.isfinite(scores[r, j])] for r, row in enumerate(ranked)]
+
+
+class RerankedRecommender:
+    """Retrieves `depth` candidates, then orders them by the DCN ranker's score."""
+
+    def __init__(
+        self,
+        retrieval: TwoTowerRecommender,
+        ranker_dir: str,
+        data: OfflineData,
+        as_of: int,
+        depth: int = 100,
+        score: str = "liked_probability",
+    ):
+        self._retrieval, self._data, self._as_of = retrieval, data, as_of
+        self._ranker = tf.saved_model.load(ranker_dir).signatures["ranker"]
+        self._depth, self._score = depth, score
+        past = data.frame[data.frame["split"] != "test"]
+        self._popularity = past[F.ITEM_ID].value_counts()
+
+    def __call__(self, user_ids, k, exclude):
+        candidates = self._retrieval(user_ids, max(k, self._depth), exclude)
+        query = query_features(self._data, user_ids, self._as_of)
+        rows, items = [], []
+        for u, cands in enumerate(candidates):
+            rows.extend([u] * len(cands))
+            items.extend(cands)
+        inputs = {key: value[rows] for key, value in query.items()}
+        inputs.update(candidate_features(self._data, items))
+        inputs[F.ITEM_PRIOR_COUNT] = self._popularity.reindex(items).fillna(0).astype(np.int64).to_numpy()
+        scores = _call(self._ranker, inputs)[self._score]
+        out, start = [], 0
+        for cands in candidates:
+            s = scores[start : start + len(cands)]
+            start += len(cands)
+            out.append([cands[j] for j in np.argsort(-s, kind="stable")][:k])
+        return out
+
+
+def evaluate_models(
+    data: OfflineData,
+    two_tower_dir: str | None,
+    ranker_dir: str | None,
+    ks: Sequence[int] = DEFAULT_KS,
+    rerank_depth: int = 100,
+) -> dict[str, EvalReport]:
+    """Reports for popularity, two-tower and two-tower + DCN (those whose models are given)."""
+    eval_set = data.eval_set()
+    as_of = int(np.ceil(eval_set.cutoff))
+    genres = {item: g for item, g in data.catalog[F.ITEM_GENRES].items()}
+    popularity = PopularityRecommender(data.frame[data.frame["split"] != "test"], catalog=eval_set.catalog)
+    reports = {"popularity": evaluate(popularity, eval_set, ks, item_genres=genres)}
+    if two_tower_dir:
+        retrieval = TwoTowerRecommender(two_tower_dir, data, as_of)
+        reports["two_tower"] = evaluate(retrieval, eval_set, ks, item_genres=genres)
+        if ranker_dir:
+            reranked = RerankedRecommender(retrieval, ranker_dir, data, as_of, depth=rerank_depth)
+            reports["two_tower+dcn"] = evaluate(reranked, eval_set, ks, item_genres=genres)
+    return reports
+
+
+def comparison_table(
+    reports: Mapping[str, EvalReport], metrics=("recall@100", "ndcg@10", "recall@10", "hit_rate@10")
+) -> str:
+    """One line per (model, slice) with the headline metrics."""
+    header = f"{'model':<16}{'slice':<7}{'users':>6}" + "".join(f"{m:>13}" for m in metrics)
+    lines = [header]
+    for name, report in reports.items():
+        as_dict = report.to_dict()
+        for slice_name in ("all", "warm", "cold"):
+            cells = []
+            for metric in metrics:
+                base, k = metric.split("@")
+                value = report.metric(base, int(k), slice_name)
+                cells.append(f"{value:>13.3f}")
+            n = as_dict.get("n_users", {}).get(slice_name, "")
+            lines.append(f"{name:<16}{slice_name:<7}{n!s:>6}" + "".join(cells))
+    return "\n".join(lines)
