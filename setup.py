@@ -12,8 +12,9 @@ setup(
     version="0.1.0",
     description="End-to-end TFX recommender pipeline: Beam ingestion, TFRS two-tower and DCN, ScaNN, TF Serving.",
     python_requires=">=3.10",
-    packages=find_packages(include=["pipeline", "pipeline.*", "components", "components.*", "models", "models.*",
-                                    "serving", "serving.*"]),
+    packages=find_packages(
+        include=["pipeline", "pipeline.*", "components", "components.*", "models", "models.*", "serving", "serving.*"]
+    ),
     package_data={"": ["*.pbtxt"]},
     install_requires=[
         "tfx==1.16.0",

@@ -1,5 +1,4 @@
-"""Online side of towerflow: model server, clients and the recommender service.
-"""
+"""Online side of towerflow: model server, clients and the recommender service."""
 
 import os
 

@@ -13,15 +13,14 @@ with a message naming the table, the fraction and the most common reasons; the
 quarantine is written first so the user can see what went wrong.
 """
 
-
 import json
 import os
 
 import apache_beam as beam
 from tfx import types
+from tfx.components.util import examples_utils
 from tfx.dsl.component.experimental.annotations import BeamComponentParameter, OutputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
-from tfx.components.util import examples_utils
 from tfx.proto import example_gen_pb2
 from tfx.types import standard_artifacts
 from tfx.types.standard_artifact_utils import encode_split_names
