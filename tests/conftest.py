@@ -18,3 +18,27 @@ def ml100k_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"MovieLens-100K not found at {path}; run `make data`")
     return path
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(ml100k_dir, tmp_path_factory):
+    """The whole pipeline (ingestion -> validation -> Transform -> both Trainers) run once on ml-100k.
+
+    Shared by every e2e test that needs real artifacts and a real MLMD store;
+    models train for 2 epochs to keep the suite's time bounded.
+    Returns (PipelineConfig, RunSummary, progress messages).
+    """
+    from pipeline.config import PipelineConfig
+    from pipeline.local_runner import run_local
+
+    out = tmp_path_factory.mktemp("pipeline_run")
+    config = PipelineConfig(
+        data_dir=str(ml100k_dir),
+        pipeline_root=str(out / "pipeline_root"),
+        metadata_path=str(out / "metadata.sqlite"),
+        two_tower={"epochs": 2},
+        ranking={"epochs": 2},
+    )
+    messages = []
+    summary = run_local(config, report=messages.append)
+    return config, summary, messages

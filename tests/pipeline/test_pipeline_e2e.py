@@ -9,25 +9,24 @@ from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from components.ingestion import readers
-from pipeline.config import PipelineConfig
 from pipeline.local_runner import execution_nodes, run_local, sqlite_connection
 
 pytestmark = pytest.mark.e2e
 
-COMPONENTS = {"Ingestion", "StatisticsGen", "ImportSchemaGen", "ExampleValidator"}
+COMPONENTS = {
+    "Ingestion",
+    "StatisticsGen",
+    "ImportSchemaGen",
+    "ExampleValidator",
+    "Transform",
+    "TwoTowerTrainer",
+    "RankingTrainer",
+}
 
 
 @pytest.fixture(scope="module")
-def ml100k_run(ml100k_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    config = PipelineConfig(
-        data_dir=str(ml100k_dir),
-        pipeline_root=str(out / "pipeline_root"),
-        metadata_path=str(out / "metadata.sqlite"),
-    )
-    messages = []
-    summary = run_local(config, report=messages.append)
-    return config, summary, messages
+def ml100k_run(pipeline_run):
+    return pipeline_run
 
 
 def test_every_component_completes_and_progress_is_reported(ml100k_run):
