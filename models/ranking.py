@@ -10,9 +10,14 @@ with `tfrs.layers.dcn.Cross`:
 * "parallel": [cross layers(x0), deep MLP(x0)] -> heads.
 
 `projection_dim` makes the cross kernels low rank (DCN-Mix style savings);
-None keeps them full rank. Two tasks share the trunk: rating regression (MSE)
-and liked probability (binary cross-entropy on logits); the training loss is
-their weighted sum. `call` returns both predictions.
+None keeps them full rank. Three tasks share the trunk: rating regression
+(MSE), liked probability (binary cross-entropy on logits) and interaction
+probability. The first two only ever see items the user did interact with, so
+on their own they cannot tell which retrieved candidate the user will pick;
+the interaction head learns exactly that, from each positive pair against
+`num_negatives` in-batch negatives (the same user paired with other examples'
+items, i.e. negatives drawn by popularity). The training loss is the weighted
+sum; `call` returns all three predictions.
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ CROSS_STRUCTURES: tuple[str, ...] = get_args(CrossStructure)
 # Keys of the dict returned by DCNRankingModel.call.
 RATING_OUTPUT = "rating"
 LIKED_OUTPUT = "liked_probability"
+INTERACTION_OUTPUT = "interaction_probability"
+# Item-side transformed features that move together when an item is swapped in as a negative.
+CANDIDATE_SIDE_FEATURES = E.CANDIDATE_ID_FEATURES + (F.ITEM_PRIOR_COUNT_LOG_XF,)
 
 
 @dataclass
@@ -49,6 +57,9 @@ class RankingConfig:
     deep_layers: tuple[int, ...] = (256, 128)
     rating_weight: float = 1.0
     liked_weight: float = 1.0
+    interaction_weight: float = 1.0
+    num_negatives: int = 4  # in-batch negatives per positive for the interaction task
+    use_item_popularity: bool = True  # the item's prior interaction count as an input
     optimizer: E.OptimizerName = "adagrad"
     learning_rate: float = 0.05
     batch_size: int = 256
@@ -66,12 +77,15 @@ class RankingConfig:
             E.require_int("deep_layers entries", size, minimum=1)
         if self.num_cross_layers == 0 and not self.deep_layers:
             raise ValueError("need at least one cross layer or one deep layer")
-        for name in ("rating_weight", "liked_weight"):
+        E.require_int("num_negatives", self.num_negatives, minimum=0)
+        for name in ("rating_weight", "liked_weight", "interaction_weight"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-        if self.rating_weight == 0 and self.liked_weight == 0:
-            raise ValueError("rating_weight and liked_weight cannot both be 0")
+        if self.rating_weight == 0 and self.liked_weight == 0 and self.interaction_weight == 0:
+            raise ValueError("rating_weight, liked_weight and interaction_weight cannot all be 0")
+        if self.interaction_weight and not self.num_negatives:
+            raise ValueError("interaction_weight > 0 needs num_negatives >= 1")
         E.require_positive("learning_rate", self.learning_rate)
         E.require_choice("history_pooling", self.history_pooling, E.HISTORY_POOLING_MODES)
         E.require_choice("structure", self.structure, CROSS_STRUCTURES)
@@ -116,6 +130,7 @@ class DCNRankingModel(tfrs.Model):
         self.deep = E.mlp(config.deep_layers, None, name="deep")
         self.rating_head = tf.keras.layers.Dense(1, name="rating_head")
         self.liked_head = tf.keras.layers.Dense(1, name="liked_head")
+        self.interaction_head = tf.keras.layers.Dense(1, name="interaction_head")
         self.rating_task = tfrs.tasks.Ranking(
             loss=tf.keras.losses.MeanSquaredError(),
             metrics=[tf.keras.metrics.RootMeanSquaredError(name="rating_rmse")],
@@ -123,6 +138,10 @@ class DCNRankingModel(tfrs.Model):
         self.liked_task = tfrs.tasks.Ranking(
             loss=tf.keras.losses.BinaryCrossentropy(from_logits=True),
             metrics=[tf.keras.metrics.AUC(from_logits=True, name="liked_auc")],
+        )
+        self.interaction_task = tfrs.tasks.Ranking(
+            loss=tf.keras.losses.BinaryCrossentropy(from_logits=True),
+            metrics=[tf.keras.metrics.AUC(from_logits=True, name="interaction_auc")],
         )
 
     def compile(self, optimizer=None, **kwargs):
@@ -135,31 +154,57 @@ class DCNRankingModel(tfrs.Model):
             x = layer(x0, x)
         return x
 
-    def _logits(self, features: Mapping[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
-        """(rating [B, 1], liked logit [B, 1]) for transformed features."""
+    def _trunk(self, features: Mapping[str, tf.Tensor]) -> tf.Tensor:
         # One lookup for every id feature, the form TPU embeddings need.
         embedded = self.embeddings(E.select(features, E.QUERY_ID_FEATURES + E.CANDIDATE_ID_FEATURES))
-        popularity = tf.cast(features[F.ITEM_PRIOR_COUNT_LOG_XF], tf.float32)[:, tf.newaxis]
-        x0 = tf.concat(
-            [self.query_features(features, embedded), self.candidate_features(features, embedded), popularity],
-            axis=-1,
-        )
+        parts = [self.query_features(features, embedded), self.candidate_features(features, embedded)]
+        if self.config.use_item_popularity:
+            parts.append(tf.cast(features[F.ITEM_PRIOR_COUNT_LOG_XF], tf.float32)[:, tf.newaxis])
+        x0 = tf.concat(parts, axis=-1)
         if self.config.structure == "stacked":
-            trunk = self.deep(self._cross(x0))
-        else:
-            trunk = tf.concat([self._cross(x0), self.deep(x0)], axis=-1)
-        return self.rating_head(trunk), self.liked_head(trunk)
+            return self.deep(self._cross(x0))
+        return tf.concat([self._cross(x0), self.deep(x0)], axis=-1)
 
     def call(self, features: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        rating, liked_logit = self._logits(features)
-        return {RATING_OUTPUT: rating, LIKED_OUTPUT: tf.sigmoid(liked_logit)}
+        trunk = self._trunk(features)
+        return {
+            RATING_OUTPUT: self.rating_head(trunk),
+            LIKED_OUTPUT: tf.sigmoid(self.liked_head(trunk)),
+            INTERACTION_OUTPUT: tf.sigmoid(self.interaction_head(trunk)),
+        }
+
+    def _negatives(self, features: Mapping[str, tf.Tensor]) -> list[dict[str, tf.Tensor]]:
+        """The batch's users paired with other rows' items (a random non-zero roll per negative)."""
+        batch = tf.shape(features[F.ITEM_ID_XF])[0]
+        out = []
+        for _ in range(self.config.num_negatives):
+            shift = tf.random.uniform([], 1, tf.maximum(batch, 2), dtype=tf.int32)
+            rolled = dict(features)
+            for key in CANDIDATE_SIDE_FEATURES:
+                rolled[key] = tf.roll(features[key], shift, axis=0)
+            out.append(rolled)
+        return out
 
     def compute_loss(self, features: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:
-        rating, liked_logit = self._logits(features)
-        rating_loss = self.rating_task(
-            labels=tf.reshape(tf.cast(features[F.RATING_XF], tf.float32), [-1, 1]), predictions=rating
-        )
-        liked_loss = self.liked_task(
-            labels=tf.reshape(tf.cast(features[F.LIKED_XF], tf.float32), [-1, 1]), predictions=liked_logit
-        )
-        return self.config.rating_weight * rating_loss + self.config.liked_weight * liked_loss
+        trunk = self._trunk(features)
+        loss = tf.constant(0.0)
+        if self.config.rating_weight:
+            rating_loss = self.rating_task(
+                labels=tf.reshape(tf.cast(features[F.RATING_XF], tf.float32), [-1, 1]),
+                predictions=self.rating_head(trunk),
+            )
+            loss += self.config.rating_weight * rating_loss
+        if self.config.liked_weight:
+            liked_loss = self.liked_task(
+                labels=tf.reshape(tf.cast(features[F.LIKED_XF], tf.float32), [-1, 1]),
+                predictions=self.liked_head(trunk),
+            )
+            loss += self.config.liked_weight * liked_loss
+        if self.config.interaction_weight:
+            logits = [self.interaction_head(trunk)] + [
+                self.interaction_head(self._trunk(negative)) for negative in self._negatives(features)
+            ]
+            labels = [tf.ones_like(logits[0])] + [tf.zeros_like(x) for x in logits[1:]]
+            interaction_loss = self.interaction_task(labels=tf.concat(labels, 0), predictions=tf.concat(logits, 0))
+            loss += self.config.interaction_weight * interaction_loss
+        return loss

@@ -5,7 +5,8 @@ interleave and parse, large batches, prefetch), trains with a TensorBoard log,
 and exports a SavedModel whose signatures take RAW features (models/export.py):
 
   retrieval:  query_tower, candidate_tower (+ *_examples); default query_tower
-  ranking:    ranker (+ ranker_examples); default ranker
+  ranking:    ranker (+ ranker_examples) -> rating, liked_probability,
+              interaction_probability; default ranker
 
 Hyper-parameters come from the Trainer's `custom_config`:
   {"two_tower": {...TwoTowerConfig fields...}} or {"ranking": {...RankingConfig fields...}}
@@ -28,7 +29,7 @@ from models import embeddings as E
 from models import export
 from models import features as F
 from models.preprocessing import table_sizes_from_transform_output
-from models.ranking import LIKED_OUTPUT, RATING_OUTPUT, DCNRankingModel, RankingConfig
+from models.ranking import DCNRankingModel, RankingConfig
 from models.two_tower import TwoTowerConfig, TwoTowerModel
 
 QUERY_TOWER = "query_tower"
@@ -163,8 +164,7 @@ def export_two_tower(model: TwoTowerModel, tft_output: tft.TFTransformOutput, pa
 
 def export_ranking(model: DCNRankingModel, tft_output: tft.TFTransformOutput, path: str) -> None:
     def head(module, xf):
-        out = module.models["ranker"](xf)
-        return {RATING_OUTPUT: tf.reshape(out[RATING_OUTPUT], [-1]), LIKED_OUTPUT: tf.reshape(out[LIKED_OUTPUT], [-1])}
+        return {key: tf.reshape(value, [-1]) for key, value in module.models["ranker"](xf).items()}
 
     export.export_saved_model(path, tft_output, {"ranker": model}, {RANKER: (RANKER_FEATURES, head)}, default=RANKER)
 

@@ -223,6 +223,7 @@ def evaluate_models(
     ranker_dir: str | None,
     ks: Sequence[int] = DEFAULT_KS,
     rerank_depth: int = 100,
+    rerank_scores: Sequence[str] = ("interaction_probability",),
 ) -> dict[str, EvalReport]:
     """Reports for popularity, two-tower and two-tower + DCN (those whose models are given)."""
     eval_set = data.eval_set()
@@ -234,14 +235,17 @@ def evaluate_models(
         retrieval = TwoTowerRecommender(two_tower_dir, data, as_of)
         reports["two_tower"] = evaluate(retrieval, eval_set, ks, item_genres=genres)
         if ranker_dir:
-            reranked = RerankedRecommender(retrieval, ranker_dir, data, as_of, depth=rerank_depth)
-            reports["two_tower+dcn"] = evaluate(reranked, eval_set, ks, item_genres=genres)
+            for i, score in enumerate(rerank_scores):
+                reranked = RerankedRecommender(retrieval, ranker_dir, data, as_of, depth=rerank_depth, score=score)
+                name = "two_tower+dcn" if i == 0 else f"+dcn:{score}"
+                reports[name] = evaluate(reranked, eval_set, ks, item_genres=genres)
     return reports
 
 
-def comparison_table(
-    reports: Mapping[str, EvalReport], metrics=("recall@100", "ndcg@10", "recall@10", "hit_rate@10")
-) -> str:
+HEADLINE_METRICS = ("recall@100", "ndcg@10", "recall@10", "hit_rate@10")
+
+
+def comparison_table(reports: Mapping[str, EvalReport], metrics: Sequence[str] = HEADLINE_METRICS) -> str:
     """One line per (model, slice) with the headline metrics."""
     header = f"{'model':<16}{'slice':<7}{'users':>6}" + "".join(f"{m:>13}" for m in metrics)
     lines = [header]

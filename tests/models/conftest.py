@@ -94,3 +94,11 @@ def make_batch():
 def make_dataset_fixture():
     """Factory fixture: make_dataset(num_examples=64, batch_size=16, seed=0) -> tf.data.Dataset."""
     return make_dataset
+
+
+@pytest.fixture(scope="session")
+def tft_world(tmp_path_factory):
+    """(transformed train rows, transformed unseen rows, TFTransformOutput) of tests/tft_world.py, built once."""
+    from tft_world import build_transform
+
+    return build_transform(tmp_path_factory.mktemp("tft"))

@@ -6,7 +6,14 @@ import tensorflow as tf
 
 from models import features as F
 from models import preprocessing as P
-from models.ranking import LIKED_OUTPUT, RATING_OUTPUT, DCNRankingModel, RankingConfig
+from models.ranking import (
+    CANDIDATE_SIDE_FEATURES,
+    INTERACTION_OUTPUT,
+    LIKED_OUTPUT,
+    RATING_OUTPUT,
+    DCNRankingModel,
+    RankingConfig,
+)
 
 SMALL = dict(user_id_dim=8, item_id_dim=8, feature_dim=4, deep_layers=(16,), batch_size=16)
 
@@ -32,13 +39,13 @@ def test_config_rejects_bad_values(overrides, message):
 def test_call_returns_rating_and_liked_probability(table_sizes, make_batch):
     model = DCNRankingModel(RankingConfig(**SMALL), table_sizes)
     out = model(make_batch(5))
-    assert set(out) == {RATING_OUTPUT, LIKED_OUTPUT}
+    assert set(out) == {RATING_OUTPUT, LIKED_OUTPUT, INTERACTION_OUTPUT}
     assert out[RATING_OUTPUT].shape == (5, 1) and out[LIKED_OUTPUT].shape == (5, 1)
     assert np.all((out[LIKED_OUTPUT].numpy() > 0) & (out[LIKED_OUTPUT].numpy() < 1))
 
 
 def test_loss_is_the_weighted_sum_of_mse_and_bce(table_sizes, make_batch):
-    config = RankingConfig(rating_weight=0.5, liked_weight=2.0, **SMALL)
+    config = RankingConfig(rating_weight=0.5, liked_weight=2.0, interaction_weight=0.0, **SMALL)
     model = DCNRankingModel(config, table_sizes)
     batch = make_batch(6, seed=4)
     out = model(batch)
@@ -80,3 +87,23 @@ def test_unknown_user_and_genre_at_inference(table_sizes, make_batch):
     batch[F.ITEM_GENRES_XF][:, 0] = table_sizes[P.ITEM_GENRE_TABLE] - 1
     for value in model(batch).values():
         assert np.all(np.isfinite(value.numpy()))
+
+
+def test_interaction_loss_contrasts_each_user_with_another_rows_item(table_sizes, make_batch):
+    # With a batch of 2 the only non-zero roll is 1: the negatives are (user0, item1) and (user1, item0).
+    config = RankingConfig(rating_weight=0.0, liked_weight=0.0, interaction_weight=1.0, num_negatives=1, **SMALL)
+    model = DCNRankingModel(config, table_sizes)
+    batch = make_batch(2, seed=7)
+    swapped = dict(batch)
+    for key in CANDIDATE_SIDE_FEATURES:
+        swapped[key] = batch[key][::-1]
+    p_pos = model(batch)[INTERACTION_OUTPUT].numpy()[:, 0]
+    p_neg = model(swapped)[INTERACTION_OUTPUT].numpy()[:, 0]
+    # binary cross-entropy: positives labelled 1, negatives 0, averaged over the 4 pairs
+    expected = -np.mean(np.concatenate([np.log(p_pos), np.log(1 - p_neg)]))
+    assert float(model.compute_loss(batch)) == pytest.approx(expected, rel=1e-4)
+
+
+def test_interaction_task_needs_negatives():
+    with pytest.raises(ValueError, match="num_negatives"):
+        RankingConfig(interaction_weight=1.0, num_negatives=0)

@@ -1,0 +1,113 @@
+"""Model quality on the DESIGN.md protocol, mean over seeds, from an existing pipeline run.
+
+Re-trains the two-tower and DCN models with the pipeline's own run_fns on the
+run's Transform output (so only training varies between seeds), exports them,
+and scores popularity, two-tower and two-tower + DCN re-ranking of the top 100
+on the test split with `components.evaluation.offline`.
+
+    .venv/bin/python benchmarks/model_quality.py --output-dir runs/local --seeds 0 1 2
+
+Prints per-seed and mean tables and writes <output-dir>/quality/quality.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+from tfx.components.trainer.fn_args_utils import FnArgs  # noqa: E402
+
+from components.evaluation.offline import HEADLINE_METRICS, OfflineData, comparison_table, evaluate_models  # noqa: E402
+from models import run_fns  # noqa: E402
+from pipeline.local_runner import latest_artifacts  # noqa: E402
+
+SLICES = ("all", "warm", "cold")
+
+
+def _fn_args(transform_uri: str, examples_uri: str, out: Path, key: str, config: dict, seed: int) -> FnArgs:
+    return FnArgs(
+        train_files=[os.path.join(examples_uri, "Split-train", "*.gz")],
+        eval_files=[os.path.join(examples_uri, "Split-eval", "*.gz")],
+        transform_output=transform_uri,
+        transform_graph_path=transform_uri,
+        serving_model_dir=str(out / "serving"),
+        model_run_dir=str(out / "logs"),
+        custom_config={key: config, "seed": seed},
+    )
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output-dir", default="runs/local")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--two-tower", default="{}", help="JSON TwoTowerConfig overrides")
+    parser.add_argument("--ranking", default="{}", help="JSON RankingConfig overrides")
+    parser.add_argument("--rerank-depth", type=int, default=100)
+    parser.add_argument("--skip-ranking", action="store_true", help="train and score retrieval only")
+    parser.add_argument(
+        "--rerank-scores", nargs="+", default=["interaction_probability"], help="ranker outputs to order by"
+    )
+    args = parser.parse_args(argv)
+
+    print(f"machine: {platform.platform()}, {os.cpu_count()} cores, Python {sys.version.split()[0]}")
+    artifacts = latest_artifacts(os.path.join(args.output_dir, "metadata.sqlite"))
+    transform_uri = artifacts["Transform.transform_graph"]
+    transformed = artifacts["Transform.transformed_examples"]
+    data = OfflineData.from_artifacts(artifacts["Ingestion.examples"], artifacts["Ingestion.item_catalog"])
+    two_tower_cfg, ranking_cfg = json.loads(args.two_tower), json.loads(args.ranking)
+    root = Path(args.output_dir) / "quality"
+    per_seed = []
+    for seed in args.seeds:
+        started = time.time()
+        tt = _fn_args(transform_uri, transformed, root / f"seed{seed}" / "two_tower", "two_tower", two_tower_cfg, seed)
+        rk = _fn_args(transform_uri, transformed, root / f"seed{seed}" / "ranking", "ranking", ranking_cfg, seed)
+        run_fns.run_two_tower(tt)
+        run_fns.run_ranking(rk)
+        reports = evaluate_models(
+            data,
+            tt.serving_model_dir,
+            rk.serving_model_dir,
+            rerank_depth=args.rerank_depth,
+            rerank_scores=args.rerank_scores,
+        )
+        print(f"\nseed {seed} ({time.time() - started:.0f}s)\n{comparison_table(reports)}")
+        per_seed.append({name: r.to_dict() for name, r in reports.items()})
+
+    models = list(per_seed[0])
+    print(f"\nmean over seeds {args.seeds}")
+    print(f"{'model':<16}{'slice':<7}" + "".join(f"{m:>13}" for m in HEADLINE_METRICS))
+    mean = {}
+    for model in models:
+        for slice_name in SLICES:
+            values = [np.mean([s[model]["metrics"][slice_name][m] for s in per_seed]) for m in HEADLINE_METRICS]
+            mean.setdefault(model, {})[slice_name] = dict(zip(HEADLINE_METRICS, values))
+            print(f"{model:<16}{slice_name:<7}" + "".join(f"{v:>13.3f}" for v in values))
+    base = mean["popularity"]
+    for model in models[1:]:
+        lifts = {s: {m: mean[model][s][m] / base[s][m] - 1 for m in ("recall@100", "ndcg@10")} for s in SLICES}
+        shown = "; ".join(f"{s}: R@100 {v['recall@100']:+.1%}, NDCG@10 {v['ndcg@10']:+.1%}" for s, v in lifts.items())
+        print(f"{model} vs popularity: {shown}")
+    root.mkdir(parents=True, exist_ok=True)
+    result = {
+        "seeds": args.seeds,
+        "two_tower": two_tower_cfg,
+        "ranking": ranking_cfg,
+        "mean": mean,
+        "per_seed": per_seed,
+    }
+    (root / "quality.json").write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {root / 'quality.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

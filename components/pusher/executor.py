@@ -1,0 +1,74 @@
+"""ServingPusher's executor: check every blessing, then push into the serving root.
+
+Records on the PushedModel artifact the TFX Pusher's custom properties
+(`pushed` 1/0, `pushed_destination`, `pushed_version`) plus `serving_root`,
+`model_name` and, when nothing was pushed, `not_pushed_reason` -- so lineage
+shows why a model did or did not reach serving.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from tfx.dsl.components.base import base_executor
+from tfx.types import artifact_utils
+
+from serving import model_repository as repo
+
+log = logging.getLogger(__name__)
+
+MODEL_KEY = "model"
+BLESSINGS_KEY = "blessings"
+PUSHED_MODEL_KEY = "pushed_model"
+
+
+def unblessed(blessings) -> list[str]:
+    """Names of the blessings that do not say blessed=1 (TFX's ModelBlessing convention)."""
+    bad = []
+    for blessing in blessings:
+        has = blessing.has_custom_property("blessed")
+        if not has or blessing.get_int_custom_property("blessed") != 1:
+            producer = blessing.producer_component or blessing.name or blessing.uri
+            bad.append(f"{producer} ({blessing.uri})")
+    return bad
+
+
+def serving_model_dir(model_uri: str, subdir: str) -> str:
+    """The SavedModel inside a Model artifact (Trainer writes it under Format-Serving)."""
+    for candidate in (f"{model_uri}/{subdir}" if subdir else None, model_uri):
+        if candidate and repo.is_saved_model_dir(candidate):
+            return candidate
+    raise FileNotFoundError(f"no SavedModel in the Model artifact {model_uri} (looked in {subdir or '.'} and .)")
+
+
+class Executor(base_executor.BaseExecutor):
+    def Do(self, input_dict: dict[str, list], output_dict: dict[str, list], exec_properties: dict[str, Any]) -> None:  # noqa: N802
+        model = artifact_utils.get_single_instance(input_dict[MODEL_KEY])
+        blessings = list(input_dict.get(BLESSINGS_KEY) or [])
+        pushed = artifact_utils.get_single_instance(output_dict[PUSHED_MODEL_KEY])
+        name = exec_properties["model_name"]
+        serving_root = exec_properties["serving_root"]
+        pushed.set_string_custom_property("model_name", name)
+        pushed.set_string_custom_property("serving_root", serving_root)
+        bad = unblessed(blessings)
+        if bad:
+            reason = f"not blessed by {', '.join(bad)}"
+            log.warning("ServingPusher: %s is %s; nothing pushed", model.uri, reason)
+            pushed.set_int_custom_property("pushed", 0)
+            pushed.set_string_custom_property("not_pushed_reason", reason)
+            return
+        result = repo.push(
+            serving_root,
+            name,
+            serving_model_dir(model.uri, exec_properties.get("model_subdir") or ""),
+            canary=bool(exec_properties.get("canary")),
+            keep_versions=int(exec_properties.get("keep_versions") or 2),
+            retain_on_disk=int(exec_properties.get("retain_on_disk") or 5),
+        )
+        pushed.set_int_custom_property("pushed", 1)
+        pushed.set_string_custom_property("pushed_destination", result.path)
+        pushed.set_string_custom_property("pushed_version", str(result.version))
+        log.info(
+            "ServingPusher: pushed %s as %s version %d (%s)", model.uri, name, result.version, result.state.format()
+        )

@@ -1,0 +1,423 @@
+"""Loaded model versions and the manager that keeps them in step with the serving root.
+
+`ModelManager` reads a ModelServerConfig (or one model name + base path, like
+`tensorflow_model_server --model_name --model_base_path`), polls each base
+path and the config file, loads the versions the version policy selects and
+unloads the rest -- new versions are loaded *before* old ones are dropped,
+and the switch is one reference swap, so a request that already resolved its
+version finishes on it (TF Serving's availability-preserving policy).
+
+`Servable` is one loaded SavedModel version: its SignatureDefs (what the
+metadata API returns), input specs, and predict, optionally through a
+`Batcher` that merges concurrent requests into one model call.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from serving import model_repository as repo
+from serving.tensor_codec import InputSpec, ServingError, check_inputs, invalid
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SIGNATURE = "serving_default"
+PREDICT_METHOD = "tensorflow/serving/predict"
+
+
+def load_custom_ops() -> list[str]:
+    """Registers op libraries SavedModels may need (ScaNN's ops for the retrieval index)."""
+    loaded = []
+    try:
+        import scann  # noqa: F401  (importing it loads _scann_ops.so into TensorFlow's op registry)
+
+        loaded.append("scann")
+    except Exception as err:  # a missing or broken ScaNN only matters for models that use its ops
+        log.warning("ScaNN ops not registered (%s); SavedModels with ScaNN ops will fail to load", err)
+    return loaded
+
+
+@dataclass(frozen=True)
+class BatchingOptions:
+    """Server-side batching of concurrent predicts (the knobs of TF Serving's batching_parameters)."""
+
+    max_batch_size: int = 32
+    batch_timeout_micros: int = 2000
+    pad_variable_length_inputs: bool = True
+
+    def __post_init__(self):
+        if self.max_batch_size < 1 or self.batch_timeout_micros < 0:
+            raise ValueError("max_batch_size must be >= 1 and batch_timeout_micros >= 0")
+
+
+def _pad_value(dtype: np.dtype):
+    return b"" if dtype.kind == "O" else dtype.type(0)
+
+
+def _concat(arrays: list[np.ndarray], pad: bool) -> np.ndarray:
+    if len(arrays) == 1:
+        return arrays[0]
+    if pad and arrays[0].ndim >= 2:
+        widths = np.max([a.shape[1:] for a in arrays], axis=0)
+        padded = []
+        for a in arrays:
+            extra = [(0, 0)] + [(0, int(w) - n) for w, n in zip(widths, a.shape[1:])]
+            padded.append(np.pad(a, extra, constant_values=_pad_value(a.dtype)) if any(e[1] for e in extra) else a)
+        arrays = padded
+    return np.concatenate(arrays, axis=0)
+
+
+class Batcher:
+    """Merges concurrent calls of one signature into one model call (up to max_batch_size rows).
+
+    A request waits at most batch_timeout_micros for company. If the merged
+    call fails, each request is re-run alone, so one bad request cannot fail
+    its neighbours.
+    """
+
+    _STOP = object()
+
+    def __init__(self, run, options: BatchingOptions, name: str):
+        self._run = run
+        self._options = options
+        self._queue: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
+        self._thread.start()
+
+    def submit(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = next(iter(inputs.values())).shape[0] if inputs else 0
+        if rows >= self._options.max_batch_size:
+            return self._run(inputs)
+        future: Future = Future()
+        with self._lock:
+            if self._closed:
+                return self._run(inputs)
+            self._queue.put((inputs, rows, future))
+        return future.result()
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._queue.put(self._STOP)
+
+    def _loop(self) -> None:
+        timeout = self._options.batch_timeout_micros / 1e6
+        stopping = False
+        while not stopping:
+            item = self._queue.get()
+            if item is self._STOP:
+                return
+            batch, rows = [item], item[1]
+            deadline = time.monotonic() + timeout
+            while rows < self._options.max_batch_size:
+                remaining = deadline - time.monotonic()
+                try:
+                    nxt = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is self._STOP:
+                    stopping = True
+                    break
+                batch.append(nxt)
+                rows += nxt[1]
+            self._execute(batch)
+
+    def _execute(self, batch: list) -> None:
+        if len(batch) > 1:
+            try:
+                keys = batch[0][0].keys()
+                merged = {k: _concat([b[0][k] for b in batch], self._options.pad_variable_length_inputs) for k in keys}
+                outputs = self._run(merged)
+                total = sum(b[1] for b in batch)
+                if all(v.ndim and v.shape[0] == total for v in outputs.values()):
+                    start = 0
+                    for _, rows, future in batch:
+                        future.set_result({k: v[start : start + rows] for k, v in outputs.items()})
+                        start += rows
+                    return
+            except Exception:  # fall back to one call per request below
+                pass
+        for inputs, _, future in batch:
+            try:
+                future.set_result(self._run(inputs))
+            except Exception as err:
+                future.set_exception(err)
+
+
+class Servable:
+    """One loaded version of one model."""
+
+    def __init__(self, name: str, version: int, path: str, batching: BatchingOptions | None = None):
+        import tensorflow as tf
+        from tensorflow.core.protobuf import saved_model_pb2
+
+        self.name = name
+        self.version = version
+        self.path = path
+        proto = saved_model_pb2.SavedModel()
+        proto.ParseFromString((Path(path) / "saved_model.pb").read_bytes())
+        graph = next((g for g in proto.meta_graphs if "serve" in g.meta_info_def.tags), None)
+        if graph is None:
+            raise ValueError(f"{path} has no MetaGraph tagged 'serve'")
+        self.signature_defs = graph.signature_def
+        self._tf = tf
+        self._loaded = tf.saved_model.load(path, tags=["serve"])
+        self._functions = {k: fn for k, fn in self._loaded.signatures.items()}
+        self.input_specs = {
+            key: {n: InputSpec.from_tensor_info(n, info) for n, info in sig.inputs.items()}
+            for key, sig in self.signature_defs.items()
+            if key in self._functions
+        }
+        self._batching = batching
+        self._batchers: dict[str, Batcher] = {}
+        self._batchers_lock = threading.Lock()
+
+    def signature(self, signature_name: str | None) -> tuple[str, dict[str, InputSpec]]:
+        key = signature_name or DEFAULT_SIGNATURE
+        if key not in self.input_specs:
+            raise invalid(
+                f'Serving signature name: "{key}" not found in signature def of {self.name} version {self.version} '
+                f"(signatures: {sorted(self.input_specs)})"
+            )
+        return key, self.input_specs[key]
+
+    def _call(self, key: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        tf = self._tf
+        specs = self.input_specs[key]
+        tensors = {n: tf.constant(a, dtype=tf.dtypes.as_dtype(specs[n].dtype)) for n, a in inputs.items()}
+        try:
+            result = self._functions[key](**tensors)
+        except (tf.errors.InvalidArgumentError, ValueError, TypeError) as err:
+            raise invalid(f"{self.name} version {self.version}, signature {key!r}: {_first_line(err)}") from err
+        except tf.errors.OpError as err:
+            raise ServingError("INTERNAL", f"{self.name} version {self.version}: {_first_line(err)}") from err
+        return {k: v.numpy() for k, v in result.items()}
+
+    def predict(self, signature_name: str | None, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Checks inputs against the signature, then runs it (through the batcher when batching is on)."""
+        key, specs = self.signature(signature_name)
+        check_inputs(inputs, specs, key)
+        inputs = {n: np.asarray(a, dtype=specs[n].numpy_dtype) for n, a in inputs.items()}
+        batchable = self._batching is not None and all(
+            s.shape and s.shape[0] is None and inputs[n].ndim for n, s in specs.items()
+        )
+        if not batchable:
+            return self._call(key, inputs)
+        with self._batchers_lock:
+            batcher = self._batchers.get(key)
+            if batcher is None:
+                batcher = Batcher(
+                    lambda x, key=key: self._call(key, x), self._batching, f"{self.name}-{self.version}-{key}"
+                )
+                self._batchers[key] = batcher
+        return batcher.submit(inputs)
+
+    def close(self) -> None:
+        """Stops the batchers; requests already holding this servable still complete."""
+        with self._batchers_lock:
+            for batcher in self._batchers.values():
+                batcher.close()
+            self._batchers.clear()
+
+
+def _first_line(err: Exception) -> str:
+    text = getattr(err, "message", None) or str(err)
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+@dataclass(frozen=True)
+class VersionEvent:
+    state: str  # AVAILABLE | END (unloaded or failed)
+    error_code: str = "OK"
+    error_message: str = ""
+
+
+@dataclass(frozen=True)
+class ModelSnapshot:
+    """What one model serves right now; replaced as a whole, never mutated."""
+
+    name: str
+    base_path: str
+    versions: dict[int, Servable] = field(default_factory=dict)
+    labels: dict[str, int] = field(default_factory=dict)
+    history: dict[int, VersionEvent] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _ModelTarget:
+    name: str
+    base_path: str
+    config: object  # ModelConfig proto (policy and labels)
+
+
+class ModelManager:
+    """Keeps loaded versions in step with the config and the base paths."""
+
+    def __init__(
+        self,
+        config_file: str | None = None,
+        model_name: str | None = None,
+        model_base_path: str | None = None,
+        poll_seconds: float = 1.0,
+        batching: BatchingOptions | None = None,
+    ):
+        if bool(config_file) == bool(model_name and model_base_path):
+            raise ValueError("give either a model config file, or a model name and a model base path")
+        self.config_file = config_file
+        self.model_name = model_name
+        self.model_base_path = model_base_path
+        self.poll_seconds = poll_seconds
+        self.batching = batching
+        self._models: dict[str, ModelSnapshot] = {}
+        self._failed: dict[tuple[str, int], float] = {}  # (model, version) -> mtime of the failed directory
+        self._refresh_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- configuration ---------------------------------------------------------------------------
+    def _targets(self) -> list[_ModelTarget]:
+        from tensorflow_serving.config import model_server_config_pb2
+
+        if self.config_file:
+            config = repo.read_config(self.config_file)
+            return [_ModelTarget(m.name, m.base_path, m) for m in config.model_config_list.config]
+        model = model_server_config_pb2.ModelConfig(name=self.model_name, base_path=self.model_base_path)
+        return [_ModelTarget(self.model_name, self.model_base_path, model)]
+
+    def refresh(self) -> dict[str, list[int]]:
+        """One poll: load what the policy wants, then unload what it no longer wants. Returns loaded versions."""
+        with self._refresh_lock:
+            try:
+                targets = self._targets()
+            except (ValueError, OSError) as err:
+                log.error("cannot read the model config %s: %s; keeping the current models", self.config_file, err)
+                return {name: sorted(s.versions) for name, s in self._models.items()}
+            new_models = {}
+            for target in targets:
+                new_models[target.name] = self._refresh_model(target)
+            for name, old in self._models.items():
+                if name not in new_models:
+                    for servable in old.versions.values():
+                        servable.close()
+            self._models = new_models
+            return {name: sorted(s.versions) for name, s in new_models.items()}
+
+    def _refresh_model(self, target: _ModelTarget) -> ModelSnapshot:
+        old = self._models.get(target.name) or ModelSnapshot(target.name, target.base_path)
+        on_disk = repo.versions_on_disk(target.base_path)
+        wanted = repo.served_versions(target.config, on_disk)
+        versions = {v: s for v, s in old.versions.items() if v in wanted and s.path == _version_path(target, v)}
+        history = dict(old.history)
+        for version in wanted:
+            if version in versions:
+                continue
+            path = _version_path(target, version)
+            mtime = _mtime(path)
+            if self._failed.get((target.name, version)) == mtime:
+                continue
+            try:
+                started = time.monotonic()
+                versions[version] = Servable(target.name, version, path, self.batching)
+                history[version] = VersionEvent("AVAILABLE")
+                log.info("loaded %s version %d in %.1fs", target.name, version, time.monotonic() - started)
+            except Exception as err:
+                self._failed[(target.name, version)] = mtime
+                history[version] = VersionEvent("END", "UNKNOWN", f"failed to load {path}: {_first_line(err)}")
+                log.error("failed to load %s version %d from %s: %s", target.name, version, path, err)
+        for version, servable in old.versions.items():
+            if versions.get(version) is not servable:
+                servable.close()
+                if history.get(version, VersionEvent("END")).state == "AVAILABLE" and version not in versions:
+                    history[version] = VersionEvent("END")
+                log.info("unloaded %s version %d", target.name, version)
+        labels = dict(target.config.version_labels)
+        return ModelSnapshot(target.name, target.base_path, versions, labels, history)
+
+    # -- polling ----------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.refresh()
+        if self.poll_seconds > 0 and self._thread is None:
+            self._thread = threading.Thread(target=self._poll, name="model-poller", daemon=True)
+            self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.poll_seconds):
+            try:
+                self.refresh()
+            except Exception:  # the poller must outlive any one bad poll
+                log.exception("model poll failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        for snapshot in self._models.values():
+            for servable in snapshot.versions.values():
+                servable.close()
+
+    # -- lookups ----------------------------------------------------------------------------------
+    def model_names(self) -> list[str]:
+        return sorted(self._models)
+
+    def snapshot(self, name: str) -> ModelSnapshot:
+        snapshot = self._models.get(name)
+        if snapshot is None:
+            raise ServingError("NOT_FOUND", f"Could not find any versions of model {name}")
+        return snapshot
+
+    def resolve(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
+        """The servable a request addresses: a version, a label, or (neither) the latest loaded one."""
+        snapshot = self.snapshot(name)
+        if label is not None:
+            if label not in snapshot.labels:
+                raise ServingError("NOT_FOUND", f"Unrecognized servable version label: {label} (model {name})")
+            version = snapshot.labels[label]
+        if version is None:
+            if not snapshot.versions:
+                raise ServingError("NOT_FOUND", f"Servable not found for request: Latest({name})")
+            return snapshot.versions[max(snapshot.versions)]
+        servable = snapshot.versions.get(version)
+        if servable is None:
+            raise ServingError("NOT_FOUND", f"Servable not found for request: Specific({name}, {version})")
+        return servable
+
+    def status(self, name: str, version: int | None = None, label: str | None = None) -> list[tuple[int, VersionEvent]]:
+        """(version, state) pairs in the manner of GetModelStatus; NOT_FOUND like TF Serving."""
+        snapshot = self.snapshot(name)
+        if label is not None:
+            if label not in snapshot.labels:
+                raise ServingError("NOT_FOUND", f"Unrecognized servable version label: {label} (model {name})")
+            version = snapshot.labels[label]
+        if version is not None:
+            if version not in snapshot.history:
+                raise ServingError("NOT_FOUND", f"Could not find version {version} of model {name}")
+            return [(version, snapshot.history[version])]
+        if not snapshot.history:
+            raise ServingError("NOT_FOUND", f"Could not find any versions of model {name}")
+        return sorted(snapshot.history.items(), reverse=True)
+
+
+def _version_path(target: _ModelTarget, version: int) -> str:
+    return os.path.join(target.base_path, str(version))
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return 0.0

@@ -1,0 +1,70 @@
+"""The REST JSON codec on its own: conversions, shape and dtype checks, response shapes."""
+
+import numpy as np
+import pytest
+
+from serving.tensor_codec import InputSpec, ServingError, format_predict_response, parse_predict_request
+
+SPECS = {
+    "user_id": InputSpec("user_id", 7, (None,)),
+    "user_age": InputSpec("user_age", 9, (None,)),
+    "hist": InputSpec("hist", 7, (None, None)),
+}
+
+
+def test_row_and_columnar_give_the_same_arrays():
+    rows, row_format = parse_predict_request(
+        {
+            "instances": [
+                {"user_id": "a", "user_age": 3, "hist": ["x", ""]},
+                {"user_id": "b", "user_age": 4, "hist": ["y", "z"]},
+            ]
+        },
+        SPECS,
+        "s",
+    )
+    cols, col_format = parse_predict_request(
+        {"inputs": {"user_id": ["a", "b"], "user_age": [3, 4], "hist": [["x", ""], ["y", "z"]]}}, SPECS, "s"
+    )
+    assert row_format and not col_format
+    for key in SPECS:
+        assert rows[key].tolist() == cols[key].tolist()
+    assert rows["user_age"].dtype == np.int64 and rows["user_id"].tolist() == [b"a", b"b"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"instances": [{"user_id": "a", "user_age": True, "hist": ["x"]}]}, "expected an integer"),
+        ({"instances": [{"user_id": 1, "user_age": 1, "hist": ["x"]}]}, "expected a string"),
+        ({"inputs": {"user_id": ["a"], "user_age": [1, 2], "hist": [["x"], ["y"]]}}, "different batch sizes"),
+        ({"inputs": {"user_id": ["a"], "user_age": [1], "hist": ["x"]}}, "pad list features"),
+        ({"inputs": {"user_id": ["a"], "user_age": [1], "hist": [["x"]], "zzz": [1]}}, "unknown inputs"),
+        ({"inputs": {"user_id": ["a"], "user_age": [2**70], "hist": [["x"]]}}, "out of range"),
+        ({"inputs": {"user_id": [{"b64": "@@@"}], "user_age": [1], "hist": [["x"]]}}, "invalid base64"),
+        ({"instances": [1, 2]}, "each instance must be an object"),
+        ({"instances": []}, "empty"),
+        ([1, 2], "JSON object"),
+    ],
+)
+def test_invalid_requests_name_the_problem(body, message):
+    with pytest.raises(ServingError, match=message) as err:
+        parse_predict_request(body, SPECS, "s")
+    assert err.value.http_status == 400
+
+
+def test_instance_limit():
+    body = {"inputs": {"user_id": ["a"] * 5, "user_age": [1] * 5, "hist": [["x"]] * 5}}
+    with pytest.raises(ServingError, match="at most 4"):
+        parse_predict_request(body, SPECS, "s", max_instances=4)
+
+
+def test_response_shapes():
+    one = {"y": np.array([1.5, 2.0], np.float32)}
+    assert format_predict_response(one, True) == {"predictions": [1.5, 2.0]}
+    assert format_predict_response(one, False) == {"outputs": [1.5, 2.0]}
+    two = {"a": np.array([1, 2]), "b_bytes": np.array([b"\x00", b"x"], object)}
+    assert format_predict_response(two, True) == {
+        "predictions": [{"a": 1, "b_bytes": {"b64": "AA=="}}, {"a": 2, "b_bytes": {"b64": "eA=="}}]
+    }
+    assert format_predict_response(two, False)["outputs"]["a"] == [1, 2]
