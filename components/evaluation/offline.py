@@ -208,7 +208,15 @@ class RerankedRecommender:
         inputs = {key: value[rows] for key, value in query.items()}
         inputs.update(candidate_features(self._data, items))
         inputs[F.ITEM_PRIOR_COUNT] = self._popularity.reindex(items).fillna(0).astype(np.int64).to_numpy()
-        scores = _call(self._ranker, inputs)[self._score]
+        outputs = _call(self._ranker, inputs)
+        if self._score == "interaction+logq":
+            # The interaction head was trained against popularity-sampled negatives, so its logit
+            # estimates log p(i|u) - log q(i); adding log q(i) back gives a popularity-aware score.
+            p = np.clip(outputs["interaction_probability"], 1e-7, 1 - 1e-7)
+            share = (inputs[F.ITEM_PRIOR_COUNT] + 1) / (self._popularity.sum() + len(self._popularity))
+            scores = np.log(p / (1 - p)) + np.log(share)
+        else:
+            scores = outputs[self._score]
         out, start = [], 0
         for cands in candidates:
             s = scores[start : start + len(cands)]
