@@ -28,7 +28,7 @@ from tfx.components.trainer.fn_args_utils import FnArgs  # noqa: E402
 
 from components.evaluation.offline import HEADLINE_METRICS, OfflineData, comparison_table, evaluate_models  # noqa: E402
 from models import run_fns  # noqa: E402
-from pipeline.local_runner import latest_artifacts  # noqa: E402
+from pipeline.mlmd import latest_artifacts  # noqa: E402
 
 SLICES = ("all", "warm", "cold")
 

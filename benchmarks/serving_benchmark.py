@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "serving.md"))
     args = parser.parse_args(argv)
-    from pipeline.local_runner import latest_artifacts
+    from pipeline.mlmd import latest_artifacts
 
     metadata = Path(args.run_dir) / "metadata.sqlite"
     if not metadata.is_file():

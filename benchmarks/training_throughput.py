@@ -30,7 +30,7 @@ from models import run_fns  # noqa: E402
 from models.preprocessing import table_sizes_from_transform_output  # noqa: E402
 from models.ranking import DCNRankingModel, RankingConfig  # noqa: E402
 from models.two_tower import TwoTowerConfig, TwoTowerModel  # noqa: E402
-from pipeline.local_runner import latest_artifacts  # noqa: E402
+from pipeline.mlmd import latest_artifacts  # noqa: E402
 
 
 def machine() -> str:

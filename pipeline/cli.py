@@ -62,6 +62,7 @@ def _run(args) -> None:
         beam_pipeline_args=beam_args,
         enable_cache=not args.no_cache,
         train_models=not args.no_train,
+        serving_root=None if args.no_push else str(Path(args.serving_root or out / "serving").resolve()),
         two_tower={"epochs": args.epochs} if args.epochs else {},
         ranking={"epochs": args.epochs} if args.epochs else {},
     )
@@ -74,7 +75,7 @@ def _evaluate(args) -> None:
     import json
 
     from components.evaluation.offline import OfflineData, comparison_table, evaluate_models
-    from pipeline.local_runner import latest_artifacts
+    from pipeline.mlmd import latest_artifacts
 
     out = Path(args.output_dir).resolve()
     artifacts = latest_artifacts(str(out / "metadata.sqlite"))
@@ -135,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--no-cache", action="store_true", help="re-run every component")
     run.add_argument("--no-train", action="store_true", help="stop after validation (no Transform/Trainers)")
+    run.add_argument("--serving-root", default=None, help="push blessed models here (default: <output-dir>/serving)")
+    run.add_argument("--no-push", action="store_true", help="train and evaluate, but push nothing")
     run.add_argument("--epochs", type=int, default=None, help="override both models' epochs")
     run.set_defaults(func=_run)
 
@@ -143,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--rerank-depth", type=int, default=100, help="retrieved candidates the ranker re-orders")
     ev.add_argument("--report", default=None, help="JSON report path (default: <output-dir>/evaluation.json)")
     ev.set_defaults(func=_evaluate)
+
+    from pipeline import lineage_commands
+    from serving import cli_commands as serving_commands
+
+    serving_commands.add_commands(commands)
+    lineage_commands.add_commands(commands)
     return parser
 
 

@@ -64,12 +64,32 @@ class PipelineConfig:
     two_tower: dict = field(default_factory=dict)
     ranking: dict = field(default_factory=dict)
     seed: int = 0
+    # IndexBuilder / IndexEvaluator parameters overriding their defaults (components/index/component.py).
+    index: dict = field(default_factory=dict)
+    # Where blessed models are pushed in TF Serving's layout; None: no push.
+    serving_root: str | None = None
 
     def __post_init__(self):
         if not Path(self.data_dir).is_dir():
             raise ValueError(f"data_dir {self.data_dir!r} is not a directory; run `towerflow data fetch` first")
         if not self.pipeline_name.replace("-", "").replace("_", "").isalnum():
             raise ValueError(f"pipeline_name must be alphanumeric with - or _, got {self.pipeline_name!r}")
+
+
+def code_fingerprint(*packages: str) -> str:
+    """Hash of the Python sources of `packages` (dirs under the repo root).
+
+    TFX keys its cache on component parameters, and module code referenced by
+    dotted strings (run_fn, preprocessing_fn) is not one of them; passing this
+    as a parameter makes a code change re-run the steps that use that code.
+    """
+    digest = hashlib.blake2b(digest_size=8)
+    for package in packages:
+        root = REPO_ROOT / package
+        for file in [root] if root.is_file() else sorted(root.rglob("*.py")):
+            digest.update(str(file.relative_to(REPO_ROOT)).encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()
 
 
 def fingerprint_dir(path: str | os.PathLike) -> str:

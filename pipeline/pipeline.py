@@ -6,27 +6,73 @@ call this; every path and setting comes in through `PipelineConfig`.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 from tfx import v1 as tfx
 
+from components.index.component import IndexBuilder, IndexEvaluator
 from components.ingestion import readers
 from components.ingestion.component import Ingestion
-from pipeline.config import PipelineConfig, fingerprint_dir
+from components.pusher import ServingPusher
+from pipeline.config import PipelineConfig, code_fingerprint, fingerprint_dir
 
 PREPROCESSING_FN = "models.preprocessing.preprocessing_fn"
 TWO_TOWER_RUN_FN = "models.run_fns.run_two_tower"
 RANKING_RUN_FN = "models.run_fns.run_ranking"
 
 
+INDEX_BUILDER_PARAMETERS = {
+    "num_neighbors",
+    "scann_overrides",
+    "brute_force_below",
+    "tree_from",
+    "leaves_to_search_fraction",
+    "batch_size",
+}
+
+
+def _index_components(config: PipelineConfig, ingestion, two_tower_trainer) -> list:
+    """IndexBuilder (catalog embedded with Beam, ScaNN + brute-force exports) -> IndexEvaluator (blessing)."""
+    builder_args = {k: v for k, v in config.index.items() if k in INDEX_BUILDER_PARAMETERS}
+    evaluator_args = {k: v for k, v in config.index.items() if k not in INDEX_BUILDER_PARAMETERS}
+    if isinstance(builder_args.get("scann_overrides"), dict):
+        builder_args["scann_overrides"] = json.dumps(builder_args["scann_overrides"], sort_keys=True)
+    index_builder = IndexBuilder(
+        model=two_tower_trainer.outputs["model"], item_catalog=ingestion.outputs["item_catalog"], **builder_args
+    )
+    index_evaluator = IndexEvaluator(
+        index=index_builder.outputs["index"], examples=ingestion.outputs["examples"], **evaluator_args
+    )
+    return [index_builder, index_evaluator]
+
+
+def _pushers(config: PipelineConfig, two_tower_trainer, ranking_trainer, index_evaluator) -> list:
+    """Blessing-gated pushes of both models into the TF Serving model root."""
+    return [
+        ServingPusher(
+            model=two_tower_trainer.outputs["model"],
+            blessings=[index_evaluator.outputs["blessing"]],
+            serving_root=config.serving_root,
+            model_name="two_tower",
+        ).with_id("TwoTowerPusher"),
+        ServingPusher(
+            model=ranking_trainer.outputs["model"],
+            serving_root=config.serving_root,
+            model_name="ranker",
+        ).with_id("RankingPusher"),
+    ]
+
+
 def _training_components(config: PipelineConfig, ingestion, schema_gen) -> list:
-    """Transform (analysed on train only) -> two-tower Trainer and DCN Trainer."""
+    """Transform (analysed on train only) -> two-tower Trainer and DCN Trainer -> index -> pushes."""
     transform = tfx.components.Transform(
         examples=ingestion.outputs["examples"],
         schema=schema_gen.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN,
         splits_config=tfx.proto.SplitsConfig(analyze=["train"], transform=["train", "eval", "test"]),
+        custom_config={"code_fingerprint": code_fingerprint("models")},
     )
     trainers = []
     for component_id, run_fn, key, values in (
@@ -40,14 +86,18 @@ def _training_components(config: PipelineConfig, ingestion, schema_gen) -> list:
             schema=schema_gen.outputs["schema"],
             train_args=tfx.proto.TrainArgs(splits=["train"]),
             eval_args=tfx.proto.EvalArgs(splits=["eval"]),
-            custom_config={key: dict(values), "seed": config.seed},
+            custom_config={key: dict(values), "seed": config.seed, "code_fingerprint": code_fingerprint("models")},
         ).with_id(component_id)
         trainers.append(trainer)
-    return [transform, *trainers]
+    two_tower_trainer, ranking_trainer = trainers
+    index = _index_components(config, ingestion, two_tower_trainer)
+    pushers = _pushers(config, two_tower_trainer, ranking_trainer, index[-1]) if config.serving_root else []
+    return [transform, *trainers, *index, *pushers]
 
 
 def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> tfx.dsl.Pipeline:
-    """Ingestion -> StatisticsGen -> SchemaGen|ImportSchemaGen -> ExampleValidator -> Transform -> Trainers."""
+    """Ingestion -> StatisticsGen -> SchemaGen|ImportSchemaGen -> ExampleValidator -> Transform -> Trainers
+    -> IndexBuilder -> IndexEvaluator -> Pushers (when `serving_root` is set)."""
     ing = config.ingestion
     data_dir = os.path.abspath(config.data_dir)
     dataset_format = ing.dataset_format or readers.detect_format(data_dir)
@@ -55,6 +105,7 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> 
         data_dir=data_dir,
         dataset_format=dataset_format,
         input_fingerprint=fingerprint_dir(data_dir),
+        code_fingerprint=code_fingerprint("components/ingestion", "models/features.py"),
         split_strategy=ing.split_strategy,
         train_fraction=ing.train_fraction,
         eval_fraction=ing.eval_fraction,

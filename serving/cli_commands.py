@@ -44,7 +44,7 @@ def _push(args) -> None:
     if args.saved_model:
         source = _saved_model_dir(args.saved_model)
     else:
-        from pipeline.local_runner import latest_artifacts
+        from pipeline.mlmd import latest_artifacts
 
         key = args.artifact or RUN_MODELS.get(args.model)
         if key is None:

@@ -69,6 +69,7 @@ def Ingestion(  # noqa: N802 - TFX names components like classes
     data_dir: Parameter[str],
     dataset_format: Parameter[str],
     input_fingerprint: Parameter[str] = "",
+    code_fingerprint: Parameter[str] = "",
     split_strategy: Parameter[str] = GLOBAL_TIME,
     train_fraction: Parameter[float] = 0.8,
     eval_fraction: Parameter[float] = 0.9,
@@ -81,7 +82,8 @@ def Ingestion(  # noqa: N802 - TFX names components like classes
 
     `train_fraction`/`eval_fraction` are the global_time quantiles (train <
     q(train_fraction) <= eval < q(eval_fraction) <= test); `input_fingerprint`
-    is a content hash of `data_dir` so changed data is never served from cache.
+    is a content hash of `data_dir` so changed data is never served from cache;
+    `code_fingerprint` does the same for changed ingestion code.
     """
     split = SplitConfig(split_strategy, (train_fraction, eval_fraction), leave_last_n)
     summary_path = os.path.join(examples.uri, beam_ingest.SUMMARY_FILE)

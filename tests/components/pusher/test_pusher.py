@@ -1,23 +1,11 @@
 """ServingPusher: pushes only when every blessing says blessed=1; records TFX's PushedModel properties."""
 
-import sys
-from pathlib import Path
-
 import pytest
 from tfx.types import channel, standard_artifacts
 
-# tests/components/pusher/ is itself a namespace-package portion named components.pusher (tests/ is on
-# sys.path ahead of the editable install's finder), so put the repository root first to get the real package.
-_REPO = str(Path(__file__).resolve().parents[3])
-if _REPO not in sys.path:
-    sys.path.insert(0, _REPO)
-for _name in ("components.pusher", "components"):
-    if getattr(sys.modules.get(_name), "__file__", "") is None:
-        sys.modules.pop(_name)
-
-from components.pusher import ServingPusher  # noqa: E402
-from components.pusher.executor import Executor  # noqa: E402
-from serving import model_repository as repo  # noqa: E402
+from components.pusher import ServingPusher
+from components.pusher.executor import Executor
+from serving import model_repository as repo
 
 
 def model_artifact(tmp_path):
