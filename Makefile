@@ -28,9 +28,12 @@ $(DATA_DIR)/ml-100k/MANIFEST.json: | $(STAMP)
 
 data: $(DATA_DIR)/ml-100k/MANIFEST.json
 
-# The main job: the pipeline on the embedded default data (MovieLens-100K).
+# The main job: the pipeline on the embedded default data (MovieLens-100K),
+# the offline evaluation, then the pushed models served until Ctrl-C.
 run: setup data
 	$(BIN)/towerflow run --data-dir $(DATA_DIR)/ml-100k --output-dir $(RUN_DIR)
+	$(BIN)/towerflow evaluate --output-dir $(RUN_DIR)
+	$(BIN)/towerflow serve --serving-root $(RUN_DIR)/serving
 
 lint: setup
 	$(BIN)/ruff check .

@@ -268,3 +268,73 @@ def comparison_table(reports: Mapping[str, EvalReport], metrics: Sequence[str] =
             n = as_dict.get("n_users", {}).get(slice_name, "")
             lines.append(f"{name:<16}{slice_name:<7}{n!s:>6}" + "".join(cells))
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- user slices (ModelEvaluator)
+
+# MovieLens-1M's age codes are the lower bounds of these buckets, so raw ages (ML-100K) and codes
+# (ML-1M) land in the same buckets.
+AGE_BUCKETS = ((1, 18, "<18"), (18, 25, "18-24"), (25, 35, "25-34"), (35, 45, "35-44"), (45, 50, "45-49"))
+AGE_BUCKETS += ((50, 56, "50-55"), (56, 10_000, "56+"))
+UNKNOWN = "unknown"
+
+
+def age_bucket(age) -> str:
+    """"<18", "18-24", ..., "56+"; "unknown" for a missing or non-positive age."""
+    try:
+        value = int(age)
+    except (TypeError, ValueError):
+        return UNKNOWN
+    for low, high, label in AGE_BUCKETS:
+        if low <= value < high:
+            return label
+    return UNKNOWN
+
+
+def user_slicings(users: pd.DataFrame) -> dict[str, dict[str, str]]:
+    """Slicing name -> {user_id: slice label}: "gender" -> "gender=F", "age" -> "age=25-34".
+
+    `users` is `OfflineData.users` (index user_id). Empty genders and unknown ages get "=unknown".
+    """
+    gender = {str(u): f"gender={g or UNKNOWN}" for u, g in users[F.USER_GENDER].fillna("").items()}
+    age = {str(u): f"age={age_bucket(a)}" for u, a in users[F.USER_AGE].items()}
+    return {"gender": gender, "age": age}
+
+
+class RecordedRecommender:
+    """Wraps a recommender and replays its lists for a repeated (users, k) request.
+
+    `evaluate` takes one slice label per user, so scoring several slicings (gender, age) means
+    several `evaluate` calls; this makes the model run only once.
+    """
+
+    def __init__(self, recommend):
+        self._recommend = recommend
+        self._cache: dict = {}
+
+    def __call__(self, user_ids, k, exclude):
+        key = (tuple(user_ids), int(k))
+        if key not in self._cache:
+            self._cache[key] = [list(r) for r in self._recommend(user_ids, k, exclude)]
+        return self._cache[key]
+
+
+def evaluate_sliced(
+    recommend,
+    eval_set: EvalSet,
+    ks: Sequence[int] = DEFAULT_KS,
+    item_genres: Mapping | None = None,
+    slicings: Mapping[str, Mapping[str, str]] | None = None,
+) -> EvalReport:
+    """`evaluate` with several user slicings at once: one report holding all, warm, cold and every
+    slice label of every slicing (labels must be unique across slicings, e.g. "gender=F")."""
+    recorded = RecordedRecommender(recommend)
+    groups = list((slicings or {}).values()) or [None]
+    report = evaluate(recorded, eval_set, ks, item_genres=item_genres, slices=groups[0])
+    for slices in groups[1:]:
+        extra = evaluate(recorded, eval_set, ks, item_genres=item_genres, slices=slices)
+        for name, values in extra.metrics.items():
+            if name not in report.metrics:
+                report.metrics[name] = values
+                report.n_users[name] = extra.n_users[name]
+    return report
