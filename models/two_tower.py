@@ -48,7 +48,7 @@ class TwoTowerConfig:
     feature_dim: int = 8  # every other categorical feature
     mlp_layers: tuple[int, ...] = (128,)  # hidden ReLU layers of each tower
     history_pooling: E.HistoryPoolingMode = "mean"
-    temperature: float = 0.05
+    temperature: float = 0.3  # chosen on ml-100k (eval of 0.05-0.5 in benchmarks/results/model_quality.md)
     use_logq_correction: bool = True
     remove_accidental_hits: bool = True
     num_random_negatives: int = 0  # > 0 needs the catalog (mixed negatives)

@@ -147,9 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--report", default=None, help="JSON report path (default: <output-dir>/evaluation.json)")
     ev.set_defaults(func=_evaluate)
 
+    from components.evaluation import report_commands
     from pipeline import lineage_commands
     from serving import cli_commands as serving_commands
 
+    report_commands.add_commands(commands)
     serving_commands.add_commands(commands)
     lineage_commands.add_commands(commands)
     return parser

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tfx import v1 as tfx
 
+from components.evaluation.model_evaluator import ModelEvaluator
 from components.index.component import IndexBuilder, IndexEvaluator
 from components.ingestion import readers
 from components.ingestion.component import Ingestion
@@ -48,17 +49,43 @@ def _index_components(config: PipelineConfig, ingestion, two_tower_trainer) -> l
     return [index_builder, index_evaluator]
 
 
-def _pushers(config: PipelineConfig, two_tower_trainer, ranking_trainer, index_evaluator) -> list:
+def _model_evaluation(ingestion, two_tower_trainer, ranking_trainer, index_builder) -> list:
+    """ModelEvaluator on the test split, against popularity and the last blessed model (from MLMD)."""
+    baseline = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(
+            type=tfx.types.standard_artifacts.Model, producer_component_id="TwoTowerTrainer", output_key="model"
+        ),
+        model_blessing=tfx.dsl.Channel(
+            type=tfx.types.standard_artifacts.ModelBlessing,
+            producer_component_id="ModelEvaluator",
+            output_key="blessing",
+        ),
+    ).with_id("LatestBlessedModelResolver")
+    model_evaluator = ModelEvaluator(
+        examples=ingestion.outputs["examples"],
+        item_catalog=ingestion.outputs["item_catalog"],
+        model=two_tower_trainer.outputs["model"],
+        ranker_model=ranking_trainer.outputs["model"],
+        baseline_model=baseline.outputs["model"],
+        baseline_blessing=baseline.outputs["model_blessing"],
+        index=index_builder.outputs["index"],
+    ).with_id("ModelEvaluator")
+    return [baseline, model_evaluator]
+
+
+def _pushers(config: PipelineConfig, two_tower_trainer, ranking_trainer, index_evaluator, model_evaluator) -> list:
     """Blessing-gated pushes of both models into the TF Serving model root."""
     return [
         ServingPusher(
             model=two_tower_trainer.outputs["model"],
-            blessings=[index_evaluator.outputs["blessing"]],
+            blessings=[index_evaluator.outputs["blessing"], model_evaluator.outputs["blessing"]],
             serving_root=config.serving_root,
             model_name="two_tower",
         ).with_id("TwoTowerPusher"),
         ServingPusher(
             model=ranking_trainer.outputs["model"],
+            blessings=[model_evaluator.outputs["blessing"]],
             serving_root=config.serving_root,
             model_name="ranker",
         ).with_id("RankingPusher"),
@@ -90,14 +117,17 @@ def _training_components(config: PipelineConfig, ingestion, schema_gen) -> list:
         ).with_id(component_id)
         trainers.append(trainer)
     two_tower_trainer, ranking_trainer = trainers
-    index = _index_components(config, ingestion, two_tower_trainer)
-    pushers = _pushers(config, two_tower_trainer, ranking_trainer, index[-1]) if config.serving_root else []
-    return [transform, *trainers, *index, *pushers]
+    index_builder, index_evaluator = _index_components(config, ingestion, two_tower_trainer)
+    evaluation = _model_evaluation(ingestion, two_tower_trainer, ranking_trainer, index_builder)
+    pushers = []
+    if config.serving_root:
+        pushers = _pushers(config, two_tower_trainer, ranking_trainer, index_evaluator, evaluation[-1])
+    return [transform, *trainers, index_builder, index_evaluator, *evaluation, *pushers]
 
 
 def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> tfx.dsl.Pipeline:
     """Ingestion -> StatisticsGen -> SchemaGen|ImportSchemaGen -> ExampleValidator -> Transform -> Trainers
-    -> IndexBuilder -> IndexEvaluator -> Pushers (when `serving_root` is set)."""
+    -> IndexBuilder -> IndexEvaluator -> ModelEvaluator -> Pushers (when `serving_root` is set)."""
     ing = config.ingestion
     data_dir = os.path.abspath(config.data_dir)
     dataset_format = ing.dataset_format or readers.detect_format(data_dir)

@@ -280,7 +280,7 @@ UNKNOWN = "unknown"
 
 
 def age_bucket(age) -> str:
-    """"<18", "18-24", ..., "56+"; "unknown" for a missing or non-positive age."""
+    """ "<18", "18-24", ..., "56+"; "unknown" for a missing or non-positive age."""
     try:
         value = int(age)
     except (TypeError, ValueError):
