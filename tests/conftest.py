@@ -22,7 +22,7 @@ def ml100k_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def pipeline_run(ml100k_dir, tmp_path_factory):
-    """The whole pipeline (ingestion -> validation -> Transform -> both Trainers) run once on ml-100k.
+    """The whole pipeline (ingestion ... Trainers, index, evaluators, pushers) run once on ml-100k.
 
     Shared by every e2e test that needs real artifacts and a real MLMD store;
     models train for 2 epochs to keep the suite's time bounded.
@@ -38,6 +38,7 @@ def pipeline_run(ml100k_dir, tmp_path_factory):
         metadata_path=str(out / "metadata.sqlite"),
         two_tower={"epochs": 2},
         ranking={"epochs": 2},
+        serving_root=str(out / "serving"),
     )
     messages = []
     summary = run_local(config, report=messages.append)

@@ -25,10 +25,13 @@ import tensorflow as tf
 
 from components.evaluation.protocol import EvalReport, EvalSet, PopularityRecommender, evaluate
 from models import features as F
+from models.two_tower import TwoTowerConfig
 
 FRAME_KEYS = (F.USER_ID, F.ITEM_ID, F.RATING, F.TIMESTAMP)
 USER_STATIC = (F.USER_AGE, F.USER_GENDER, F.USER_OCCUPATION, F.USER_ZIP)
 DEFAULT_KS = (10, 50, 100)
+# Re-ranking score: retrieval log-probability + the DCN's log P(liked) (see RerankedRecommender).
+RETRIEVAL_PLUS_LIKED = "retrieval+liked"
 
 
 def _read_records(pattern: str, keys: Mapping[str, tf.io.FixedLenFeature | tf.io.VarLenFeature]) -> dict:
@@ -168,7 +171,8 @@ class TwoTowerRecommender:
             "embedding"
         ]
 
-    def __call__(self, user_ids, k, exclude):
+    def scored(self, user_ids, k, exclude) -> tuple[list[list[str]], list[np.ndarray]]:
+        """Top-k item ids per user with their dot-product scores, best first."""
         scores = self.query_embeddings(user_ids) @ self.item_embeddings.T
         for row, seen in enumerate(exclude):
             idx = [self._index[i] for i in seen if i in self._index]
@@ -177,11 +181,25 @@ class TwoTowerRecommender:
         top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         order = np.take_along_axis(scores, top, axis=1).argsort(axis=1)[:, ::-1]
         ranked = np.take_along_axis(top, order, axis=1)
-        return [[self.item_ids[j] for j in row if np.isfinite(scores[r, j])] for r, row in enumerate(ranked)]
+        items, values = [], []
+        for r, row in enumerate(ranked):
+            keep = [j for j in row if np.isfinite(scores[r, j])]
+            items.append([self.item_ids[j] for j in keep])
+            values.append(scores[r, keep])
+        return items, values
+
+    def __call__(self, user_ids, k, exclude):
+        return self.scored(user_ids, k, exclude)[0]
 
 
 class RerankedRecommender:
-    """Retrieves `depth` candidates, then orders them by the DCN ranker's score."""
+    """Retrieves `depth` candidates, then orders them by a ranker score.
+
+    `score` is one of the ranker's outputs, or "retrieval+liked" (the default):
+    the retrieval logit (dot product / the two-tower's softmax temperature,
+    `temperature`, default TwoTowerConfig's) plus log P(liked) from the DCN,
+    i.e. the log of P(the user picks the item) x P(they like it).
+    """
 
     def __init__(
         self,
@@ -190,16 +208,18 @@ class RerankedRecommender:
         data: OfflineData,
         as_of: int,
         depth: int = 100,
-        score: str = "liked_probability",
+        score: str = RETRIEVAL_PLUS_LIKED,
+        temperature: float | None = None,
     ):
         self._retrieval, self._data, self._as_of = retrieval, data, as_of
         self._ranker = tf.saved_model.load(ranker_dir).signatures["ranker"]
         self._depth, self._score = depth, score
+        self._temperature = temperature or TwoTowerConfig().temperature
         past = data.frame[data.frame["split"] != "test"]
         self._popularity = past[F.ITEM_ID].value_counts()
 
     def __call__(self, user_ids, k, exclude):
-        candidates = self._retrieval(user_ids, max(k, self._depth), exclude)
+        candidates, retrieval_scores = self._retrieval.scored(user_ids, max(k, self._depth), exclude)
         query = query_features(self._data, user_ids, self._as_of)
         rows, items = [], []
         for u, cands in enumerate(candidates):
@@ -209,12 +229,11 @@ class RerankedRecommender:
         inputs.update(candidate_features(self._data, items))
         inputs[F.ITEM_PRIOR_COUNT] = self._popularity.reindex(items).fillna(0).astype(np.int64).to_numpy()
         outputs = _call(self._ranker, inputs)
-        if self._score == "interaction+logq":
-            # The interaction head was trained against popularity-sampled negatives, so its logit
-            # estimates log p(i|u) - log q(i); adding log q(i) back gives a popularity-aware score.
-            p = np.clip(outputs["interaction_probability"], 1e-7, 1 - 1e-7)
-            share = (inputs[F.ITEM_PRIOR_COUNT] + 1) / (self._popularity.sum() + len(self._popularity))
-            scores = np.log(p / (1 - p)) + np.log(share)
+        if self._score == RETRIEVAL_PLUS_LIKED:
+            # Expected liked interactions: the retrieval softmax's log-probability of picking the item
+            # (dot product / temperature, up to a per-user constant) plus the ranker's log P(liked).
+            liked = np.clip(outputs["liked_probability"], 1e-7, 1.0)
+            scores = np.concatenate(retrieval_scores) / self._temperature + np.log(liked)
         else:
             scores = outputs[self._score]
         out, start = [], 0
@@ -231,7 +250,7 @@ def evaluate_models(
     ranker_dir: str | None,
     ks: Sequence[int] = DEFAULT_KS,
     rerank_depth: int = 100,
-    rerank_scores: Sequence[str] = ("interaction_probability",),
+    rerank_scores: Sequence[str] = (RETRIEVAL_PLUS_LIKED,),
 ) -> dict[str, EvalReport]:
     """Reports for popularity, two-tower and two-tower + DCN (those whose models are given)."""
     eval_set = data.eval_set()

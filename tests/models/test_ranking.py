@@ -26,7 +26,7 @@ SMALL = dict(user_id_dim=8, item_id_dim=8, feature_dim=4, deep_layers=(16,), bat
         ({"structure": "sideways"}, "structure"),
         ({"deep_layers": (8, -2)}, "deep_layers"),
         ({"rating_weight": -1.0}, "rating_weight"),
-        ({"rating_weight": 0.0, "liked_weight": 0.0}, "both be 0"),
+        ({"rating_weight": 0.0, "liked_weight": 0.0, "interaction_weight": 0.0}, "cannot all be 0"),
         ({"num_cross_layers": 0, "deep_layers": ()}, "at least one"),
         ({"embedding_backend": "gpu"}, "embedding_backend"),
     ],
@@ -39,7 +39,7 @@ def test_config_rejects_bad_values(overrides, message):
 def test_call_returns_rating_and_liked_probability(table_sizes, make_batch):
     model = DCNRankingModel(RankingConfig(**SMALL), table_sizes)
     out = model(make_batch(5))
-    assert set(out) == {RATING_OUTPUT, LIKED_OUTPUT, INTERACTION_OUTPUT}
+    assert set(out) == {RATING_OUTPUT, LIKED_OUTPUT}  # the interaction head is off by default
     assert out[RATING_OUTPUT].shape == (5, 1) and out[LIKED_OUTPUT].shape == (5, 1)
     assert np.all((out[LIKED_OUTPUT].numpy() > 0) & (out[LIKED_OUTPUT].numpy() < 1))
 
