@@ -25,7 +25,7 @@ def pipeline_run(ml100k_dir, tmp_path_factory):
     """The whole pipeline (ingestion ... Trainers, index, evaluators, pushers) run once on ml-100k.
 
     Shared by every e2e test that needs real artifacts and a real MLMD store;
-    models train for 2 epochs to keep the suite's time bounded.
+    the models train with their defaults, so the blessing gate sees real models.
     Returns (PipelineConfig, RunSummary, progress messages).
     """
     from pipeline.config import PipelineConfig
@@ -36,8 +36,6 @@ def pipeline_run(ml100k_dir, tmp_path_factory):
         data_dir=str(ml100k_dir),
         pipeline_root=str(out / "pipeline_root"),
         metadata_path=str(out / "metadata.sqlite"),
-        two_tower={"epochs": 2},
-        ranking={"epochs": 2},
         serving_root=str(out / "serving"),
     )
     messages = []

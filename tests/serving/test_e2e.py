@@ -152,17 +152,15 @@ def test_push_serve_swap_under_load_and_rollback(tiny_models, tmp_path, capsys):
 
 
 @pytest.mark.e2e
-def test_real_exported_models_serve_over_rest_and_grpc(tmp_path, capsys):
-    """The Trainers' SavedModels (runs/local, if a run exists) through push -> embedded server -> both APIs."""
-    run_dir = REPO / "runs" / "local"
-    if not (run_dir / "metadata.sqlite").is_file():
-        pytest.skip("no pipeline run in runs/local; `towerflow run` first")
+def test_real_exported_models_serve_over_rest_and_grpc(pipeline_run, tmp_path, capsys):
+    """The Trainers' SavedModels from a real pipeline run through push -> embedded server -> both APIs."""
+    config, _, _ = pipeline_run
+    run_dir = Path(config.metadata_path).parent
     from serving.model_server import ModelServer, ServerOptions
 
     root = tmp_path / "serving"
     for model in ("two_tower", "ranker"):
-        if cli("push", "--model", model, "--from-run", run_dir, "--serving-root", root) != 0:
-            pytest.skip(f"the run in {run_dir} has no trained {model}")
+        assert cli("push", "--model", model, "--from-run", run_dir, "--serving-root", root) == 0
     options = ServerOptions(model_config_file=str(root / "models.config"), port=0, rest_api_port=0)
     with ModelServer(options) as server:
         rest, grpc_client = RestClient(server.rest_url, timeout=30), GrpcClient(server.grpc_target, timeout=30)
