@@ -51,33 +51,18 @@ from pathlib import Path
 
 import numpy as np
 
-INTERACTIONS_FILE = "interactions.csv"
-USERS_FILE = "users.csv"
-ITEMS_FILE = "items.csv"
-INTERACTION_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
-USER_COLUMNS = ("user_id", "age", "gender", "occupation", "zip_code")
-ITEM_COLUMNS = ("item_id", "title", "release_year", "genres")
+from components.ingestion.readers import ML100K_GENRES, TOWERFLOW_COLUMNS, TOWERFLOW_FILES
 
-GENRES = (
-    "Action",
-    "Adventure",
-    "Animation",
-    "Children's",
-    "Comedy",
-    "Crime",
-    "Documentary",
-    "Drama",
-    "Fantasy",
-    "Film-Noir",
-    "Horror",
-    "Musical",
-    "Mystery",
-    "Romance",
-    "Sci-Fi",
-    "Thriller",
-    "War",
-    "Western",
-)
+# The towerflow format, as its reader defines it.
+INTERACTIONS_FILE = TOWERFLOW_FILES["interactions"]
+USERS_FILE = TOWERFLOW_FILES["users"]
+ITEMS_FILE = TOWERFLOW_FILES["items"]
+INTERACTION_COLUMNS = TOWERFLOW_COLUMNS["interactions"]
+USER_COLUMNS = TOWERFLOW_COLUMNS["users"]
+ITEM_COLUMNS = TOWERFLOW_COLUMNS["items"]
+
+# MovieLens genre names, without ml-100k's "unknown" placeholder.
+GENRES = ML100K_GENRES[1:]
 OCCUPATIONS = (
     "administrator",
     "artist",
