@@ -8,7 +8,7 @@ import pytest
 
 from components.ingestion import readers
 from pipeline import kubeflow_runner
-from pipeline.config import IngestionConfig, PipelineConfig, fingerprint_dir
+from pipeline.config import IngestionConfig, PipelineConfig, code_fingerprint, fingerprint_dir
 from pipeline.pipeline import PREPROCESSING_FN, RANKING_RUN_FN, TWO_TOWER_RUN_FN
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -16,6 +16,7 @@ DATA = REPO_ROOT / "tests" / "fixtures" / "ml-100k"
 IMAGE = "europe-docker.pkg.dev/acme/recsys/towerflow:1.2.3"
 ROOT = "gs://acme-recsys/pipeline_root"
 DATA_URI = "gs://acme-recsys/data/ml-100k"
+DATA_COMPONENTS = {"Ingestion", "StatisticsGen", "ImportSchemaGen", "ExampleValidator"}
 COMPONENTS = {
     "Ingestion",
     "StatisticsGen",
@@ -24,6 +25,12 @@ COMPONENTS = {
     "Transform",
     "TwoTowerTrainer",
     "RankingTrainer",
+    "IndexBuilder",
+    "IndexEvaluator",
+    # the LatestBlessedModelStrategy resolver compiles into two resolver tasks
+    "LatestBlessedModelResolver-model-resolver",
+    "LatestBlessedModelResolver-model-blessing-resolver",
+    "ModelEvaluator",
 }
 
 
@@ -57,12 +64,15 @@ def test_spec_is_a_kfp_v2_pipeline_job_with_every_component(compiled):
     result, spec = compiled
     assert spec == result.spec
     assert set(spec["pipelineSpec"]["root"]["dag"]["tasks"]) == COMPONENTS
-    assert set(result.components) == COMPONENTS
+    # result.components are the pipeline's nodes; the resolver is one node, two tasks
+    resolver_tasks = {t for t in COMPONENTS if t.startswith("LatestBlessedModelResolver-")}
+    assert set(result.components) == COMPONENTS - resolver_tasks | {"LatestBlessedModelResolver"}
     assert spec["pipelineSpec"]["schemaVersion"].startswith("2.")
     assert spec["runtimeConfig"]["gcsOutputDirectory"] == ROOT
     assert spec["labels"]["tfx_runner"] == "kubeflow_v2"
     executors = spec["pipelineSpec"]["deploymentSpec"]["executors"].values()
-    assert {e["container"]["image"] for e in executors} == {IMAGE}
+    # every container executor runs our image; resolver tasks are executed by the platform itself
+    assert {e["container"]["image"] for e in executors if "container" in e} == {IMAGE}
 
 
 def test_task_dependencies_follow_the_data_flow(compiled):
@@ -75,6 +85,17 @@ def test_task_dependencies_follow_the_data_flow(compiled):
         "Transform": ["ImportSchemaGen", "Ingestion"],
         "TwoTowerTrainer": ["ImportSchemaGen", "Transform"],
         "RankingTrainer": ["ImportSchemaGen", "Transform"],
+        "IndexBuilder": ["Ingestion", "TwoTowerTrainer"],
+        "IndexEvaluator": ["IndexBuilder", "Ingestion"],
+        "LatestBlessedModelResolver-model-resolver": [],
+        "LatestBlessedModelResolver-model-blessing-resolver": [],
+        "ModelEvaluator": [
+            "IndexBuilder",
+            "Ingestion",
+            "LatestBlessedModelResolver-model-resolver",
+            "RankingTrainer",
+            "TwoTowerTrainer",
+        ],
     }
     tasks = spec["pipelineSpec"]["root"]["dag"]["tasks"]
     for trainer in ("TwoTowerTrainer", "RankingTrainer"):
@@ -98,7 +119,11 @@ def test_parameters_carry_the_split_config_run_fns_and_data_location(compiled):
     assert transform["splits_config"] == {"analyze": ["train"], "transform": ["train", "eval", "test"]}
     two_tower = kubeflow_runner.task_parameters(spec, "TwoTowerTrainer")
     assert two_tower["run_fn"] == TWO_TOWER_RUN_FN
-    assert two_tower["custom_config"] == {"two_tower": {"epochs": 3}, "seed": 0}
+    assert two_tower["custom_config"] == {
+        "two_tower": {"epochs": 3},
+        "seed": 0,
+        "code_fingerprint": code_fingerprint("models"),
+    }
     assert two_tower["train_args"] == {"splits": ["train"]} and two_tower["eval_args"] == {"splits": ["eval"]}
     assert kubeflow_runner.task_parameters(spec, "RankingTrainer")["run_fn"] == RANKING_RUN_FN
     schema = kubeflow_runner.task_parameters(spec, "ImportSchemaGen")
@@ -140,11 +165,7 @@ def test_cli_compile_writes_the_spec_and_summarises(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "Compiled 4 components" in printed and str(out) in printed
     spec = json.loads(out.read_text())
-    assert set(spec["pipelineSpec"]["root"]["dag"]["tasks"]) == COMPONENTS - {
-        "Transform",
-        "TwoTowerTrainer",
-        "RankingTrainer",
-    }
+    assert set(spec["pipelineSpec"]["root"]["dag"]["tasks"]) == DATA_COMPONENTS
     assert "--runner=FlinkRunner" in kubeflow_runner.executor_args(spec, "Ingestion")
     bad = parser.parse_args(["compile", "--image", IMAGE, "--pipeline-root", ROOT, "--component-beam-arg=Ingestion"])
     with pytest.raises(ValueError, match="COMPONENT="):
