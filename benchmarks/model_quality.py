@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rerank-depth", type=int, default=100)
     parser.add_argument("--skip-ranking", action="store_true", help="train and score retrieval only")
     parser.add_argument(
-        "--rerank-scores", nargs="+", default=["interaction_probability"], help="ranker outputs to order by"
+        "--rerank-scores", nargs="+", default=["retrieval+liked"], help="ranker outputs to order by"
     )
     args = parser.parse_args(argv)
 
