@@ -53,9 +53,7 @@ def main(argv=None) -> int:
     parser.add_argument("--ranking", default="{}", help="JSON RankingConfig overrides")
     parser.add_argument("--rerank-depth", type=int, default=100)
     parser.add_argument("--skip-ranking", action="store_true", help="train and score retrieval only")
-    parser.add_argument(
-        "--rerank-scores", nargs="+", default=["retrieval+liked"], help="ranker outputs to order by"
-    )
+    parser.add_argument("--rerank-scores", nargs="+", default=["retrieval+liked"], help="ranker outputs to order by")
     args = parser.parse_args(argv)
 
     print(f"machine: {platform.platform()}, {os.cpu_count()} cores, Python {sys.version.split()[0]}")
