@@ -26,7 +26,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 from tfx.components.trainer.fn_args_utils import FnArgs  # noqa: E402
 
-from components.evaluation.offline import HEADLINE_METRICS, OfflineData, comparison_table, evaluate_models  # noqa: E402
+from components.evaluation.offline import (  # noqa: E402
+    DEFAULT_LIKED_WEIGHT,
+    HEADLINE_METRICS,
+    OfflineData,
+    comparison_table,
+    evaluate_models,
+    tune_liked_weight,
+)
 from models import run_fns  # noqa: E402
 from pipeline.mlmd import latest_artifacts  # noqa: E402
 
@@ -53,6 +60,9 @@ def main(argv=None) -> int:
     parser.add_argument("--ranking", default="{}", help="JSON RankingConfig overrides")
     parser.add_argument("--rerank-depth", type=int, default=100)
     parser.add_argument("--skip-ranking", action="store_true", help="train and score retrieval only")
+    parser.add_argument(
+        "--tune-liked-weight", action="store_true", help="choose the re-ranking weight on the eval window per seed"
+    )
     parser.add_argument("--rerank-scores", nargs="+", default=["retrieval+liked"], help="ranker outputs to order by")
     args = parser.parse_args(argv)
 
@@ -63,19 +73,29 @@ def main(argv=None) -> int:
     data = OfflineData.from_artifacts(artifacts["Ingestion.examples"], artifacts["Ingestion.item_catalog"])
     two_tower_cfg, ranking_cfg = json.loads(args.two_tower), json.loads(args.ranking)
     root = Path(args.output_dir) / "quality"
-    per_seed = []
+    per_seed, tuned = [], []
     for seed in args.seeds:
         started = time.time()
         tt = _fn_args(transform_uri, transformed, root / f"seed{seed}" / "two_tower", "two_tower", two_tower_cfg, seed)
         rk = _fn_args(transform_uri, transformed, root / f"seed{seed}" / "ranking", "ranking", ranking_cfg, seed)
         run_fns.run_two_tower(tt)
-        run_fns.run_ranking(rk)
+        ranker_dir = None
+        if not args.skip_ranking:
+            run_fns.run_ranking(rk)
+            ranker_dir = rk.serving_model_dir
+        liked_weight = DEFAULT_LIKED_WEIGHT
+        if args.tune_liked_weight and ranker_dir:
+            liked_weight, by_weight = tune_liked_weight(data, tt.serving_model_dir, ranker_dir)
+            shown = ", ".join(f"{w:g}: {v:.4f}" for w, v in by_weight.items())
+            print(f"seed {seed}: eval-window NDCG@10 by re-ranking weight {{{shown}}} -> {liked_weight:g}")
+            tuned.append(liked_weight)
         reports = evaluate_models(
             data,
             tt.serving_model_dir,
-            rk.serving_model_dir,
+            ranker_dir,
             rerank_depth=args.rerank_depth,
             rerank_scores=args.rerank_scores,
+            liked_weight=liked_weight,
         )
         print(f"\nseed {seed} ({time.time() - started:.0f}s)\n{comparison_table(reports)}")
         per_seed.append({name: r.to_dict() for name, r in reports.items()})
@@ -97,6 +117,7 @@ def main(argv=None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     result = {
         "seeds": args.seeds,
+        "tuned_liked_weights": tuned,
         "two_tower": two_tower_cfg,
         "ranking": ranking_cfg,
         "mean": mean,

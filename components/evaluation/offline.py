@@ -32,6 +32,8 @@ USER_STATIC = (F.USER_AGE, F.USER_GENDER, F.USER_OCCUPATION, F.USER_ZIP)
 DEFAULT_KS = (10, 50, 100)
 # Re-ranking score: retrieval log-probability + the DCN's log P(liked) (see RerankedRecommender).
 RETRIEVAL_PLUS_LIKED = "retrieval+liked"
+DEFAULT_LIKED_WEIGHT = 1.0
+LIKED_WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 2.0)
 
 
 def _read_records(pattern: str, keys: Mapping[str, tf.io.FixedLenFeature | tf.io.VarLenFeature]) -> dict:
@@ -100,6 +102,15 @@ class OfflineData:
 
     def eval_set(self) -> EvalSet:
         return EvalSet.from_frame(self.frame, catalog=list(self.catalog.index))
+
+    def validation_view(self) -> OfflineData:
+        """The same protocol one window earlier: test rows dropped, the eval window scored instead.
+
+        For choosing settings (e.g. the re-ranking weight) without looking at the test window.
+        """
+        frame = self.frame[self.frame["split"] != "test"].copy()
+        frame.loc[frame["split"] == "eval", "split"] = "test"
+        return OfflineData(frame, self.users, self.catalog)
 
 
 def _pad(lists: Sequence[Sequence[str]]) -> np.ndarray:
@@ -197,8 +208,9 @@ class RerankedRecommender:
 
     `score` is one of the ranker's outputs, or "retrieval+liked" (the default):
     the retrieval logit (dot product / the two-tower's softmax temperature,
-    `temperature`, default TwoTowerConfig's) plus log P(liked) from the DCN,
-    i.e. the log of P(the user picks the item) x P(they like it).
+    `temperature`, default TwoTowerConfig's) plus `liked_weight` x log P(liked)
+    from the DCN; with weight 1 that is log of P(the user picks the item) x
+    P(they like it). `tune_liked_weight` picks the weight on the eval window.
     """
 
     def __init__(
@@ -210,8 +222,10 @@ class RerankedRecommender:
         depth: int = 100,
         score: str = RETRIEVAL_PLUS_LIKED,
         temperature: float | None = None,
+        liked_weight: float = DEFAULT_LIKED_WEIGHT,
     ):
         self._retrieval, self._data, self._as_of = retrieval, data, as_of
+        self._liked_weight = liked_weight
         self._ranker = tf.saved_model.load(ranker_dir).signatures["ranker"]
         self._depth, self._score = depth, score
         self._temperature = temperature or TwoTowerConfig().temperature
@@ -233,7 +247,7 @@ class RerankedRecommender:
             # Expected liked interactions: the retrieval softmax's log-probability of picking the item
             # (dot product / temperature, up to a per-user constant) plus the ranker's log P(liked).
             liked = np.clip(outputs["liked_probability"], 1e-7, 1.0)
-            scores = np.concatenate(retrieval_scores) / self._temperature + np.log(liked)
+            scores = np.concatenate(retrieval_scores) / self._temperature + self._liked_weight * np.log(liked)
         else:
             scores = outputs[self._score]
         out, start = [], 0
@@ -244,6 +258,29 @@ class RerankedRecommender:
         return out
 
 
+def tune_liked_weight(
+    data: OfflineData,
+    two_tower_dir: str,
+    ranker_dir: str,
+    grid: Sequence[float] = LIKED_WEIGHT_GRID,
+    rerank_depth: int = 100,
+    metric: str = "ndcg",
+    k: int = 10,
+) -> tuple[float, dict[float, float]]:
+    """The re-ranking weight with the best `metric@k` on the EVAL window (never the test window)."""
+    validation = data.validation_view()
+    eval_set = validation.eval_set()
+    as_of = int(np.ceil(eval_set.cutoff))
+    retrieval = TwoTowerRecommender(two_tower_dir, validation, as_of)
+    scores = {}
+    for weight in grid:
+        reranked = RerankedRecommender(
+            retrieval, ranker_dir, validation, as_of, depth=rerank_depth, liked_weight=weight
+        )
+        scores[weight] = evaluate(reranked, eval_set, (k,)).metric(metric, k)
+    return max(scores, key=lambda w: (scores[w], -w)), scores
+
+
 def evaluate_models(
     data: OfflineData,
     two_tower_dir: str | None,
@@ -251,6 +288,7 @@ def evaluate_models(
     ks: Sequence[int] = DEFAULT_KS,
     rerank_depth: int = 100,
     rerank_scores: Sequence[str] = (RETRIEVAL_PLUS_LIKED,),
+    liked_weight: float = DEFAULT_LIKED_WEIGHT,
 ) -> dict[str, EvalReport]:
     """Reports for popularity, two-tower and two-tower + DCN (those whose models are given)."""
     eval_set = data.eval_set()
@@ -263,7 +301,9 @@ def evaluate_models(
         reports["two_tower"] = evaluate(retrieval, eval_set, ks, item_genres=genres)
         if ranker_dir:
             for i, score in enumerate(rerank_scores):
-                reranked = RerankedRecommender(retrieval, ranker_dir, data, as_of, depth=rerank_depth, score=score)
+                reranked = RerankedRecommender(
+                    retrieval, ranker_dir, data, as_of, depth=rerank_depth, score=score, liked_weight=liked_weight
+                )
                 name = "two_tower+dcn" if i == 0 else f"+dcn:{score}"
                 reports[name] = evaluate(reranked, eval_set, ks, item_genres=genres)
     return reports
