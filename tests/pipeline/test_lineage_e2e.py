@@ -4,8 +4,9 @@ import os
 
 import pytest
 
+from models.two_tower import TwoTowerConfig
 from pipeline import lineage, lineage_commands
-from pipeline.config import fingerprint_dir
+from pipeline.config import code_fingerprint, fingerprint_dir
 
 pytestmark = pytest.mark.e2e
 
@@ -24,8 +25,14 @@ def test_trainer_model_traces_to_the_transform_and_ingestion_outputs_the_run_mad
     assert model.type == "Model" and model.uri == model_uri
     assert model.producer.component == "TwoTowerTrainer" and model.producer.state == "complete"
     assert model.facts["run_fn"] == "models.run_fns.run_two_tower"
-    assert model.facts["hyperparameters"] == {"seed": 0, "two_tower": {"epochs": 2}}
-    assert model.facts["effective_config"]["epochs"] == 2 and model.facts["epochs_run"] == 2
+    assert model.facts["hyperparameters"] == {
+        "seed": 0,
+        "two_tower": {},
+        "code_fingerprint": code_fingerprint("models"),
+    }
+    defaults = TwoTowerConfig()
+    assert model.facts["effective_config"]["epochs"] == defaults.epochs == model.facts["epochs_run"]
+    assert model.facts["effective_config"]["temperature"] == defaults.temperature
 
     inputs = dict(model.producer.inputs)
     transformed = inputs["examples"]

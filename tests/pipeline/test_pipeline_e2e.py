@@ -45,7 +45,10 @@ def test_every_component_completes_and_progress_is_reported(ml100k_run):
 def test_examples_artifact_records_splits_cutoffs_and_counts(ml100k_run, ml100k_dir):
     config, summary, _ = ml100k_run
     store = metadata_store.MetadataStore(sqlite_connection(config.metadata_path))
-    [examples] = store.get_artifacts_by_type("Examples")
+    # Transform's transformed_examples are Examples too; the ingested ones are the Ingestion output
+    [examples] = [
+        a for a in store.get_artifacts_by_type("Examples") if a.uri == summary.artifacts["Ingestion.examples"]
+    ]
     props = summary.examples_properties
     data = readers.load_dataset(ml100k_dir)
     timestamps = data.interactions["timestamp"].to_numpy()
