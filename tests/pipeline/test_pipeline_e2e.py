@@ -45,10 +45,16 @@ def test_every_component_completes_and_progress_is_reported(ml100k_run):
 def test_examples_artifact_records_splits_cutoffs_and_counts(ml100k_run, ml100k_dir):
     config, summary, _ = ml100k_run
     store = metadata_store.MetadataStore(sqlite_connection(config.metadata_path))
-    # Transform's transformed_examples are Examples too; the ingested ones are the Ingestion output
-    [examples] = [
-        a for a in store.get_artifacts_by_type("Examples") if a.uri == summary.artifacts["Ingestion.examples"]
-    ]
+    # Transform's transformed_examples are Examples too: take the one MLMD records as Ingestion's output
+    nodes = execution_nodes(store)
+    ingested = {
+        ev.artifact_id
+        for ev in store.get_events_by_execution_ids(list(nodes))
+        if ev.type == metadata_store_pb2.Event.OUTPUT
+        and nodes[ev.execution_id] == "Ingestion"
+        and ev.path.steps[0].key == "examples"
+    }
+    [examples] = store.get_artifacts_by_id(list(ingested))
     props = summary.examples_properties
     data = readers.load_dataset(ml100k_dir)
     timestamps = data.interactions["timestamp"].to_numpy()
@@ -60,7 +66,6 @@ def test_examples_artifact_records_splits_cutoffs_and_counts(ml100k_run, ml100k_
     assert len(props["input_fingerprint"]) == 32
     assert examples.uri == summary.artifacts["Ingestion.examples"]
     # MLMD lineage: StatisticsGen consumed exactly this examples artifact
-    nodes = execution_nodes(store)
     consumers = {
         ev.execution_id
         for ev in store.get_events_by_artifact_ids([examples.id])
