@@ -65,13 +65,13 @@ def test_examples_artifact_records_splits_cutoffs_and_counts(ml100k_run, ml100k_
     assert props["input_path"] == os.path.abspath(ml100k_dir)
     assert len(props["input_fingerprint"]) == 32
     assert examples.uri == summary.artifacts["Ingestion.examples"]
-    # MLMD lineage: StatisticsGen consumed exactly this examples artifact
+    # MLMD lineage: exactly the components that read raw examples consumed this artifact
     consumers = {
         ev.execution_id
         for ev in store.get_events_by_artifact_ids([examples.id])
         if ev.type == metadata_store_pb2.Event.INPUT
     }
-    assert sorted(nodes[c] for c in consumers) == ["StatisticsGen"]
+    assert sorted(nodes[c] for c in consumers) == ["IndexEvaluator", "ModelEvaluator", "StatisticsGen", "Transform"]
 
 
 def test_real_output_has_no_leakage(ml100k_run, ml100k_dir):
