@@ -32,6 +32,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
+from machine import cpu_model, memory_gib  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 
 from components.index.scann_index import (  # noqa: E402
     ScannIndex,
@@ -48,19 +49,7 @@ SWEEP_REORDER = (100, 250, 500, 1000, 2000)
 
 def machine() -> dict[str, str]:
     info = {"platform": platform.platform(), "python": platform.python_version(), "numpy": np.__version__}
-    cpu, mem = "unknown", "unknown"
-    try:
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-        kib = next(
-            int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if "MemTotal" in line
-        )
-        mem = f"{kib / 2**20:.1f} GiB"
-    except (OSError, StopIteration):
-        pass
+    cpu, mem = cpu_model(), memory_gib()
     try:
         from importlib.metadata import version
 

@@ -29,6 +29,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from machine import cpu_model  # noqa: E402 - benchmarks/ is on sys.path when run as a script
+
 from serving import model_repository as repo  # noqa: E402
 from serving.cli_commands import RUN_MODELS, _saved_model_dir  # noqa: E402
 from serving.client import GrpcClient, RestClient, placeholder_instance  # noqa: E402
@@ -37,14 +39,7 @@ TARGETS = (("query tower", "two_tower", "query_tower"), ("ranker", "ranker", "ra
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     import tensorflow as tf
 
     return (

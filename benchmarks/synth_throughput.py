@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import cpu_model, memory_gib  # noqa: E402 - benchmarks/ is on sys.path when run as a script
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SIZES = [
@@ -33,22 +35,7 @@ FULL = (1_000_000, 1_000_000, 50_000_000)
 
 
 def machine() -> dict[str, str]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = "unknown"
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem = f"{int(line.split()[1]) / 2**20:.1f} GiB"
-                break
-    except OSError:
-        pass
+    cpu, mem = cpu_model(), memory_gib()
     import numpy
 
     return {

@@ -25,6 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import tensorflow as tf  # noqa: E402
 import tensorflow_transform as tft  # noqa: E402
+from machine import cores, cpu_model, memory_gib  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 
 from models import run_fns  # noqa: E402
 from models.preprocessing import table_sizes_from_transform_output  # noqa: E402
@@ -34,14 +35,7 @@ from pipeline.mlmd import latest_artifacts  # noqa: E402
 
 
 def machine() -> str:
-    cpu = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{platform.platform()} | {cpu} | {os.cpu_count()} cores | {mem:.1f} GiB | TF {tf.__version__}"
+    return f"{platform.platform()} | {cpu_model()} | {cores()} cores | {memory_gib()} | TF {tf.__version__}"
 
 
 def _count_examples(dataset) -> int:
