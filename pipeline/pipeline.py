@@ -49,12 +49,12 @@ def _index_components(config: PipelineConfig, ingestion, two_tower_trainer) -> l
     return [index_builder, index_evaluator]
 
 
-def _model_evaluation(ingestion, two_tower_trainer, ranking_trainer, index_builder) -> list:
-    """ModelEvaluator on the test split, against popularity and the last blessed model (from MLMD)."""
-    baseline = tfx.dsl.Resolver(
+def latest_blessed_model_resolver(model_producer: str = "TwoTowerTrainer", model_output: str = "model"):
+    """The newest `model_producer` model that ModelEvaluator blessed (nothing on a first run)."""
+    return tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
         model=tfx.dsl.Channel(
-            type=tfx.types.standard_artifacts.Model, producer_component_id="TwoTowerTrainer", output_key="model"
+            type=tfx.types.standard_artifacts.Model, producer_component_id=model_producer, output_key=model_output
         ),
         model_blessing=tfx.dsl.Channel(
             type=tfx.types.standard_artifacts.ModelBlessing,
@@ -62,6 +62,11 @@ def _model_evaluation(ingestion, two_tower_trainer, ranking_trainer, index_build
             output_key="blessing",
         ),
     ).with_id("LatestBlessedModelResolver")
+
+
+def _model_evaluation(ingestion, two_tower_trainer, ranking_trainer, index_builder) -> list:
+    """ModelEvaluator on the test split, against popularity and the last blessed model (from MLMD)."""
+    baseline = latest_blessed_model_resolver()
     model_evaluator = ModelEvaluator(
         examples=ingestion.outputs["examples"],
         item_catalog=ingestion.outputs["item_catalog"],

@@ -35,6 +35,7 @@ def _pipeline(root, artifact_dirs, model_uri, ranker_uri):
 
     from components.evaluation.model_evaluator import ModelEvaluator
     from components.ingestion.component import ItemCatalog
+    from pipeline.pipeline import latest_blessed_model_resolver
 
     def importer(node_id, uri, artifact_type):
         return tfx.dsl.Importer(source_uri=uri, artifact_type=artifact_type, reimport=True).with_id(node_id)
@@ -43,18 +44,8 @@ def _pipeline(root, artifact_dirs, model_uri, ranker_uri):
     catalog = importer("CatalogImporter", artifact_dirs["catalog"], ItemCatalog)
     model = importer("TwoTowerImporter", model_uri, tfx.types.standard_artifacts.Model)
     ranker = importer("RankerImporter", ranker_uri, tfx.types.standard_artifacts.Model)
-    # The wiring create_pipeline uses, with TwoTowerTrainer -> TwoTowerImporter.
-    baseline = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-        model=tfx.dsl.Channel(
-            type=tfx.types.standard_artifacts.Model, producer_component_id="TwoTowerImporter", output_key="result"
-        ),
-        model_blessing=tfx.dsl.Channel(
-            type=tfx.types.standard_artifacts.ModelBlessing,
-            producer_component_id="ModelEvaluator",
-            output_key="blessing",
-        ),
-    ).with_id("LatestBlessedModelResolver")
+    # The resolver create_pipeline uses, with TwoTowerTrainer -> TwoTowerImporter.
+    baseline = latest_blessed_model_resolver("TwoTowerImporter", "result")
     evaluator = ModelEvaluator(
         examples=examples.outputs["result"],
         item_catalog=catalog.outputs["result"],
