@@ -5,7 +5,7 @@ run's Transform output (so only training varies between seeds), exports them,
 and scores popularity, two-tower and two-tower + DCN re-ranking of the top 100
 on the test split with `components.evaluation.offline`.
 
-    .venv/bin/python benchmarks/model_quality.py --output-dir runs/local --seeds 0 1 2
+    .venv/bin/python benchmarks/model_quality.py --output-dir runs/local --seeds 0 1 2 --tune-weight
 
 Prints per-seed and mean tables and writes <output-dir>/quality/quality.json.
 """
@@ -27,12 +27,13 @@ import numpy as np  # noqa: E402
 from tfx.components.trainer.fn_args_utils import FnArgs  # noqa: E402
 
 from components.evaluation.offline import (  # noqa: E402
-    DEFAULT_LIKED_WEIGHT,
+    DEFAULT_RERANK_SCORE,
+    DEFAULT_RERANK_WEIGHT,
     HEADLINE_METRICS,
     OfflineData,
     comparison_table,
     evaluate_models,
-    tune_liked_weight,
+    tune_rerank_weight,
 )
 from models import run_fns  # noqa: E402
 from pipeline.mlmd import latest_artifacts  # noqa: E402
@@ -61,9 +62,14 @@ def main(argv=None) -> int:
     parser.add_argument("--rerank-depth", type=int, default=100)
     parser.add_argument("--skip-ranking", action="store_true", help="train and score retrieval only")
     parser.add_argument(
-        "--tune-liked-weight", action="store_true", help="choose the re-ranking weight on the eval window per seed"
+        "--tune-weight", action="store_true", help="choose the re-ranking weight on the eval window per seed"
     )
-    parser.add_argument("--rerank-scores", nargs="+", default=["retrieval+liked"], help="ranker outputs to order by")
+    parser.add_argument(
+        "--rerank-scores",
+        nargs="+",
+        default=[DEFAULT_RERANK_SCORE],
+        help="ranker outputs or combinations to order by; the first is the one reported as two_tower+dcn",
+    )
     args = parser.parse_args(argv)
 
     print(f"machine: {platform.platform()}, {os.cpu_count()} cores, Python {sys.version.split()[0]}")
@@ -83,19 +89,19 @@ def main(argv=None) -> int:
         if not args.skip_ranking:
             run_fns.run_ranking(rk)
             ranker_dir = rk.serving_model_dir
-        liked_weight = DEFAULT_LIKED_WEIGHT
-        if args.tune_liked_weight and ranker_dir:
-            liked_weight, by_weight = tune_liked_weight(data, tt.serving_model_dir, ranker_dir)
+        weight = DEFAULT_RERANK_WEIGHT
+        if args.tune_weight and ranker_dir:
+            weight, by_weight = tune_rerank_weight(data, tt.serving_model_dir, ranker_dir, score=args.rerank_scores[0])
             shown = ", ".join(f"{w:g}: {v:.4f}" for w, v in by_weight.items())
-            print(f"seed {seed}: eval-window NDCG@10 by re-ranking weight {{{shown}}} -> {liked_weight:g}")
-            tuned.append(liked_weight)
+            print(f"seed {seed}: eval-window NDCG@10 by re-ranking weight {{{shown}}} -> {weight:g}")
+            tuned.append(weight)
         reports = evaluate_models(
             data,
             tt.serving_model_dir,
             ranker_dir,
             rerank_depth=args.rerank_depth,
             rerank_scores=args.rerank_scores,
-            liked_weight=liked_weight,
+            weight=weight,
         )
         print(f"\nseed {seed} ({time.time() - started:.0f}s)\n{comparison_table(reports)}")
         per_seed.append({name: r.to_dict() for name, r in reports.items()})
@@ -117,7 +123,8 @@ def main(argv=None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     result = {
         "seeds": args.seeds,
-        "tuned_liked_weights": tuned,
+        "rerank_scores": args.rerank_scores,
+        "tuned_weights": tuned,
         "two_tower": two_tower_cfg,
         "ranking": ranking_cfg,
         "mean": mean,

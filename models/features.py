@@ -43,6 +43,8 @@ USER_PRIOR_COUNT = "user_prior_count"  # int
 USER_PRIOR_MEAN_RATING = "user_prior_mean_rating"  # float, 0.0 with no history
 USER_DAYS_SINCE_FIRST = "user_days_since_first"  # float, 0.0 with no history
 ITEM_PRIOR_COUNT = "item_prior_count"  # int, interactions with the item before
+ITEM_RECENT_COUNT = "item_recent_count"  # int, interactions with the item in the RECENT_WINDOW_DAYS before
+ITEM_DAYS_SINCE_FIRST = "item_days_since_first"  # float, days since the item's first interaction, 0.0 with none
 
 # --- request context ------------------------------------------------------
 CTX_HOUR = "ctx_hour"  # 0..23, UTC
@@ -58,9 +60,10 @@ CANDIDATE_FEATURES = ITEM_FEATURES
 LABEL_FEATURES = (RATING, LIKED)
 
 INT_FEATURES = frozenset(
-    {TIMESTAMP, LIKED, USER_AGE, ITEM_RELEASE_YEAR, USER_PRIOR_COUNT, ITEM_PRIOR_COUNT, CTX_HOUR, CTX_DAY_OF_WEEK}
+    {TIMESTAMP, LIKED, USER_AGE, ITEM_RELEASE_YEAR, USER_PRIOR_COUNT, ITEM_PRIOR_COUNT, ITEM_RECENT_COUNT, CTX_HOUR,
+     CTX_DAY_OF_WEEK}
 )
-FLOAT_FEATURES = frozenset({RATING, USER_PRIOR_MEAN_RATING, USER_DAYS_SINCE_FIRST})
+FLOAT_FEATURES = frozenset({RATING, USER_PRIOR_MEAN_RATING, USER_DAYS_SINCE_FIRST, ITEM_DAYS_SINCE_FIRST})
 BYTES_FEATURES = frozenset(
     {USER_ID, ITEM_ID, USER_GENDER, USER_OCCUPATION, USER_ZIP, ITEM_TITLE, ITEM_GENRES, HIST_ITEM_IDS}
 )
@@ -68,6 +71,9 @@ LIST_FEATURES = frozenset({ITEM_GENRES, HIST_ITEM_IDS})
 
 DEFAULT_HISTORY_LENGTH = 20
 SECONDS_PER_DAY = 86400.0
+RECENT_WINDOW_DAYS = 14
+# The item's point-in-time popularity: what the ranker sees about an item at request time.
+ITEM_POINT_IN_TIME_FEATURES = (ITEM_PRIOR_COUNT, ITEM_RECENT_COUNT, ITEM_DAYS_SINCE_FIRST)
 
 
 @dataclass(frozen=True, order=True)
@@ -128,6 +134,23 @@ def history_features(history: UserHistory | Sequence[Event], as_of: int, max_len
     }
 
 
+def item_features_at(timestamps: Sequence[int], as_of: int) -> dict:
+    """Point-in-time popularity of one item from its interaction `timestamps` (sorted ascending).
+
+    THE function for these features: ingestion calls it with each example's
+    timestamp, evaluation and serving with the request time. Only interactions
+    strictly earlier than `as_of` count.
+    """
+    n = bisect.bisect_left(timestamps, as_of)
+    window_start = as_of - int(RECENT_WINDOW_DAYS * SECONDS_PER_DAY)
+    recent = n - bisect.bisect_left(timestamps, window_start, 0, n)
+    return {
+        ITEM_PRIOR_COUNT: n,
+        ITEM_RECENT_COUNT: recent,
+        ITEM_DAYS_SINCE_FIRST: (as_of - timestamps[0]) / SECONDS_PER_DAY if n else 0.0,
+    }
+
+
 def context_features(timestamp: int) -> dict:
     """Time-of-day and day-of-week of a request or interaction, in UTC."""
     moment = _dt.datetime.fromtimestamp(int(timestamp), tz=_dt.UTC)
@@ -180,11 +203,16 @@ USER_PRIOR_COUNT_LOG_XF = "user_prior_count_log1p" + TRANSFORMED_SUFFIX
 USER_PRIOR_MEAN_RATING_XF = transformed_name(USER_PRIOR_MEAN_RATING)  # rating / 5
 USER_DAYS_SINCE_FIRST_LOG_XF = "user_days_since_first_log1p" + TRANSFORMED_SUFFIX
 ITEM_PRIOR_COUNT_LOG_XF = "item_prior_count_log1p" + TRANSFORMED_SUFFIX
+ITEM_RECENT_COUNT_LOG_XF = "item_recent_count_log1p" + TRANSFORMED_SUFFIX
+ITEM_DAYS_SINCE_FIRST_LOG_XF = "item_days_since_first_log1p" + TRANSFORMED_SUFFIX
+ITEM_POPULARITY_XF = (ITEM_PRIOR_COUNT_LOG_XF, ITEM_RECENT_COUNT_LOG_XF, ITEM_DAYS_SINCE_FIRST_LOG_XF)
 # log(share of training interactions that hit the item); unseen items get the
 # smallest share seen in training. Used for the log-Q correction of retrieval.
 ITEM_LOG_FREQUENCY_XF = "item_log_frequency" + TRANSFORMED_SUFFIX
 
 # --- labels -------------------------------------------------------------------
+# Seconds since the epoch, passed through so training can batch examples by time (not a model input).
+TIMESTAMP_XF = transformed_name(TIMESTAMP)
 RATING_XF = transformed_name(RATING)  # float32 [B]
 LIKED_XF = transformed_name(LIKED)  # float32 [B], 0.0 or 1.0
 

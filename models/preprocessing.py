@@ -221,6 +221,8 @@ def preprocessing_fn(inputs: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     out[F.USER_PRIOR_COUNT_LOG_XF] = log1p(F.USER_PRIOR_COUNT)
     out[F.USER_DAYS_SINCE_FIRST_LOG_XF] = log1p(F.USER_DAYS_SINCE_FIRST, 0.0)
     out[F.ITEM_PRIOR_COUNT_LOG_XF] = log1p(F.ITEM_PRIOR_COUNT)
+    out[F.ITEM_RECENT_COUNT_LOG_XF] = log1p(F.ITEM_RECENT_COUNT)
+    out[F.ITEM_DAYS_SINCE_FIRST_LOG_XF] = log1p(F.ITEM_DAYS_SINCE_FIRST, 0.0)
     mean_rating = tf.cast(_scalar(inputs[F.USER_PRIOR_MEAN_RATING], 0.0), tf.float32)
     out[F.USER_PRIOR_MEAN_RATING_XF] = mean_rating / MAX_RATING
 
@@ -233,4 +235,5 @@ def preprocessing_fn(inputs: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     # Labels. Serving graphs that lack these inputs drop these outputs.
     out[F.RATING_XF] = tf.cast(_scalar(inputs[F.RATING], 0.0), tf.float32)
     out[F.LIKED_XF] = tf.cast(_scalar(inputs[F.LIKED], 0), tf.float32)
+    out[F.TIMESTAMP_XF] = tf.cast(_scalar(inputs[F.TIMESTAMP], 0), tf.int64)
     return out

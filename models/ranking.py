@@ -1,23 +1,32 @@
-"""DCN-v2 ranking model (TFRS) with a rating head and a "liked" head.
+"""DCN-v2 ranking model (TFRS): which retrieved item will the user pick, and will they like it.
 
 The ranker scores (user, item) pairs that retrieval proposed. It reads the same
 transformed features and the same feature encoders as the two-tower model
 (`models.embeddings`), concatenates the user, history, context and item
-vectors plus the item's prior popularity, and learns explicit feature crosses
-with `tfrs.layers.dcn.Cross`:
+vectors plus the item's point-in-time popularity (all-time count, count in the
+last `RECENT_WINDOW_DAYS`, days since its first interaction -- things an
+id embedding learned over months cannot know), and learns explicit feature
+crosses with `tfrs.layers.dcn.Cross`:
 
 * "stacked": x0 -> cross layers -> deep MLP -> heads;
 * "parallel": [cross layers(x0), deep MLP(x0)] -> heads.
 
 `projection_dim` makes the cross kernels low rank (DCN-Mix style savings);
-None keeps them full rank. Three tasks share the trunk: rating regression
-(MSE), liked probability (binary cross-entropy on logits) and interaction
-probability. The first two only ever see items the user did interact with, so
-on their own they cannot tell which retrieved candidate the user will pick;
-the interaction head learns exactly that, from each positive pair against
-`num_negatives` in-batch negatives (the same user paired with other examples'
-items, i.e. negatives drawn by popularity). The training loss is the weighted
-sum; `call` returns all three predictions.
+None keeps them full rank. Three tasks share the trunk:
+
+* interaction: which item the user picks. A sampled softmax of each positive
+  against `num_negatives` other items of the same batch, with the sampling
+  probability corrected out (log-Q) and accidental hits removed. Training
+  batches hold examples of one time bucket (`run_fns.time_local_batches`), so
+  the negatives are items picked at about the same moment and their
+  point-in-time features are (nearly) current; the in-batch sampling
+  probability is then an item's recent share, hence the correction by its
+  recent count. The output `interaction_score` estimates log P(pick | user,
+  time) up to a per-user constant -- the score re-ranking orders by.
+* rating (MSE) and liked (rating >= 4, binary cross-entropy), which only ever
+  see items the user did interact with.
+
+The training loss is the weighted sum; `call` returns all the predictions.
 """
 
 from __future__ import annotations
@@ -38,9 +47,9 @@ CROSS_STRUCTURES: tuple[str, ...] = get_args(CrossStructure)
 # Keys of the dict returned by DCNRankingModel.call.
 RATING_OUTPUT = "rating"
 LIKED_OUTPUT = "liked_probability"
-INTERACTION_OUTPUT = "interaction_probability"
+INTERACTION_OUTPUT = "interaction_score"
 # Item-side transformed features that move together when an item is swapped in as a negative.
-CANDIDATE_SIDE_FEATURES = E.CANDIDATE_ID_FEATURES + (F.ITEM_PRIOR_COUNT_LOG_XF,)
+CANDIDATE_SIDE_FEATURES = E.CANDIDATE_ID_FEATURES + F.ITEM_POPULARITY_XF
 
 
 @dataclass
@@ -57,11 +66,10 @@ class RankingConfig:
     deep_layers: tuple[int, ...] = (256, 128)
     rating_weight: float = 1.0
     liked_weight: float = 1.0
-    # Off by default: on ml-100k the pointwise interaction head stayed near chance
-    # (validation AUC ~0.52 after 3 epochs), so re-ranking uses rating/liked instead.
-    interaction_weight: float = 0.0
-    num_negatives: int = 4  # in-batch negatives per positive for the interaction task
-    use_item_popularity: bool = True  # the item's prior interaction count as an input
+    interaction_weight: float = 1.0
+    num_negatives: int = 8  # in-batch negatives per positive for the interaction task
+    use_item_popularity: bool = True  # the item's point-in-time popularity features as inputs
+    time_bucket_hours: float = 24.0  # training batches hold examples of one bucket (0 = plain shuffle)
     optimizer: E.OptimizerName = "adagrad"
     learning_rate: float = 0.05
     batch_size: int = 256
@@ -80,6 +88,10 @@ class RankingConfig:
         if self.num_cross_layers == 0 and not self.deep_layers:
             raise ValueError("need at least one cross layer or one deep layer")
         E.require_int("num_negatives", self.num_negatives, minimum=0)
+        if isinstance(self.time_bucket_hours, bool) or not isinstance(self.time_bucket_hours, (int, float)):
+            raise ValueError(f"time_bucket_hours must be a number >= 0, got {self.time_bucket_hours!r}")
+        if self.time_bucket_hours < 0:
+            raise ValueError(f"time_bucket_hours must be a number >= 0, got {self.time_bucket_hours!r}")
         for name in ("rating_weight", "liked_weight", "interaction_weight"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
@@ -141,9 +153,10 @@ class DCNRankingModel(tfrs.Model):
             loss=tf.keras.losses.BinaryCrossentropy(from_logits=True),
             metrics=[tf.keras.metrics.AUC(from_logits=True, name="liked_auc")],
         )
+        # Sampled softmax; the metric is the positive's share of top-1 among 1 + num_negatives candidates.
         self.interaction_task = tfrs.tasks.Ranking(
-            loss=tf.keras.losses.BinaryCrossentropy(from_logits=True),
-            metrics=[tf.keras.metrics.AUC(from_logits=True, name="interaction_auc")],
+            loss=tf.keras.losses.CategoricalCrossentropy(from_logits=True),
+            metrics=[tf.keras.metrics.CategoricalAccuracy(name="interaction_top1")],
         )
 
     def compile(self, optimizer=None, **kwargs):
@@ -161,7 +174,7 @@ class DCNRankingModel(tfrs.Model):
         embedded = self.embeddings(E.select(features, E.QUERY_ID_FEATURES + E.CANDIDATE_ID_FEATURES))
         parts = [self.query_features(features, embedded), self.candidate_features(features, embedded)]
         if self.config.use_item_popularity:
-            parts.append(tf.cast(features[F.ITEM_PRIOR_COUNT_LOG_XF], tf.float32)[:, tf.newaxis])
+            parts.extend(tf.cast(features[key], tf.float32)[:, tf.newaxis] for key in F.ITEM_POPULARITY_XF)
         x0 = tf.concat(parts, axis=-1)
         if self.config.structure == "stacked":
             return self.deep(self._cross(x0))
@@ -171,7 +184,7 @@ class DCNRankingModel(tfrs.Model):
         trunk = self._trunk(features)
         out = {RATING_OUTPUT: self.rating_head(trunk), LIKED_OUTPUT: tf.sigmoid(self.liked_head(trunk))}
         if self.config.interaction_weight:  # an untrained head's output would only mislead
-            out[INTERACTION_OUTPUT] = tf.sigmoid(self.interaction_head(trunk))
+            out[INTERACTION_OUTPUT] = self.interaction_head(trunk)
         return out
 
     def _negatives(self, features: Mapping[str, tf.Tensor]) -> list[dict[str, tf.Tensor]]:
@@ -185,6 +198,19 @@ class DCNRankingModel(tfrs.Model):
                 rolled[key] = tf.roll(features[key], shift, axis=0)
             out.append(rolled)
         return out
+
+    def interaction_logits(self, features: Mapping[str, tf.Tensor], trunk: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """[B, 1 + num_negatives] corrected logits (positive first) and the accidental-hit mask."""
+        candidates = [features] + self._negatives(features)
+        logits = [self.interaction_head(trunk)] + [self.interaction_head(self._trunk(c)) for c in candidates[1:]]
+        logits = tf.concat(logits, axis=1)
+        # log-Q: an item's chance of being a sampled negative is its share of the batch's time bucket,
+        # i.e. proportional to its recent count (log1p in the feature; +1 also covers brand-new items).
+        log_q = tf.stack([tf.cast(c[F.ITEM_RECENT_COUNT_LOG_XF], tf.float32) for c in candidates], axis=1)
+        item_ids = tf.stack([c[F.ITEM_ID_XF] for c in candidates], axis=1)
+        hits = tf.equal(item_ids[:, 1:], item_ids[:, :1])  # a negative that is the positive item itself
+        mask = tf.concat([tf.zeros_like(hits[:, :1]), hits], axis=1)
+        return logits - log_q, mask
 
     def compute_loss(self, features: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         trunk = self._trunk(features)
@@ -202,10 +228,9 @@ class DCNRankingModel(tfrs.Model):
             )
             loss += self.config.liked_weight * liked_loss
         if self.config.interaction_weight:
-            logits = [self.interaction_head(trunk)] + [
-                self.interaction_head(self._trunk(negative)) for negative in self._negatives(features)
-            ]
-            labels = [tf.ones_like(logits[0])] + [tf.zeros_like(x) for x in logits[1:]]
-            interaction_loss = self.interaction_task(labels=tf.concat(labels, 0), predictions=tf.concat(logits, 0))
+            logits, hits = self.interaction_logits(features, trunk)
+            logits = tf.where(hits, tf.fill(tf.shape(logits), logits.dtype.min), logits)
+            labels = tf.one_hot(tf.zeros(tf.shape(logits)[0], tf.int32), tf.shape(logits)[1])
+            interaction_loss = self.interaction_task(labels=labels, predictions=logits)
             loss += self.config.interaction_weight * interaction_loss
         return loss

@@ -6,7 +6,7 @@ and exports a SavedModel whose signatures take RAW features (models/export.py):
 
   retrieval:  query_tower, candidate_tower (+ *_examples); default query_tower
   ranking:    ranker (+ ranker_examples) -> rating, liked_probability,
-              interaction_probability; default ranker
+              interaction_score; default ranker
 
 Hyper-parameters come from the Trainer's `custom_config`:
   {"two_tower": {...TwoTowerConfig fields...}} or {"ranking": {...RankingConfig fields...}}
@@ -36,8 +36,8 @@ QUERY_TOWER = "query_tower"
 CANDIDATE_TOWER = "candidate_tower"
 RANKER = "ranker"
 EMBEDDING_OUTPUT = "embedding"
-# The ranker also sees the item's current popularity (its count as of serving time).
-RANKER_FEATURES = F.QUERY_FEATURES + F.CANDIDATE_FEATURES + (F.ITEM_PRIOR_COUNT,)
+# The ranker also sees the item's popularity as of the request (`features.item_features_at`).
+RANKER_FEATURES = F.QUERY_FEATURES + F.CANDIDATE_FEATURES + F.ITEM_POINT_IN_TIME_FEATURES
 SHUFFLE_BUFFER = 50_000
 
 
@@ -64,6 +64,43 @@ def input_fn(
     return (
         records.batch(batch_size, drop_remainder=shuffle)
         .map(lambda serialized: tf.io.parse_example(serialized, spec), num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+def time_local_input_fn(
+    file_pattern: str | Sequence[str],
+    tft_output: tft.TFTransformOutput,
+    batch_size: int,
+    bucket_hours: float,
+    seed: int | None = None,
+) -> tf.data.Dataset:
+    """Shuffled batches whose examples all fall in one `bucket_hours` time bucket.
+
+    In-batch negatives then are items picked at about the same moment, so their
+    point-in-time features (recent counts) are close to what they were at the
+    positive's time. A bucket's last batch may be smaller than `batch_size`.
+    """
+    patterns = [file_pattern] if isinstance(file_pattern, str) else list(file_pattern)
+    files = tf.data.Dataset.list_files(patterns, shuffle=True, seed=seed)
+    records = files.interleave(
+        lambda path: tf.data.TFRecordDataset(path, compression_type="GZIP"),
+        cycle_length=tf.data.AUTOTUNE,
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=seed is not None,
+    )
+    spec = tft_output.transformed_feature_spec()
+    bucket_seconds = max(int(bucket_hours * 3600), 1)
+    return (
+        records.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
+        .batch(4096)
+        .map(lambda serialized: tf.io.parse_example(serialized, spec), num_parallel_calls=tf.data.AUTOTUNE)
+        .unbatch()
+        .group_by_window(
+            key_func=lambda x: x[F.TIMESTAMP_XF] // bucket_seconds,
+            reduce_func=lambda _, window: window.batch(batch_size),
+            window_size=batch_size,
+        )
         .prefetch(tf.data.AUTOTUNE)
     )
 
@@ -122,10 +159,15 @@ class _Progress(tf.keras.callbacks.Callback):
         print(f"{self._name} epoch {epoch + 1}: {seconds:.1f}s, {rate:,.0f} examples/s, {shown}", flush=True)
 
 
-def _fit(model, fn_args, batch_size: int, epochs: int, name: str, seed: int):
+def _fit(model, fn_args, batch_size: int, epochs: int, name: str, seed: int, bucket_hours: float = 0.0):
     tft_output = tft.TFTransformOutput(fn_args.transform_output)
-    train = input_fn(fn_args.train_files, tft_output, batch_size, shuffle=True, seed=seed)
-    evaluation = input_fn(fn_args.eval_files, tft_output, batch_size, shuffle=False)
+    if bucket_hours:
+        train = time_local_input_fn(fn_args.train_files, tft_output, batch_size, bucket_hours, seed=seed)
+        # A fixed seed: the same validation batches every epoch.
+        evaluation = time_local_input_fn(fn_args.eval_files, tft_output, batch_size, bucket_hours, seed=0)
+    else:
+        train = input_fn(fn_args.train_files, tft_output, batch_size, shuffle=True, seed=seed)
+        evaluation = input_fn(fn_args.eval_files, tft_output, batch_size, shuffle=False)
     callbacks = [_Progress(name, batch_size)]
     if getattr(fn_args, "model_run_dir", None):
         callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"))
@@ -194,6 +236,7 @@ def run_ranking(fn_args) -> None:
     with E.strategy_for_hardware().scope():
         model = DCNRankingModel(config, table_sizes_from_transform_output(tft_output))
         model.compile()
-    _, history = _fit(model, fn_args, config.batch_size, config.epochs, "ranking", seed)
+    bucket_hours = config.time_bucket_hours if config.interaction_weight else 0.0
+    _, history = _fit(model, fn_args, config.batch_size, config.epochs, "ranking", seed, bucket_hours)
     export_ranking(model, tft_output, fn_args.serving_model_dir)
     _write_training_summary(fn_args.model_run_dir or fn_args.serving_model_dir, config, history)

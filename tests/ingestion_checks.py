@@ -12,6 +12,8 @@ import json
 import os
 from collections import defaultdict
 
+import numpy as np
+
 import apache_beam as beam
 import tensorflow as tf
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -79,9 +81,12 @@ def assert_no_leakage(splits: dict[str, list[dict]], raw_events, history_length:
     raw_events: iterable of (user_id, item_id, rating, timestamp) of the valid rows.
     Returns the number of examples checked.
     """
-    by_user = defaultdict(list)
+    by_user, by_item = defaultdict(list), defaultdict(list)
     for user, item, rating, ts in raw_events:
         by_user[user].append((int(ts), item, float(rating)))
+        by_item[item].append(int(ts))
+    item_times = {item: np.array(times, dtype=np.int64) for item, times in by_item.items()}
+    window = int(F.RECENT_WINDOW_DAYS * F.SECONDS_PER_DAY)
     checked = 0
     for split, rows in splits.items():
         for row in rows:
@@ -95,6 +100,13 @@ def assert_no_leakage(splits: dict[str, list[dict]], raw_events, history_length:
             for ts, item, _ in earlier:
                 first_seen.setdefault(item, ts)
             assert all(first_seen[item] < t for item in row[F.HIST_ITEM_IDS])
+            # the item's popularity counts only interactions strictly before the example
+            times = item_times[row[F.ITEM_ID]]
+            before = times[times < t]
+            assert row[F.ITEM_PRIOR_COUNT] == len(before), (split, row)
+            assert row[F.ITEM_RECENT_COUNT] == int((before >= t - window).sum()), (split, row)
+            first = (t - before.min()) / F.SECONDS_PER_DAY if len(before) else 0.0
+            assert abs(row[F.ITEM_DAYS_SINCE_FIRST] - first) < 1e-3, (split, row)
             checked += 1
     if cutoffs is not None:
         lo, hi = cutoffs

@@ -30,6 +30,8 @@ SCALARS = {
     F.USER_PRIOR_MEAN_RATING: (tf.float32, 0.0),
     F.USER_DAYS_SINCE_FIRST: (tf.float32, 0.0),
     F.ITEM_PRIOR_COUNT: (tf.int64, 0),
+    F.ITEM_RECENT_COUNT: (tf.int64, 0),
+    F.ITEM_DAYS_SINCE_FIRST: (tf.float32, 0.0),
     F.CTX_HOUR: (tf.int64, 0),
     F.CTX_DAY_OF_WEEK: (tf.int64, 0),
 }
@@ -83,6 +85,8 @@ def instance(user, item, history, **overrides):
         F.USER_PRIOR_MEAN_RATING: 4.0 if history else 0.0,
         F.USER_DAYS_SINCE_FIRST: 2.0 if history else 0.0,
         F.ITEM_PRIOR_COUNT: 3,
+        F.ITEM_RECENT_COUNT: 2,
+        F.ITEM_DAYS_SINCE_FIRST: 5.5,
         F.CTX_HOUR: 13,
         F.CTX_DAY_OF_WEEK: 2,
     }

@@ -50,7 +50,7 @@ from components.evaluation import metrics as M
 from components.evaluation import report as report_html
 from components.evaluation.offline import (
     DEFAULT_KS,
-    RETRIEVAL_PLUS_LIKED,
+    DEFAULT_RERANK_SCORE,
     OfflineData,
     RerankedRecommender,
     TwoTowerRecommender,
@@ -230,7 +230,7 @@ def evaluate_stages(
     ranker_dir: str | None = None,
     ks: Sequence[int] = DEFAULT_KS,
     rerank_depth: int = 100,
-    rerank_score: str = RETRIEVAL_PLUS_LIKED,
+    rerank_score: str = DEFAULT_RERANK_SCORE,
     full_pipeline: FullPipelineFactory | None = None,
     include_popularity: bool = True,
 ) -> tuple[dict[str, EvalReport], TwoTowerRecommender]:
@@ -368,7 +368,7 @@ class EvaluatorConfig:
     ks: tuple[int, ...] = DEFAULT_KS
     gate: GateConfig = field(default_factory=GateConfig)
     rerank_depth: int = 100
-    rerank_score: str = RETRIEVAL_PLUS_LIKED
+    rerank_score: str = DEFAULT_RERANK_SCORE
     full_pipeline_fn: str = ""
     ann_k: int = 10
     ann_queries: int = 200  # 0 = no ANN sweep
@@ -570,7 +570,7 @@ def ModelEvaluator(  # noqa: N802 - TFX names components like classes
     tolerance: Parameter[float] = 0.02,
     min_lift: Parameter[float] = 0.0,
     rerank_depth: Parameter[int] = 100,
-    rerank_score: Parameter[str] = RETRIEVAL_PLUS_LIKED,
+    rerank_score: Parameter[str] = DEFAULT_RERANK_SCORE,
     full_pipeline_fn: Parameter[str] = "",
     ann_k: Parameter[int] = 10,
     ann_queries: Parameter[int] = 200,

@@ -30,10 +30,13 @@ from models.two_tower import TwoTowerConfig
 FRAME_KEYS = (F.USER_ID, F.ITEM_ID, F.RATING, F.TIMESTAMP)
 USER_STATIC = (F.USER_AGE, F.USER_GENDER, F.USER_OCCUPATION, F.USER_ZIP)
 DEFAULT_KS = (10, 50, 100)
-# Re-ranking score: retrieval log-probability + the DCN's log P(liked) (see RerankedRecommender).
+# Re-ranking scores: the retrieval logit + weight x a DCN output (see RerankedRecommender).
+RETRIEVAL_PLUS_INTERACTION = "retrieval+interaction"
 RETRIEVAL_PLUS_LIKED = "retrieval+liked"
-DEFAULT_LIKED_WEIGHT = 1.0
-LIKED_WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 2.0)
+COMBINED_SCORES = (RETRIEVAL_PLUS_INTERACTION, RETRIEVAL_PLUS_LIKED)
+DEFAULT_RERANK_SCORE = RETRIEVAL_PLUS_INTERACTION
+DEFAULT_RERANK_WEIGHT = 1.0
+RERANK_WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
 
 
 def _read_records(pattern: str, keys: Mapping[str, tf.io.FixedLenFeature | tf.io.VarLenFeature]) -> dict:
@@ -203,14 +206,32 @@ class TwoTowerRecommender:
         return self.scored(user_ids, k, exclude)[0]
 
 
+def item_popularity_features(data: OfflineData, item_ids: Sequence[str], as_of: int) -> dict[str, np.ndarray]:
+    """Point-in-time popularity of `item_ids` as of `as_of`, from train+eval interactions."""
+    past = data.frame[(data.frame["split"] != "test") & (data.frame[F.TIMESTAMP] < as_of)]
+    timestamps = {item: sorted(g.tolist()) for item, g in past.groupby(F.ITEM_ID)[F.TIMESTAMP]}
+    rows = [F.item_features_at(timestamps.get(item, []), as_of) for item in item_ids]
+    return {
+        F.ITEM_PRIOR_COUNT: np.array([r[F.ITEM_PRIOR_COUNT] for r in rows], dtype=np.int64),
+        F.ITEM_RECENT_COUNT: np.array([r[F.ITEM_RECENT_COUNT] for r in rows], dtype=np.int64),
+        F.ITEM_DAYS_SINCE_FIRST: np.array([r[F.ITEM_DAYS_SINCE_FIRST] for r in rows], dtype=np.float32),
+    }
+
+
 class RerankedRecommender:
     """Retrieves `depth` candidates, then orders them by a ranker score.
 
-    `score` is one of the ranker's outputs, or "retrieval+liked" (the default):
-    the retrieval logit (dot product / the two-tower's softmax temperature,
-    `temperature`, default TwoTowerConfig's) plus `liked_weight` x log P(liked)
-    from the DCN; with weight 1 that is log of P(the user picks the item) x
-    P(they like it). `tune_liked_weight` picks the weight on the eval window.
+    `score` is one of the ranker's outputs, or a combination of the retrieval
+    logit (dot product / the two-tower's softmax temperature, `temperature`,
+    default TwoTowerConfig's) with `weight` x a DCN output:
+
+    * "retrieval+interaction" (the default): + weight x the DCN's interaction
+      score (its own estimate of log P(pick | user, time), which also sees the
+      item's recent popularity);
+    * "retrieval+liked": + weight x log P(liked); with weight 1 that is the log
+      of P(the user picks the item) x P(they like it).
+
+    `tune_rerank_weight` picks the weight on the eval window.
     """
 
     def __init__(
@@ -220,17 +241,18 @@ class RerankedRecommender:
         data: OfflineData,
         as_of: int,
         depth: int = 100,
-        score: str = RETRIEVAL_PLUS_LIKED,
+        score: str = DEFAULT_RERANK_SCORE,
         temperature: float | None = None,
-        liked_weight: float = DEFAULT_LIKED_WEIGHT,
+        weight: float = DEFAULT_RERANK_WEIGHT,
     ):
         self._retrieval, self._data, self._as_of = retrieval, data, as_of
-        self._liked_weight = liked_weight
+        self._weight = weight
         self._ranker = tf.saved_model.load(ranker_dir).signatures["ranker"]
         self._depth, self._score = depth, score
         self._temperature = temperature or TwoTowerConfig().temperature
-        past = data.frame[data.frame["split"] != "test"]
-        self._popularity = past[F.ITEM_ID].value_counts()
+        catalog = list(data.catalog.index)
+        popularity = item_popularity_features(data, catalog, as_of)
+        self._popularity = {key: dict(zip(catalog, values)) for key, values in popularity.items()}
 
     def __call__(self, user_ids, k, exclude):
         candidates, retrieval_scores = self._retrieval.scored(user_ids, max(k, self._depth), exclude)
@@ -241,13 +263,17 @@ class RerankedRecommender:
             items.extend(cands)
         inputs = {key: value[rows] for key, value in query.items()}
         inputs.update(candidate_features(self._data, items))
-        inputs[F.ITEM_PRIOR_COUNT] = self._popularity.reindex(items).fillna(0).astype(np.int64).to_numpy()
+        for key, by_item in self._popularity.items():
+            inputs[key] = np.array([by_item[i] for i in items])
         outputs = _call(self._ranker, inputs)
-        if self._score == RETRIEVAL_PLUS_LIKED:
-            # Expected liked interactions: the retrieval softmax's log-probability of picking the item
-            # (dot product / temperature, up to a per-user constant) plus the ranker's log P(liked).
-            liked = np.clip(outputs["liked_probability"], 1e-7, 1.0)
-            scores = np.concatenate(retrieval_scores) / self._temperature + self._liked_weight * np.log(liked)
+        if self._score in COMBINED_SCORES:
+            # The retrieval softmax's log-probability of picking the item (dot product / temperature,
+            # up to a per-user constant) plus the DCN's view.
+            if self._score == RETRIEVAL_PLUS_LIKED:
+                ranker = np.log(np.clip(outputs["liked_probability"], 1e-7, 1.0))
+            else:
+                ranker = outputs["interaction_score"]
+            scores = np.concatenate(retrieval_scores) / self._temperature + self._weight * ranker
         else:
             scores = outputs[self._score]
         out, start = [], 0
@@ -258,11 +284,12 @@ class RerankedRecommender:
         return out
 
 
-def tune_liked_weight(
+def tune_rerank_weight(
     data: OfflineData,
     two_tower_dir: str,
     ranker_dir: str,
-    grid: Sequence[float] = LIKED_WEIGHT_GRID,
+    score: str = DEFAULT_RERANK_SCORE,
+    grid: Sequence[float] = RERANK_WEIGHT_GRID,
     rerank_depth: int = 100,
     metric: str = "ndcg",
     k: int = 10,
@@ -275,7 +302,7 @@ def tune_liked_weight(
     scores = {}
     for weight in grid:
         reranked = RerankedRecommender(
-            retrieval, ranker_dir, validation, as_of, depth=rerank_depth, liked_weight=weight
+            retrieval, ranker_dir, validation, as_of, depth=rerank_depth, score=score, weight=weight
         )
         scores[weight] = evaluate(reranked, eval_set, (k,)).metric(metric, k)
     return max(scores, key=lambda w: (scores[w], -w)), scores
@@ -287,8 +314,8 @@ def evaluate_models(
     ranker_dir: str | None,
     ks: Sequence[int] = DEFAULT_KS,
     rerank_depth: int = 100,
-    rerank_scores: Sequence[str] = (RETRIEVAL_PLUS_LIKED,),
-    liked_weight: float = DEFAULT_LIKED_WEIGHT,
+    rerank_scores: Sequence[str] = (DEFAULT_RERANK_SCORE,),
+    weight: float = DEFAULT_RERANK_WEIGHT,
 ) -> dict[str, EvalReport]:
     """Reports for popularity, two-tower and two-tower + DCN (those whose models are given)."""
     eval_set = data.eval_set()
@@ -302,7 +329,7 @@ def evaluate_models(
         if ranker_dir:
             for i, score in enumerate(rerank_scores):
                 reranked = RerankedRecommender(
-                    retrieval, ranker_dir, data, as_of, depth=rerank_depth, score=score, liked_weight=liked_weight
+                    retrieval, ranker_dir, data, as_of, depth=rerank_depth, score=score, weight=weight
                 )
                 name = "two_tower+dcn" if i == 0 else f"+dcn:{score}"
                 reports[name] = evaluate(reranked, eval_set, ks, item_genres=genres)

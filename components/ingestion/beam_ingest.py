@@ -139,7 +139,7 @@ def _user_feature_dict(user: readers.User | None) -> dict:
 
 
 class _JoinItem(beam.DoFn):
-    """Attaches item features and the item's point-in-time interaction count."""
+    """Attaches item features and the item's point-in-time popularity (`F.item_features_at`)."""
 
     UNKNOWN_ITEM = "unknown_item"
 
@@ -167,8 +167,7 @@ class _JoinItem(beam.DoFn):
         item_features = _item_feature_dict(item)
         timestamps = [r.timestamp for r in interactions]
         for row in interactions:
-            prior = int(np.searchsorted(timestamps, row.timestamp, side="left"))
-            yield row.user_id, (row, prior, item_features)
+            yield row.user_id, (row, F.item_features_at(timestamps, row.timestamp), item_features)
 
 
 class _BuildUserExamples(beam.DoFn):
@@ -192,14 +191,14 @@ class _BuildUserExamples(beam.DoFn):
             labels = assign_splits_leave_last_n(len(joined), self._split.leave_last_n)
         else:
             labels = [assign_split_global_time(j[0].timestamp, cutoffs) for j in joined]
-        for (row, item_prior, item_features), split in zip(joined, labels):
+        for (row, item_popularity, item_features), split in zip(joined, labels):
             example = {
                 F.USER_ID: row.user_id,
                 F.ITEM_ID: row.item_id,
                 F.RATING: float(row.rating),
                 F.TIMESTAMP: int(row.timestamp),
                 F.LIKED: int(row.rating >= F.LIKED_THRESHOLD),
-                F.ITEM_PRIOR_COUNT: item_prior,
+                **item_popularity,
                 **user_features,
                 **item_features,
                 **history.features(row.timestamp, self._history_length),

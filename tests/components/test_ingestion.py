@@ -66,6 +66,10 @@ def test_ties_single_interactions_and_features(tmp_path):
     # item_prior_count: i1 was interacted with at t=100 (u1) and t=200 (u2) before u3's t=500
     assert rows[("u3", "i1")][F.ITEM_PRIOR_COUNT] == 2
     assert rows[("u1", "i1")][F.ITEM_PRIOR_COUNT] == 0
+    # all of these are within the recent window; i1's first interaction was at t=100
+    assert rows[("u3", "i1")][F.ITEM_RECENT_COUNT] == 2
+    assert rows[("u3", "i1")][F.ITEM_DAYS_SINCE_FIRST] == pytest.approx(400 / F.SECONDS_PER_DAY)
+    assert rows[("u1", "i1")][F.ITEM_DAYS_SINCE_FIRST] == 0.0
     # joins
     assert rows[("u2", "i1")][F.USER_OCCUPATION] == "artist"
     assert rows[("u3", "i2")][F.ITEM_GENRES] == ["Comedy", "Drama"]

@@ -66,9 +66,12 @@ def make_transformed_batch(batch_size: int, seed: int = 0, table_sizes=None) -> 
         ),
         F.ITEM_YEAR_BUCKET_XF: ids(preprocessing.ITEM_YEAR_BUCKET_TABLE),
         F.ITEM_PRIOR_COUNT_LOG_XF: rng.uniform(0, 4, batch_size).astype(np.float32),
+        F.ITEM_RECENT_COUNT_LOG_XF: rng.uniform(0, 3, batch_size).astype(np.float32),
+        F.ITEM_DAYS_SINCE_FIRST_LOG_XF: rng.uniform(0, 5, batch_size).astype(np.float32),
         F.ITEM_LOG_FREQUENCY_XF: np.log(rng.uniform(0.01, 0.2, batch_size)).astype(np.float32),
         F.RATING_XF: rng.integers(1, 6, batch_size).astype(np.float32),
         F.LIKED_XF: rng.integers(0, 2, batch_size).astype(np.float32),
+        F.TIMESTAMP_XF: rng.integers(0, 30 * 86400, batch_size).astype(np.int64),
     }
 
 

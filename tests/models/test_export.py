@@ -116,7 +116,7 @@ def test_ranker_matches_the_training_graph_through_both_signatures(ranker_export
     expected = {k: v.numpy().reshape(-1) for k, v in model(batch).items()}
     named = loaded.signatures["ranker"](**_raw_tensors(instances, run_fns.RANKER_FEATURES))
     examples = loaded.signatures["ranker_examples"](examples=_serialized(instances))
-    assert set(named) == set(expected) == {"rating", "liked_probability"}
+    assert set(named) == set(expected) == {"rating", "liked_probability", "interaction_score"}
     for key, value in expected.items():
         np.testing.assert_allclose(named[key].numpy(), value, atol=1e-5)
         np.testing.assert_allclose(examples[key].numpy(), value, atol=1e-5)

@@ -58,3 +58,20 @@ def test_context_features_are_utc():
     # 1970-01-05 was a Monday; 13:00 UTC
     ctx = F.context_features(4 * 86400 + 13 * 3600)
     assert ctx == {F.CTX_HOUR: 13, F.CTX_DAY_OF_WEEK: 0}
+
+
+def test_item_features_count_strictly_earlier_events_and_the_recent_window():
+    day = int(F.SECONDS_PER_DAY)
+    window = F.RECENT_WINDOW_DAYS * day
+    as_of = 100 * day
+    # one event before the window, one exactly at its start, one inside, one at as_of (not counted), one after
+    times = [as_of - window - 1, as_of - window, as_of - 1, as_of, as_of + 5]
+    out = F.item_features_at(times, as_of)
+    assert out[F.ITEM_PRIOR_COUNT] == 3
+    assert out[F.ITEM_RECENT_COUNT] == 2
+    assert out[F.ITEM_DAYS_SINCE_FIRST] == pytest.approx((window + 1) / day)
+
+
+def test_item_features_of_an_item_with_no_past():
+    assert F.item_features_at([], 1000) == {F.ITEM_PRIOR_COUNT: 0, F.ITEM_RECENT_COUNT: 0, F.ITEM_DAYS_SINCE_FIRST: 0.0}
+    assert F.item_features_at([1000, 2000], 1000)[F.ITEM_PRIOR_COUNT] == 0

@@ -1,4 +1,4 @@
-"""DCN ranking model: config validation, both heads, the weighted loss, training."""
+"""DCN ranking model: config validation, the three heads, the weighted loss, training."""
 
 import numpy as np
 import pytest
@@ -36,12 +36,25 @@ def test_config_rejects_bad_values(overrides, message):
         RankingConfig(**overrides)
 
 
-def test_call_returns_rating_and_liked_probability(table_sizes, make_batch):
+def test_call_returns_all_three_heads(table_sizes, make_batch):
     model = DCNRankingModel(RankingConfig(**SMALL), table_sizes)
     out = model(make_batch(5))
-    assert set(out) == {RATING_OUTPUT, LIKED_OUTPUT}  # the interaction head is off by default
-    assert out[RATING_OUTPUT].shape == (5, 1) and out[LIKED_OUTPUT].shape == (5, 1)
+    assert set(out) == {RATING_OUTPUT, LIKED_OUTPUT, INTERACTION_OUTPUT}
+    assert all(value.shape == (5, 1) for value in out.values())
     assert np.all((out[LIKED_OUTPUT].numpy() > 0) & (out[LIKED_OUTPUT].numpy() < 1))
+
+
+def test_no_interaction_output_when_its_head_is_untrained(table_sizes, make_batch):
+    model = DCNRankingModel(RankingConfig(interaction_weight=0.0, **SMALL), table_sizes)
+    assert set(model(make_batch(3))) == {RATING_OUTPUT, LIKED_OUTPUT}
+
+
+def test_item_popularity_features_reach_the_scores(table_sizes, make_batch):
+    model = DCNRankingModel(RankingConfig(**SMALL), table_sizes)
+    batch = make_batch(4, seed=2)
+    before = model(batch)[INTERACTION_OUTPUT].numpy()
+    batch[F.ITEM_RECENT_COUNT_LOG_XF] = batch[F.ITEM_RECENT_COUNT_LOG_XF] + 3.0
+    assert not np.allclose(model(batch)[INTERACTION_OUTPUT].numpy(), before)
 
 
 def test_loss_is_the_weighted_sum_of_mse_and_bce(table_sizes, make_batch):
@@ -89,21 +102,42 @@ def test_unknown_user_and_genre_at_inference(table_sizes, make_batch):
         assert np.all(np.isfinite(value.numpy()))
 
 
-def test_interaction_loss_contrasts_each_user_with_another_rows_item(table_sizes, make_batch):
+def _softmax_ce(logits):
+    """Cross-entropy of column 0 (the positive) per row, averaged."""
+    logits = logits - logits.max(axis=1, keepdims=True)
+    return float(np.mean(np.log(np.exp(logits).sum(axis=1)) - logits[:, 0]))
+
+
+def test_interaction_loss_is_a_log_q_corrected_softmax_over_another_rows_item(table_sizes, make_batch):
     # With a batch of 2 the only non-zero roll is 1: the negatives are (user0, item1) and (user1, item0).
-    config = RankingConfig(rating_weight=0.0, liked_weight=0.0, interaction_weight=1.0, num_negatives=1, **SMALL)
+    config = RankingConfig(rating_weight=0.0, liked_weight=0.0, num_negatives=1, **SMALL)
     model = DCNRankingModel(config, table_sizes)
     batch = make_batch(2, seed=7)
+    batch[F.ITEM_ID_XF] = np.array([3, 5], np.int64)
     swapped = dict(batch)
     for key in CANDIDATE_SIDE_FEATURES:
         swapped[key] = batch[key][::-1]
-    p_pos = model(batch)[INTERACTION_OUTPUT].numpy()[:, 0]
-    p_neg = model(swapped)[INTERACTION_OUTPUT].numpy()[:, 0]
-    # binary cross-entropy: positives labelled 1, negatives 0, averaged over the 4 pairs
-    expected = -np.mean(np.concatenate([np.log(p_pos), np.log(1 - p_neg)]))
-    assert float(model.compute_loss(batch)) == pytest.approx(expected, rel=1e-4)
+    s_pos = model(batch)[INTERACTION_OUTPUT].numpy()[:, 0]
+    s_neg = model(swapped)[INTERACTION_OUTPUT].numpy()[:, 0]
+    log_q = batch[F.ITEM_RECENT_COUNT_LOG_XF]
+    logits = np.stack([s_pos - log_q, s_neg - log_q[::-1]], axis=1)
+    assert float(model.compute_loss(batch)) == pytest.approx(_softmax_ce(logits), rel=1e-4)
+
+
+def test_interaction_loss_ignores_a_negative_that_is_the_positive_item(table_sizes, make_batch):
+    # Both rows hold item 4: each row's only negative is an accidental hit, so only the positive is left.
+    config = RankingConfig(rating_weight=0.0, liked_weight=0.0, num_negatives=1, **SMALL)
+    model = DCNRankingModel(config, table_sizes)
+    batch = make_batch(2, seed=3)
+    batch[F.ITEM_ID_XF] = np.array([4, 4], np.int64)
+    assert float(model.compute_loss(batch)) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_interaction_task_needs_negatives():
     with pytest.raises(ValueError, match="num_negatives"):
         RankingConfig(interaction_weight=1.0, num_negatives=0)
+
+
+def test_time_bucket_must_be_non_negative():
+    with pytest.raises(ValueError, match="time_bucket_hours"):
+        RankingConfig(time_bucket_hours=-1)

@@ -75,12 +75,12 @@ class FakeRanker(tf.Module):
         query = tf.math.l2_normalize(0.2 * user + mean, axis=-1)
         item = tf.math.l2_normalize(_hash(raw[F.ITEM_ID], 7), axis=-1)
         p = tf.sigmoid(5.0 * tf.reduce_sum(query * item, axis=-1))
-        return {"interaction_probability": p, "liked_probability": p}
+        return {"interaction_score": 5.0 * tf.reduce_sum(query * item, axis=-1), "liked_probability": p}
 
 
 def save_fake_ranker(path: str) -> str:
     module = FakeRanker()
-    keys = (*F.QUERY_FEATURES, *F.CANDIDATE_FEATURES, F.ITEM_PRIOR_COUNT)
+    keys = (*F.QUERY_FEATURES, *F.CANDIDATE_FEATURES, *F.ITEM_POINT_IN_TIME_FEATURES)
     ranker = tf.function(module.score, input_signature=[_raw_specs(keys)]).get_concrete_function()
     tf.saved_model.save(module, path, signatures={"ranker": ranker})
     return path
