@@ -12,9 +12,8 @@ import json
 import os
 from collections import defaultdict
 
-import numpy as np
-
 import apache_beam as beam
+import numpy as np
 import tensorflow as tf
 from apache_beam.options.pipeline_options import PipelineOptions
 
