@@ -51,6 +51,7 @@ from components.evaluation import report as report_html
 from components.evaluation.offline import (
     DEFAULT_KS,
     DEFAULT_RERANK_SCORE,
+    DEFAULT_RERANK_WEIGHT,
     OfflineData,
     RerankedRecommender,
     TwoTowerRecommender,
@@ -233,6 +234,7 @@ def evaluate_stages(
     rerank_score: str = DEFAULT_RERANK_SCORE,
     full_pipeline: FullPipelineFactory | None = None,
     include_popularity: bool = True,
+    rerank_weight: float = DEFAULT_RERANK_WEIGHT,
 ) -> tuple[dict[str, EvalReport], TwoTowerRecommender]:
     """Reports of popularity, two_tower, two_tower+dcn (with a ranker) and full_pipeline (with a
     factory), sliced by all/warm/cold, gender and age bucket; also returns the retrieval model."""
@@ -252,7 +254,9 @@ def evaluate_stages(
     retrieval = TwoTowerRecommender(two_tower_dir, data, as_of)
     reports[TWO_TOWER] = run(retrieval)
     if ranker_dir:
-        ranked = RerankedRecommender(retrieval, ranker_dir, data, as_of, depth=rerank_depth, score=rerank_score)
+        ranked = RerankedRecommender(
+            retrieval, ranker_dir, data, as_of, depth=rerank_depth, score=rerank_score, weight=rerank_weight
+        )
         reports[TWO_TOWER_DCN] = run(ranked)
     if full_pipeline is not None:
         reports[FULL_PIPELINE] = run(full_pipeline(data, retrieval, ranker_dir, as_of))
@@ -369,6 +373,7 @@ class EvaluatorConfig:
     gate: GateConfig = field(default_factory=GateConfig)
     rerank_depth: int = 100
     rerank_score: str = DEFAULT_RERANK_SCORE
+    rerank_weight: float = DEFAULT_RERANK_WEIGHT
     full_pipeline_fn: str = ""
     ann_k: int = 10
     ann_queries: int = 200  # 0 = no ANN sweep
@@ -389,6 +394,8 @@ class EvaluatorConfig:
                 raise ValueError(f"guarded metric {spec!r} uses K={k}, which is not among ks {self.ks}")
         if self.rerank_depth < 1:
             raise ValueError(f"rerank_depth must be >= 1, got {self.rerank_depth}")
+        if not self.rerank_weight >= 0:
+            raise ValueError(f"rerank_weight must be >= 0, got {self.rerank_weight}")
         if self.ann_k < 1 or self.ann_queries < 0:
             raise ValueError(f"need ann_k >= 1 and ann_queries >= 0, got {self.ann_k}, {self.ann_queries}")
 
@@ -415,7 +422,14 @@ def run_evaluation(
     data = data or OfflineData.from_artifacts(examples_uri, catalog_uri)
     factory = load_factory(config.full_pipeline_fn) if config.full_pipeline_fn else None
     reports, retrieval = evaluate_stages(
-        data, model_dir, ranker_dir, config.ks, config.rerank_depth, config.rerank_score, factory
+        data,
+        model_dir,
+        ranker_dir,
+        config.ks,
+        config.rerank_depth,
+        config.rerank_score,
+        factory,
+        rerank_weight=config.rerank_weight,
     )
     baseline_reports = {}
     if baseline_dir:
@@ -428,6 +442,7 @@ def run_evaluation(
             config.rerank_score,
             factory,
             include_popularity=False,
+            rerank_weight=config.rerank_weight,
         )
     result_reports, result_baseline = _to_dicts(reports), _to_dicts(baseline_reports)
     blessed, reasons, checks = decide_blessing(result_reports, result_baseline or None, config.gate)
@@ -571,6 +586,7 @@ def ModelEvaluator(  # noqa: N802 - TFX names components like classes
     min_lift: Parameter[float] = 0.0,
     rerank_depth: Parameter[int] = 100,
     rerank_score: Parameter[str] = DEFAULT_RERANK_SCORE,
+    rerank_weight: Parameter[float] = DEFAULT_RERANK_WEIGHT,
     full_pipeline_fn: Parameter[str] = "",
     ann_k: Parameter[int] = 10,
     ann_queries: Parameter[int] = 200,
@@ -589,6 +605,7 @@ def ModelEvaluator(  # noqa: N802 - TFX names components like classes
         gate=GateConfig(guarded_metrics, tolerance, min_lift, gated_models),
         rerank_depth=rerank_depth,
         rerank_score=rerank_score,
+        rerank_weight=rerank_weight,
         full_pipeline_fn=full_pipeline_fn,
         ann_k=ann_k,
         ann_queries=ann_queries,

@@ -104,6 +104,8 @@ def test_evaluator_config_checks_guarded_k_is_evaluated():
         ME.EvaluatorConfig(ks=(10, 100), gate=ME.GateConfig(guarded_metrics="recall@20"))
     with pytest.raises(ValueError, match="comma-separated"):
         ME.EvaluatorConfig(ks="10,x")
+    with pytest.raises(ValueError, match="rerank_weight"):
+        ME.EvaluatorConfig(rerank_weight=-0.5)
 
 
 # --------------------------------------------------------------------------- slicing
