@@ -41,14 +41,8 @@ RANKER_FEATURES = F.QUERY_FEATURES + F.CANDIDATE_FEATURES + F.ITEM_POINT_IN_TIME
 SHUFFLE_BUFFER = 50_000
 
 
-def input_fn(
-    file_pattern: str | Sequence[str],
-    tft_output: tft.TFTransformOutput,
-    batch_size: int,
-    shuffle: bool = True,
-    seed: int | None = None,
-) -> tf.data.Dataset:
-    """Batches of transformed features: parallel interleave, batch-then-parse, prefetch."""
+def _records(file_pattern: str | Sequence[str], shuffle: bool, seed: int | None) -> tf.data.Dataset:
+    """Serialized examples of every file, read in parallel; shuffled with a SHUFFLE_BUFFER if asked."""
     patterns = [file_pattern] if isinstance(file_pattern, str) else list(file_pattern)
     files = tf.data.Dataset.list_files(patterns, shuffle=shuffle, seed=seed)
     records = files.interleave(
@@ -59,10 +53,22 @@ def input_fn(
     )
     if shuffle:
         records = records.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
+    return records
+
+
+def input_fn(
+    file_pattern: str | Sequence[str],
+    tft_output: tft.TFTransformOutput,
+    batch_size: int,
+    shuffle: bool = True,
+    seed: int | None = None,
+) -> tf.data.Dataset:
+    """Batches of transformed features: parallel interleave, batch-then-parse, prefetch."""
     spec = tft_output.transformed_feature_spec()
     # Parsing a whole batch in one op is much cheaper than one example at a time.
     return (
-        records.batch(batch_size, drop_remainder=shuffle)
+        _records(file_pattern, shuffle, seed)
+        .batch(batch_size, drop_remainder=shuffle)
         .map(lambda serialized: tf.io.parse_example(serialized, spec), num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(tf.data.AUTOTUNE)
     )
@@ -81,18 +87,10 @@ def time_local_input_fn(
     point-in-time features (recent counts) are close to what they were at the
     positive's time. A bucket's last batch may be smaller than `batch_size`.
     """
-    patterns = [file_pattern] if isinstance(file_pattern, str) else list(file_pattern)
-    files = tf.data.Dataset.list_files(patterns, shuffle=True, seed=seed)
-    records = files.interleave(
-        lambda path: tf.data.TFRecordDataset(path, compression_type="GZIP"),
-        cycle_length=tf.data.AUTOTUNE,
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=seed is not None,
-    )
     spec = tft_output.transformed_feature_spec()
     bucket_seconds = max(int(bucket_hours * 3600), 1)
     return (
-        records.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
+        _records(file_pattern, True, seed)
         .batch(4096)
         .map(lambda serialized: tf.io.parse_example(serialized, spec), num_parallel_calls=tf.data.AUTOTUNE)
         .unbatch()
