@@ -41,9 +41,11 @@ from pipeline.mlmd import latest_artifacts  # noqa: E402
 SLICES = ("all", "warm", "cold")
 
 
-def _fn_args(transform_uri: str, examples_uri: str, out: Path, key: str, config: dict, seed: int) -> FnArgs:
+def _fn_args(
+    transform_uri: str, examples_uri: str, out: Path, key: str, config: dict, seed: int, train_splits=("train",)
+) -> FnArgs:
     return FnArgs(
-        train_files=[os.path.join(examples_uri, "Split-train", "*.gz")],
+        train_files=[os.path.join(examples_uri, f"Split-{split}", "*.gz") for split in train_splits],
         eval_files=[os.path.join(examples_uri, "Split-eval", "*.gz")],
         transform_output=transform_uri,
         transform_graph_path=transform_uri,
@@ -59,6 +61,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--two-tower", default="{}", help="JSON TwoTowerConfig overrides")
     parser.add_argument("--ranking", default="{}", help="JSON RankingConfig overrides")
+    parser.add_argument(
+        "--train-splits", nargs="+", default=["train"], help="splits the models train on (the pipeline's train_splits)"
+    )
     parser.add_argument("--rerank-depth", type=int, default=100)
     parser.add_argument("--skip-ranking", action="store_true", help="train and score retrieval only")
     parser.add_argument(
@@ -82,8 +87,10 @@ def main(argv=None) -> int:
     per_seed, tuned = [], []
     for seed in args.seeds:
         started = time.time()
-        tt = _fn_args(transform_uri, transformed, root / f"seed{seed}" / "two_tower", "two_tower", two_tower_cfg, seed)
-        rk = _fn_args(transform_uri, transformed, root / f"seed{seed}" / "ranking", "ranking", ranking_cfg, seed)
+        out = root / f"seed{seed}"
+        splits = args.train_splits
+        tt = _fn_args(transform_uri, transformed, out / "two_tower", "two_tower", two_tower_cfg, seed, splits)
+        rk = _fn_args(transform_uri, transformed, out / "ranking", "ranking", ranking_cfg, seed, splits)
         run_fns.run_two_tower(tt)
         ranker_dir = None
         if not args.skip_ranking:

@@ -30,7 +30,7 @@ from models import export
 from models import features as F
 from models.preprocessing import table_sizes_from_transform_output
 from models.ranking import DCNRankingModel, RankingConfig
-from models.two_tower import TwoTowerConfig, TwoTowerModel
+from models.two_tower import RecencyWeighting, TwoTowerConfig, TwoTowerModel
 
 QUERY_TOWER = "query_tower"
 CANDIDATE_TOWER = "candidate_tower"
@@ -183,8 +183,10 @@ def _write_training_summary(path: str, config, history) -> None:
         f.write(json.dumps(summary, indent=2, sort_keys=True))
 
 
-def build_two_tower(config: TwoTowerConfig, tft_output: tft.TFTransformOutput, catalog=None) -> TwoTowerModel:
-    model = TwoTowerModel(config, table_sizes_from_transform_output(tft_output), catalog=catalog)
+def build_two_tower(
+    config: TwoTowerConfig, tft_output: tft.TFTransformOutput, catalog=None, recency: RecencyWeighting | None = None
+) -> TwoTowerModel:
+    model = TwoTowerModel(config, table_sizes_from_transform_output(tft_output), catalog=catalog, recency=recency)
     model.compile()
     return model
 
@@ -215,11 +217,17 @@ def run_two_tower(fn_args) -> None:
     seed = int((fn_args.custom_config or {}).get("seed", 0))
     tf.keras.utils.set_random_seed(seed)
     tft_output = tft.TFTransformOutput(fn_args.transform_output)
-    catalog = None
+    catalog = recency = None
     if config.num_random_negatives:
         catalog = _catalog_from_dataset(input_fn(fn_args.train_files, tft_output, 4096, shuffle=False))
+    if config.recency_half_life_days:
+        timestamps = [
+            batch[F.TIMESTAMP_XF].numpy() for batch in input_fn(fn_args.train_files, tft_output, 8192, shuffle=False)
+        ]
+        recency = RecencyWeighting.from_timestamps(np.concatenate(timestamps), config.recency_half_life_days)
+        print(f"two_tower recency weighting: {recency}", flush=True)
     with E.strategy_for_hardware().scope():
-        model = build_two_tower(config, tft_output, catalog)
+        model = build_two_tower(config, tft_output, catalog, recency)
     _, history = _fit(model, fn_args, config.batch_size, config.epochs, "two_tower", seed)
     export_two_tower(model, tft_output, fn_args.serving_model_dir)
     _write_training_summary(fn_args.model_run_dir or fn_args.serving_model_dir, config, history)

@@ -53,6 +53,8 @@ class TwoTowerConfig:
     remove_accidental_hits: bool = True
     num_random_negatives: int = 0  # > 0 needs the catalog (mixed negatives)
     num_hard_negatives: int = 0  # 0 keeps every negative
+    # > 0: an example's loss weight halves every this many days before the newest training example.
+    recency_half_life_days: float = 0.0
     optimizer: E.OptimizerName = "adagrad"
     learning_rate: float = 0.1
     batch_size: int = 256
@@ -68,12 +70,43 @@ class TwoTowerConfig:
         for size in self.mlp_layers:
             E.require_int("mlp_layers entries", size, minimum=1)
         E.require_positive("temperature", self.temperature)
+        if isinstance(self.recency_half_life_days, bool) or not (
+            isinstance(self.recency_half_life_days, (int, float)) and self.recency_half_life_days >= 0
+        ):
+            raise ValueError(f"recency_half_life_days must be a number >= 0, got {self.recency_half_life_days!r}")
         E.require_positive("learning_rate", self.learning_rate)
         E.require_choice("history_pooling", self.history_pooling, E.HISTORY_POOLING_MODES)
         E.require_choice("optimizer", self.optimizer, E.OPTIMIZERS)
         E.require_choice("embedding_backend", self.embedding_backend, E.EMBEDDING_BACKENDS)
         E.require_choice("use_logq_correction", self.use_logq_correction, (True, False))
         E.require_choice("remove_accidental_hits", self.remove_accidental_hits, (True, False))
+
+
+@dataclass(frozen=True)
+class RecencyWeighting:
+    """Example weights 2^(-age / half_life), age in days before `newest`, scaled to mean 1 over the data.
+
+    Popularity drifts; weighting recent examples up makes the item embeddings
+    reflect what is being watched when the model is served, not the average
+    over the whole training window. `from_timestamps` measures the scale.
+    """
+
+    newest: int
+    half_life_days: float
+    scale: float = 1.0
+
+    def weights(self, timestamps) -> tf.Tensor:
+        age_days = tf.cast(self.newest - tf.cast(timestamps, tf.int64), tf.float32) / F.SECONDS_PER_DAY
+        return self.scale * tf.pow(2.0, -tf.maximum(age_days, 0.0) / self.half_life_days)
+
+    @classmethod
+    def from_timestamps(cls, timestamps: np.ndarray, half_life_days: float) -> RecencyWeighting:
+        timestamps = np.asarray(timestamps, dtype=np.int64)
+        if timestamps.size == 0:
+            raise ValueError("recency weighting needs at least one training timestamp")
+        newest = int(timestamps.max())
+        raw = np.power(2.0, -((newest - timestamps) / F.SECONDS_PER_DAY) / half_life_days)
+        return cls(newest, float(half_life_days), float(1.0 / raw.mean()))
 
 
 class Tower(tf.keras.Model):
@@ -127,9 +160,13 @@ class TwoTowerModel(tfrs.Model):
         table_sizes: Mapping[str, int],
         catalog: Mapping[str, np.ndarray] | None = None,
         optimizer: tf.keras.optimizers.legacy.Optimizer | None = None,
+        recency: RecencyWeighting | None = None,
     ):
         super().__init__()
         self.config = config
+        if config.recency_half_life_days and recency is None:
+            raise ValueError("recency_half_life_days > 0 needs the training data's RecencyWeighting")
+        self.recency = recency if config.recency_half_life_days else None
         self._optimizer = optimizer or E.make_optimizer(config.optimizer, config.learning_rate)
         self.embeddings = E.build_feature_embeddings(
             table_sizes,
@@ -215,4 +252,6 @@ class TwoTowerModel(tfrs.Model):
             kwargs["candidate_sampling_probability"] = self.sampling_probability(candidates, tf.shape(query)[0])
         if self.config.remove_accidental_hits:
             kwargs["candidate_ids"] = candidates[F.ITEM_ID_XF]
+        if self.recency is not None:
+            kwargs["sample_weight"] = self.recency.weights(features[F.TIMESTAMP_XF])
         return self.task(query, candidate, compute_metrics=not training, **kwargs)

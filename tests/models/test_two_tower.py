@@ -9,7 +9,7 @@ import tensorflow as tf
 from models import embeddings as E
 from models import features as F
 from models import preprocessing as P
-from models.two_tower import TwoTowerConfig, TwoTowerModel
+from models.two_tower import RecencyWeighting, TwoTowerConfig, TwoTowerModel
 
 SMALL = dict(embedding_dim=8, user_id_dim=8, item_id_dim=8, feature_dim=4, mlp_layers=(16,), batch_size=8)
 
@@ -26,6 +26,7 @@ SMALL = dict(embedding_dim=8, user_id_dim=8, item_id_dim=8, feature_dim=4, mlp_l
         ({"mlp_layers": (32, 0)}, "mlp_layers"),
         ({"use_logq_correction": "yes"}, "use_logq_correction"),
         ({"learning_rate": -0.1}, "learning_rate"),
+        ({"recency_half_life_days": -1.0}, "recency_half_life_days"),
     ],
 )
 def test_config_rejects_bad_values(overrides, message):
@@ -146,6 +147,36 @@ def test_compute_loss_wires_log_q_and_candidate_ids(table_sizes, make_batch):
     )
     query, candidate = plain.query_model(batch).numpy(), plain.candidate_model(batch).numpy()
     assert float(plain.compute_loss(batch)) == pytest.approx(_reference_loss(query, candidate, 0.2), rel=1e-4)
+
+
+def test_recency_weights_halve_every_half_life_and_average_one():
+    day = int(F.SECONDS_PER_DAY)
+    timestamps = np.array([100 * day, 90 * day, 80 * day, 100 * day])
+    recency = RecencyWeighting.from_timestamps(timestamps, half_life_days=10)
+    assert recency.newest == 100 * day
+    raw = np.array([1.0, 0.5, 0.25, 1.0])
+    np.testing.assert_allclose(recency.weights(timestamps).numpy(), raw / raw.mean(), rtol=1e-6)
+    assert float(tf.reduce_mean(recency.weights(timestamps))) == pytest.approx(1.0, rel=1e-6)
+    # a later example (eval data) is not weighted above the newest training example
+    assert float(recency.weights([110 * day])[0]) == pytest.approx(recency.scale)
+    with pytest.raises(ValueError, match="at least one"):
+        RecencyWeighting.from_timestamps([], 10)
+
+
+def test_recency_weighting_weights_each_row_of_the_loss(table_sizes, make_batch):
+    batch = make_batch(8, seed=5)
+    batch[F.ITEM_ID_XF] = np.arange(1, 9, dtype=np.int64)  # no accidental hits
+    config = TwoTowerConfig(temperature=0.2, recency_half_life_days=7.0, **SMALL)
+    recency = RecencyWeighting(newest=int(batch[F.TIMESTAMP_XF].max()), half_life_days=7.0, scale=1.3)
+    model = TwoTowerModel(config, table_sizes, recency=recency)
+    query, candidate = model.query_model(batch).numpy(), model.candidate_model(batch).numpy()
+    logits = query @ candidate.T / 0.2 - batch[F.ITEM_LOG_FREQUENCY_XF][None, :]
+    per_row = np.log(np.exp(logits).sum(axis=1)) - np.diag(logits)
+    age_days = (recency.newest - batch[F.TIMESTAMP_XF]) / F.SECONDS_PER_DAY
+    weights = 1.3 * 2.0 ** (-age_days / 7.0)
+    assert float(model.compute_loss(batch)) == pytest.approx(float((weights * per_row).sum()), rel=1e-4)
+    with pytest.raises(ValueError, match="RecencyWeighting"):
+        TwoTowerModel(config, table_sizes)
 
 
 def _catalog(make_batch, size=5):
