@@ -64,6 +64,12 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--train-splits", nargs="+", default=["train"], help="splits the models train on (the pipeline's train_splits)"
     )
+    parser.add_argument(
+        "--window",
+        choices=("test", "eval"),
+        default="test",
+        help="score on the test window, or on the eval window (for choosing settings without the test)",
+    )
     parser.add_argument("--rerank-depth", type=int, default=100)
     parser.add_argument("--skip-ranking", action="store_true", help="train and score retrieval only")
     parser.add_argument(
@@ -82,6 +88,11 @@ def main(argv=None) -> int:
     transform_uri = artifacts["Transform.transform_graph"]
     transformed = artifacts["Transform.transformed_examples"]
     data = OfflineData.from_artifacts(artifacts["Ingestion.examples"], artifacts["Ingestion.item_catalog"])
+    if args.window == "eval":
+        if args.tune_weight:
+            parser.error("--tune-weight already uses the eval window; it cannot be combined with --window eval")
+        data = data.validation_view()
+        print("scoring the EVAL window (test rows dropped)")
     two_tower_cfg, ranking_cfg = json.loads(args.two_tower), json.loads(args.ranking)
     root = Path(args.output_dir) / "quality"
     per_seed, tuned = [], []

@@ -83,7 +83,10 @@ def main(argv=None) -> int:
     }
     models = {
         "input only": None,
-        "two-tower": lambda: _compiled(TwoTowerModel(TwoTowerConfig(batch_size=args.batch_size), sizes)),
+        # Unweighted: recency weights scale the loss, they do not change a step's cost.
+        "two-tower": lambda: _compiled(
+            TwoTowerModel(TwoTowerConfig(batch_size=args.batch_size, recency_half_life_days=0), sizes)
+        ),
         "DCN ranker": lambda: _compiled(DCNRankingModel(RankingConfig(batch_size=args.batch_size), sizes)),
     }
     print(f"machine: {machine()}")

@@ -86,7 +86,7 @@ def _train(model, steps_dataset, epochs=3):
 
 
 def _two_tower(backend, table_sizes, **overrides):
-    settings = {**SMALL, "embedding_dim": 8, "mlp_layers": (16,), **overrides}
+    settings = {**SMALL, "embedding_dim": 8, "mlp_layers": (16,), "recency_half_life_days": 0, **overrides}
     config = TwoTowerConfig(embedding_backend=backend, **settings)
     return TwoTowerModel(config, table_sizes)
 

@@ -56,7 +56,8 @@ def _serialized(instances):
 def two_tower_export(tft_world, tmp_path_factory):
     train_rows, _, tft_output = tft_world
     model = TwoTowerModel(
-        TwoTowerConfig(embedding_dim=8, mlp_layers=(8,), **SMALL), table_sizes_from_transform_output(tft_output)
+        TwoTowerConfig(embedding_dim=8, mlp_layers=(8,), recency_half_life_days=0, **SMALL),
+        table_sizes_from_transform_output(tft_output),
     )
     model.compile()
     batch = _stack(train_rows, train_rows[0].keys())

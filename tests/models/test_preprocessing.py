@@ -135,7 +135,7 @@ def test_raw_unknown_user_through_transform_and_query_tower(transformed):
 
     _, _, tft_output = transformed
     sizes = preprocessing.table_sizes_from_transform_output(tft_output)
-    model = TwoTowerModel(TwoTowerConfig(embedding_dim=8, mlp_layers=(8,)), sizes)
+    model = TwoTowerModel(TwoTowerConfig(embedding_dim=8, mlp_layers=(8,), recency_half_life_days=0), sizes)
     raw = {
         F.USER_ID: tf.constant([b"never-seen-user"]),
         F.USER_AGE: tf.constant([-1], tf.int64),

@@ -11,7 +11,9 @@ from models import features as F
 from models import preprocessing as P
 from models.two_tower import RecencyWeighting, TwoTowerConfig, TwoTowerModel
 
+# Unweighted unless a test says otherwise (recency weighting needs the data's RecencyWeighting).
 SMALL = dict(embedding_dim=8, user_id_dim=8, item_id_dim=8, feature_dim=4, mlp_layers=(16,), batch_size=8)
+SMALL["recency_half_life_days"] = 0
 
 
 @pytest.mark.parametrize(
@@ -166,7 +168,7 @@ def test_recency_weights_halve_every_half_life_and_average_one():
 def test_recency_weighting_weights_each_row_of_the_loss(table_sizes, make_batch):
     batch = make_batch(8, seed=5)
     batch[F.ITEM_ID_XF] = np.arange(1, 9, dtype=np.int64)  # no accidental hits
-    config = TwoTowerConfig(temperature=0.2, recency_half_life_days=7.0, **SMALL)
+    config = TwoTowerConfig(**{**SMALL, "temperature": 0.2, "recency_half_life_days": 7.0})
     recency = RecencyWeighting(newest=int(batch[F.TIMESTAMP_XF].max()), half_life_days=7.0, scale=1.3)
     model = TwoTowerModel(config, table_sizes, recency=recency)
     query, candidate = model.query_model(batch).numpy(), model.candidate_model(batch).numpy()
