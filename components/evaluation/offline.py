@@ -35,7 +35,9 @@ RETRIEVAL_PLUS_INTERACTION = "retrieval+interaction"
 RETRIEVAL_PLUS_LIKED = "retrieval+liked"
 COMBINED_SCORES = (RETRIEVAL_PLUS_INTERACTION, RETRIEVAL_PLUS_LIKED)
 DEFAULT_RERANK_SCORE = RETRIEVAL_PLUS_INTERACTION
-DEFAULT_RERANK_WEIGHT = 1.0
+# Best mean eval-window NDCG@10 over 3 seeds on ml-100k (benchmarks/results/model_quality.md);
+# `tune_rerank_weight` chooses it per model.
+DEFAULT_RERANK_WEIGHT = 0.25
 RERANK_WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
 
 
