@@ -186,6 +186,22 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
         return {config.name: variable for config, variable in self._tpu.embedding_tables.items()}
 
 
+def optimizer_and_embeddings(
+    config, table_sizes: Mapping[str, int], optimizer: tf.keras.optimizers.legacy.Optimizer | None = None
+) -> tuple[tf.keras.optimizers.legacy.Optimizer, FeatureEmbeddings]:
+    """A model's optimizer (the given one, else the config's) and its embedding tables.
+
+    `config` is a TwoTowerConfig or RankingConfig: anything with optimizer, learning_rate,
+    user_id_dim, item_id_dim, feature_dim and embedding_backend. The TPU tables need the optimizer,
+    so one object serves both them and `compile()`.
+    """
+    optimizer = optimizer or make_optimizer(config.optimizer, config.learning_rate)
+    embeddings = build_feature_embeddings(
+        table_sizes, config.user_id_dim, config.item_id_dim, config.feature_dim, config.embedding_backend, optimizer
+    )
+    return optimizer, embeddings
+
+
 def build_feature_embeddings(
     table_sizes: Mapping[str, int],
     user_id_dim: int,

@@ -126,15 +126,7 @@ class DCNRankingModel(tfrs.Model):
     ):
         super().__init__()
         self.config = config
-        self._optimizer = optimizer or E.make_optimizer(config.optimizer, config.learning_rate)
-        self.embeddings = E.build_feature_embeddings(
-            table_sizes,
-            config.user_id_dim,
-            config.item_id_dim,
-            config.feature_dim,
-            config.embedding_backend,
-            self._optimizer,
-        )
+        self._optimizer, self.embeddings = E.optimizer_and_embeddings(config, table_sizes, optimizer)
         self.query_features = E.QueryFeatureEncoder(config.history_pooling, name="query_features")
         self.candidate_features = E.CandidateFeatureEncoder(name="candidate_features")
         self.cross_layers = [

@@ -168,15 +168,7 @@ class TwoTowerModel(tfrs.Model):
         if config.recency_half_life_days and recency is None:
             raise ValueError("recency_half_life_days > 0 needs the training data's RecencyWeighting")
         self.recency = recency if config.recency_half_life_days else None
-        self._optimizer = optimizer or E.make_optimizer(config.optimizer, config.learning_rate)
-        self.embeddings = E.build_feature_embeddings(
-            table_sizes,
-            config.user_id_dim,
-            config.item_id_dim,
-            config.feature_dim,
-            config.embedding_backend,
-            self._optimizer,
-        )
+        self._optimizer, self.embeddings = E.optimizer_and_embeddings(config, table_sizes, optimizer)
         self.query_model = Tower(
             self.embeddings,
             E.QueryFeatureEncoder(config.history_pooling, name="query_features"),

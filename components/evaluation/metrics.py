@@ -175,14 +175,19 @@ def encode_lists(lists: Sequence[Iterable] | EncodedLists, vocabulary: Iterable 
 # --------------------------------------------------------------------------- per-list metrics
 
 
+def _checked(recommended: Sequence, relevant: Collection, k: int) -> tuple[int, set]:
+    """The checks every per-list metric makes: a valid K, no duplicates; returns (K, relevant set)."""
+    k = check_k(k)
+    _check_unique(recommended)
+    return k, set(relevant)
+
+
 def recall_at_k(recommended: Sequence, relevant: Collection, k: int) -> float:
     """Recall@K = |top-K(recommended) ∩ relevant| / |relevant|.
 
     ``nan`` if ``relevant`` is empty; ``ValueError`` on duplicates in ``recommended``.
     """
-    k = check_k(k)
-    _check_unique(recommended)
-    rel = set(relevant)
+    k, rel = _checked(recommended, relevant, k)
     if not rel:
         return math.nan
     return sum(1 for item in recommended[:k] if item in rel) / len(rel)
@@ -193,9 +198,7 @@ def hit_rate_at_k(recommended: Sequence, relevant: Collection, k: int) -> float:
 
     ``nan`` if ``relevant`` is empty; ``ValueError`` on duplicates in ``recommended``.
     """
-    k = check_k(k)
-    _check_unique(recommended)
-    rel = set(relevant)
+    k, rel = _checked(recommended, relevant, k)
     if not rel:
         return math.nan
     return float(any(item in rel for item in recommended[:k]))
@@ -208,9 +211,7 @@ def ndcg_at_k(recommended: Sequence, relevant: Collection, k: int) -> float:
     IDCG@K = sum_{r=1..min(|relevant|, K)} 1 / log2(r + 1); NDCG@K = DCG@K / IDCG@K.
     ``nan`` if ``relevant`` is empty; ``ValueError`` on duplicates in ``recommended``.
     """
-    k = check_k(k)
-    _check_unique(recommended)
-    rel = set(relevant)
+    k, rel = _checked(recommended, relevant, k)
     if not rel:
         return math.nan
     disc = _discounts(k)
@@ -225,9 +226,7 @@ def map_at_k(recommended: Sequence, relevant: Collection, k: int) -> float:
     AP@K = (1 / min(|relevant|, K)) * sum_{r=1..K} P@r * rel_r, with P@r = (hits in the top r) / r.
     ``nan`` if ``relevant`` is empty; ``ValueError`` on duplicates in ``recommended``.
     """
-    k = check_k(k)
-    _check_unique(recommended)
-    rel = set(relevant)
+    k, rel = _checked(recommended, relevant, k)
     if not rel:
         return math.nan
     hits = 0

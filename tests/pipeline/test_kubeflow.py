@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+from pipeline_components import DATA_COMPONENTS, KUBEFLOW_RESOLVER_TASKS, TRAINED_COMPONENTS
 
 from components.ingestion import readers
 from pipeline import kubeflow_runner
@@ -16,22 +17,8 @@ DATA = REPO_ROOT / "tests" / "fixtures" / "ml-100k"
 IMAGE = "europe-docker.pkg.dev/acme/recsys/towerflow:1.2.3"
 ROOT = "gs://acme-recsys/pipeline_root"
 DATA_URI = "gs://acme-recsys/data/ml-100k"
-DATA_COMPONENTS = {"Ingestion", "StatisticsGen", "ImportSchemaGen", "ExampleValidator"}
-COMPONENTS = {
-    "Ingestion",
-    "StatisticsGen",
-    "ImportSchemaGen",
-    "ExampleValidator",
-    "Transform",
-    "TwoTowerTrainer",
-    "RankingTrainer",
-    "IndexBuilder",
-    "IndexEvaluator",
-    # the LatestBlessedModelStrategy resolver compiles into two resolver tasks
-    "LatestBlessedModelResolver-model-resolver",
-    "LatestBlessedModelResolver-model-blessing-resolver",
-    "ModelEvaluator",
-}
+# The compiled tasks: no pushers (no serving root), the resolver as its two tasks.
+COMPONENTS = TRAINED_COMPONENTS - {"LatestBlessedModelResolver"} | KUBEFLOW_RESOLVER_TASKS
 
 
 def _config(**overrides) -> PipelineConfig:
@@ -65,8 +52,7 @@ def test_spec_is_a_kfp_v2_pipeline_job_with_every_component(compiled):
     assert spec == result.spec
     assert set(spec["pipelineSpec"]["root"]["dag"]["tasks"]) == COMPONENTS
     # result.components are the pipeline's nodes; the resolver is one node, two tasks
-    resolver_tasks = {t for t in COMPONENTS if t.startswith("LatestBlessedModelResolver-")}
-    assert set(result.components) == COMPONENTS - resolver_tasks | {"LatestBlessedModelResolver"}
+    assert set(result.components) == TRAINED_COMPONENTS
     assert spec["pipelineSpec"]["schemaVersion"].startswith("2.")
     assert spec["runtimeConfig"]["gcsOutputDirectory"] == ROOT
     assert spec["labels"]["tfx_runner"] == "kubeflow_v2"

@@ -7,27 +7,14 @@ import pytest
 from ingestion_checks import assert_no_leakage, read_examples, read_quarantine
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
+from pipeline_components import PUSHERS, TRAINED_COMPONENTS
 
 from components.ingestion import readers
 from pipeline.local_runner import execution_nodes, run_local, sqlite_connection
 
 pytestmark = pytest.mark.e2e
 
-COMPONENTS = {
-    "Ingestion",
-    "StatisticsGen",
-    "ImportSchemaGen",
-    "ExampleValidator",
-    "Transform",
-    "TwoTowerTrainer",
-    "RankingTrainer",
-    "IndexBuilder",
-    "IndexEvaluator",
-    "LatestBlessedModelResolver",
-    "ModelEvaluator",
-    "TwoTowerPusher",
-    "RankingPusher",
-}
+COMPONENTS = TRAINED_COMPONENTS | PUSHERS
 
 
 @pytest.fixture(scope="module")
