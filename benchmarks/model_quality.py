@@ -36,6 +36,7 @@ from components.evaluation.offline import (  # noqa: E402
     tune_rerank_weight,
 )
 from models import run_fns  # noqa: E402
+from pipeline.config import PipelineConfig  # noqa: E402
 from pipeline.mlmd import latest_artifacts  # noqa: E402
 
 SLICES = ("all", "warm", "cold")
@@ -62,7 +63,10 @@ def main(argv=None) -> int:
     parser.add_argument("--two-tower", default="{}", help="JSON TwoTowerConfig overrides")
     parser.add_argument("--ranking", default="{}", help="JSON RankingConfig overrides")
     parser.add_argument(
-        "--train-splits", nargs="+", default=["train"], help="splits the models train on (the pipeline's train_splits)"
+        "--train-splits",
+        nargs="+",
+        default=list(PipelineConfig.train_splits),
+        help="splits the models fit on (default: the pipeline's, train eval); use 'train' to choose settings",
     )
     parser.add_argument(
         "--window",
@@ -88,6 +92,8 @@ def main(argv=None) -> int:
     transform_uri = artifacts["Transform.transform_graph"]
     transformed = artifacts["Transform.transformed_examples"]
     data = OfflineData.from_artifacts(artifacts["Ingestion.examples"], artifacts["Ingestion.item_catalog"])
+    if "eval" in args.train_splits and (args.tune_weight or args.window == "eval"):
+        parser.error("--tune-weight and --window eval choose settings on the eval window: use --train-splits train")
     if args.window == "eval":
         if args.tune_weight:
             parser.error("--tune-weight already uses the eval window; it cannot be combined with --window eval")

@@ -65,6 +65,7 @@ def _run(args) -> None:
         serving_root=None if args.no_push else str(Path(args.serving_root or out / "serving").resolve()),
         two_tower={"epochs": args.epochs} if args.epochs else {},
         ranking={"epochs": args.epochs} if args.epochs else {},
+        train_splits=tuple(args.train_splits) if args.train_splits else PipelineConfig.train_splits,
     )
     print(f"Running pipeline {config.pipeline_name!r} on {config.data_dir} -> {out}")
     summary = run_local(config)
@@ -139,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--serving-root", default=None, help="push blessed models here (default: <output-dir>/serving)")
     run.add_argument("--no-push", action="store_true", help="train and evaluate, but push nothing")
     run.add_argument("--epochs", type=int, default=None, help="override both models' epochs")
+    run.add_argument(
+        "--train-splits",
+        nargs="+",
+        choices=("train", "eval"),
+        default=None,
+        help="splits the Trainers fit on (default: train eval; 'train' keeps eval held out)",
+    )
     run.set_defaults(func=_run)
 
     ev = commands.add_parser("evaluate", help="score popularity, two-tower and two-tower+DCN on the test split")

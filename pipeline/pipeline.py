@@ -116,7 +116,7 @@ def _training_components(config: PipelineConfig, ingestion, schema_gen) -> list:
             examples=transform.outputs["transformed_examples"],
             transform_graph=transform.outputs["transform_graph"],
             schema=schema_gen.outputs["schema"],
-            train_args=tfx.proto.TrainArgs(splits=["train"]),
+            train_args=tfx.proto.TrainArgs(splits=list(config.train_splits)),
             eval_args=tfx.proto.EvalArgs(splits=["eval"]),
             custom_config={key: dict(values), "seed": config.seed, "code_fingerprint": code_fingerprint("models")},
         ).with_id(component_id)

@@ -110,7 +110,7 @@ def test_parameters_carry_the_split_config_run_fns_and_data_location(compiled):
         "seed": 0,
         "code_fingerprint": code_fingerprint("models"),
     }
-    assert two_tower["train_args"] == {"splits": ["train"]} and two_tower["eval_args"] == {"splits": ["eval"]}
+    assert two_tower["train_args"] == {"splits": ["train", "eval"]} and two_tower["eval_args"] == {"splits": ["eval"]}
     assert kubeflow_runner.task_parameters(spec, "RankingTrainer")["run_fn"] == RANKING_RUN_FN
     schema = kubeflow_runner.task_parameters(spec, "ImportSchemaGen")
     assert schema["schema_file"] == kubeflow_runner.IMAGE_SCHEMA_PATH
@@ -169,3 +169,17 @@ def test_dockerfile_installs_like_the_makefile_and_holds_the_schema_where_the_sp
     assert kubeflow_runner.IMAGE_SCHEMA_PATH == f"{kubeflow_runner.IMAGE_WORKDIR}/schemas/schema.pbtxt"
     ignored = (REPO_ROOT / ".dockerignore").read_text().split()
     assert {".venv", "data", "runs"} <= set(ignored)
+
+
+@pytest.mark.parametrize("splits", [("eval",), ("train", "test"), ()])
+def test_trainers_fit_on_train_or_train_and_eval_only(splits):
+    with pytest.raises(ValueError, match="train_splits"):
+        _config(train_splits=splits)
+
+
+def test_held_out_eval_compiles_into_the_trainers(tmp_path):
+    out = tmp_path / "spec.json"
+    kubeflow_runner.compile_pipeline(_config(train_splits=("train",)), image=IMAGE, output_path=str(out))
+    spec = json.loads(out.read_text())
+    for trainer in ("TwoTowerTrainer", "RankingTrainer"):
+        assert kubeflow_runner.task_parameters(spec, trainer)["train_args"] == {"splits": ["train"]}
