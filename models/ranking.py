@@ -88,10 +88,9 @@ class RankingConfig:
         if self.num_cross_layers == 0 and not self.deep_layers:
             raise ValueError("need at least one cross layer or one deep layer")
         E.require_int("num_negatives", self.num_negatives, minimum=0)
-        if isinstance(self.time_bucket_hours, bool) or not isinstance(self.time_bucket_hours, (int, float)):
-            raise ValueError(f"time_bucket_hours must be a number >= 0, got {self.time_bucket_hours!r}")
-        if self.time_bucket_hours < 0:
-            raise ValueError(f"time_bucket_hours must be a number >= 0, got {self.time_bucket_hours!r}")
+        hours = self.time_bucket_hours
+        if isinstance(hours, bool) or not isinstance(hours, (int, float)) or hours < 0:
+            raise ValueError(f"time_bucket_hours must be a number >= 0, got {hours!r}")
         for name in ("rating_weight", "liked_weight", "interaction_weight"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
