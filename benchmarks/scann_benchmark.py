@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 from machine import cpu_model, memory_gib  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 
-from components.index.scann_index import (  # noqa: E402
+from towerflow.components.index.scann_index import (  # noqa: E402
     ScannIndex,
     brute_force_top_k,
     derive_params,

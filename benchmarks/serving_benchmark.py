@@ -31,9 +31,9 @@ sys.path.insert(0, str(REPO))
 
 from machine import cpu_model  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 
-from serving import model_repository as repo  # noqa: E402
-from serving.cli_commands import RUN_MODELS, _saved_model_dir  # noqa: E402
-from serving.client import GrpcClient, RestClient, placeholder_instance  # noqa: E402
+from towerflow.cli.serving_commands import RUN_MODELS, _saved_model_dir  # noqa: E402
+from towerflow.serving import model_repository as repo  # noqa: E402
+from towerflow.serving.client import GrpcClient, RestClient, placeholder_instance  # noqa: E402
 
 TARGETS = (("query tower", "two_tower", "query_tower"), ("ranker", "ranker", "ranker"))
 
@@ -93,7 +93,8 @@ def drive(call, concurrency: int, seconds: float, max_requests: int) -> dict:
 def run_server(root: Path, batching: bool, log_path: Path):
     grpc_port, rest_port = free_port(), free_port()
     argv = [
-        sys.executable, "-m", "serving.cli_commands", "serve", "--serving-root", str(root), "--backend", "embedded",
+        sys.executable, "-m", "towerflow.cli.serving_commands", "serve", "--serving-root", str(root),
+        "--backend", "embedded",
         "--port", str(grpc_port), "--rest-api-port", str(rest_port),
     ]  # fmt: skip
     if batching:
@@ -114,7 +115,7 @@ def main(argv=None) -> int:
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "serving.md"))
     args = parser.parse_args(argv)
-    from pipeline.mlmd import latest_artifacts
+    from towerflow.pipeline.mlmd import latest_artifacts
 
     metadata = Path(args.run_dir) / "metadata.sqlite"
     if not metadata.is_file():

@@ -49,7 +49,7 @@ def machine() -> dict[str, str]:
 
 
 def _run_one(users: int, items: int, interactions: int, out: str, queue) -> None:
-    from pipeline.synthetic import SynthConfig, generate
+    from towerflow.pipeline.synthetic import SynthConfig, generate
 
     summary = generate(out, SynthConfig(users=users, items=items, interactions=interactions), progress=print)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB

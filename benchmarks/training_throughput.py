@@ -29,11 +29,11 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_transform as tft  # noqa: E402
 from machine import cores, cpu_model, memory_gib  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 
-from models import run_fns  # noqa: E402
-from models.preprocessing import table_sizes_from_transform_output  # noqa: E402
-from models.ranking import DCNRankingModel, RankingConfig  # noqa: E402
-from models.two_tower import TwoTowerConfig, TwoTowerModel  # noqa: E402
-from pipeline.mlmd import latest_artifacts  # noqa: E402
+from towerflow.models import run_fns  # noqa: E402
+from towerflow.models.preprocessing import table_sizes_from_transform_output  # noqa: E402
+from towerflow.models.ranking import DCNRankingModel, RankingConfig  # noqa: E402
+from towerflow.models.two_tower import TwoTowerConfig, TwoTowerModel  # noqa: E402
+from towerflow.pipeline.mlmd import latest_artifacts  # noqa: E402
 
 
 def machine() -> str:

@@ -38,8 +38,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from models import features as F
-from models import preprocessing as P
+from towerflow.models import features as F
+from towerflow.models import preprocessing as P
 
 EmbeddingBackend = Literal["keras", "tpu"]
 EMBEDDING_BACKENDS: tuple[str, ...] = get_args(EmbeddingBackend)

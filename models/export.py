@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from models import features as F
+from towerflow.models import features as F
 
 LABEL_KEYS = (F.RATING, F.LIKED, F.TIMESTAMP)
 

@@ -33,7 +33,7 @@ from collections.abc import Mapping
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from models import features as F
+from towerflow.models import features as F
 
 # Bucket 0 of each holds the unknown sentinel (age -1, year 0): both sentinels
 # are below the first boundary.

@@ -38,8 +38,8 @@ from typing import Literal, get_args
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from models import embeddings as E
-from models import features as F
+from towerflow.models import embeddings as E
+from towerflow.models import features as F
 
 CrossStructure = Literal["stacked", "parallel"]
 CROSS_STRUCTURES: tuple[str, ...] = get_args(CrossStructure)

@@ -25,12 +25,12 @@ import tensorflow as tf
 import tensorflow_transform as tft
 from absl import logging
 
-from models import embeddings as E
-from models import export
-from models import features as F
-from models.preprocessing import table_sizes_from_transform_output
-from models.ranking import DCNRankingModel, RankingConfig
-from models.two_tower import RecencyWeighting, TwoTowerConfig, TwoTowerModel
+from towerflow.models import embeddings as E
+from towerflow.models import export
+from towerflow.models import features as F
+from towerflow.models.preprocessing import table_sizes_from_transform_output
+from towerflow.models.ranking import DCNRankingModel, RankingConfig
+from towerflow.models.two_tower import RecencyWeighting, TwoTowerConfig, TwoTowerModel
 
 QUERY_TOWER = "query_tower"
 CANDIDATE_TOWER = "candidate_tower"

@@ -34,8 +34,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from models import embeddings as E
-from models import features as F
+from towerflow.models import embeddings as E
+from towerflow.models import features as F
 
 
 @dataclass

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from components.ingestion.splits import SPLIT_STRATEGIES
+from towerflow.components.ingestion.splits import SPLIT_STRATEGIES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SCHEMA = REPO_ROOT / "schemas" / "schema.pbtxt"

@@ -16,7 +16,7 @@
 
 A MANIFEST.json with the SHA-256 and size of every file is written last, so a
 directory with a manifest is complete. Command line:
-``python -m pipeline.datasets ml-100k --data-dir data``.
+``python -m towerflow.pipeline.datasets ml-100k --data-dir data``.
 """
 
 from __future__ import annotations
@@ -323,7 +323,7 @@ def fetch(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.datasets", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m towerflow.pipeline.datasets", description=__doc__.splitlines()[0])
     parser.add_argument("dataset", choices=sorted(DATASETS))
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--timeout", type=float, default=15.0)

@@ -28,7 +28,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from pipeline.config import PipelineConfig
+from towerflow.pipeline.config import PipelineConfig
 
 IMAGE_WORKDIR = "/towerflow"  # where the Dockerfile puts the repo
 IMAGE_SCHEMA_PATH = f"{IMAGE_WORKDIR}/schemas/schema.pbtxt"
@@ -75,7 +75,7 @@ def compile_pipeline(
     """Writes the PipelineJob JSON for `config` to `output_path` and returns what it contains."""
     from tfx import v1 as tfx
 
-    from pipeline.pipeline import create_pipeline
+    from towerflow.pipeline.pipeline import create_pipeline
 
     if not image:
         raise ValueError("a container image is required (build it from the Dockerfile and push it)")

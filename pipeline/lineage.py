@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from pipeline.mlmd import artifact_properties, execution_nodes
+from towerflow.pipeline.mlmd import artifact_properties, execution_nodes
 
 _EVENT = metadata_store_pb2.Event
 _OUTPUT_EVENTS = (_EVENT.OUTPUT, _EVENT.DECLARED_OUTPUT)

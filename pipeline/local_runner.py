@@ -16,16 +16,16 @@ from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
-from components.ingestion.splits import SPLITS
-from pipeline.config import PipelineConfig
-from pipeline.mlmd import (  # noqa: F401 - re-exported for callers of the runner
+from towerflow.components.ingestion.splits import SPLITS
+from towerflow.pipeline.config import PipelineConfig
+from towerflow.pipeline.mlmd import (  # noqa: F401 - re-exported for callers of the runner
     artifact_properties,
     execution_nodes,
     latest_artifacts,
     read_anomalies,
     sqlite_connection,
 )
-from pipeline.pipeline import create_pipeline
+from towerflow.pipeline.pipeline import create_pipeline
 
 _STATE_NAMES = {
     metadata_store_pb2.Execution.NEW: "new",

@@ -12,16 +12,16 @@ from pathlib import Path
 
 from tfx import v1 as tfx
 
-from components.evaluation.model_evaluator import ModelEvaluator
-from components.index.component import IndexBuilder, IndexEvaluator
-from components.ingestion import readers
-from components.ingestion.component import Ingestion
-from components.pusher import ServingPusher
-from pipeline.config import PipelineConfig, code_fingerprint, fingerprint_dir
+from towerflow.components.evaluation.model_evaluator import ModelEvaluator
+from towerflow.components.index.component import IndexBuilder, IndexEvaluator
+from towerflow.components.ingestion import readers
+from towerflow.components.ingestion.component import Ingestion
+from towerflow.components.pusher import ServingPusher
+from towerflow.pipeline.config import PipelineConfig, code_fingerprint, fingerprint_dir
 
-PREPROCESSING_FN = "models.preprocessing.preprocessing_fn"
-TWO_TOWER_RUN_FN = "models.run_fns.run_two_tower"
-RANKING_RUN_FN = "models.run_fns.run_ranking"
+PREPROCESSING_FN = "towerflow.models.preprocessing.preprocessing_fn"
+TWO_TOWER_RUN_FN = "towerflow.models.run_fns.run_two_tower"
+RANKING_RUN_FN = "towerflow.models.run_fns.run_ranking"
 
 
 INDEX_BUILDER_PARAMETERS = {

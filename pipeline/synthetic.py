@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from components.ingestion.readers import ML100K_GENRES, TOWERFLOW_COLUMNS, TOWERFLOW_FILES
+from towerflow.components.ingestion.readers import ML100K_GENRES, TOWERFLOW_COLUMNS, TOWERFLOW_FILES
 
 # The towerflow format, as its reader defines it.
 INTERACTIONS_FILE = TOWERFLOW_FILES["interactions"]

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from serving.tensor_codec import HTTP_STATUS, ServingError
+from towerflow.serving.tensor_codec import HTTP_STATUS, ServingError
 
 _CODE_OF_HTTP = {status: code for code, status in reversed(list(HTTP_STATUS.items()))}
 _RETRYABLE = {"UNAVAILABLE", "RESOURCE_EXHAUSTED"}

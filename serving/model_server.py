@@ -36,8 +36,8 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from serving.servables import BatchingOptions, ModelManager, Servable, load_custom_ops
-from serving.tensor_codec import ServingError, format_predict_response, invalid, parse_predict_request
+from towerflow.serving.servables import BatchingOptions, ModelManager, Servable, load_custom_ops
+from towerflow.serving.tensor_codec import ServingError, format_predict_response, invalid, parse_predict_request
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +286,7 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 
 def _dtype_name(dtype: int) -> str:
-    from serving.tensor_codec import DTYPES
+    from towerflow.serving.tensor_codec import DTYPES
 
     return DTYPES.get(dtype, (f"dtype {dtype}",))[0]
 

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from serving import model_repository as repo
-from serving.tensor_codec import InputSpec, ServingError, check_inputs, invalid
+from towerflow.serving import model_repository as repo
+from towerflow.serving.tensor_codec import InputSpec, ServingError, check_inputs, invalid
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from serving.servables import BatchingOptions
+from towerflow.serving.servables import BatchingOptions
 
 BINARY = "tensorflow_model_server"
 

@@ -28,8 +28,8 @@ def pipeline_run(ml100k_dir, tmp_path_factory):
     the models train with their defaults, so the blessing gate sees real models.
     Returns (PipelineConfig, RunSummary, progress messages).
     """
-    from pipeline.config import PipelineConfig
-    from pipeline.local_runner import run_local
+    from towerflow.pipeline.config import PipelineConfig
+    from towerflow.pipeline.local_runner import run_local
 
     out = tmp_path_factory.mktemp("pipeline_run")
     config = PipelineConfig(

@@ -17,9 +17,9 @@ import numpy as np
 import tensorflow as tf
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from components.ingestion import beam_ingest
-from components.ingestion.splits import SPLITS, SplitConfig
-from models import features as F
+from towerflow.components.ingestion import beam_ingest
+from towerflow.components.ingestion.splits import SPLITS, SplitConfig
+from towerflow.models import features as F
 
 
 def run_ingestion(data_dir, out_dir, fmt="towerflow", split=None, history_length=20):

@@ -11,8 +11,8 @@ import tensorflow_transform as tft
 import tensorflow_transform.beam as tft_beam
 from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io, schema_utils
 
-from models import features as F
-from models import preprocessing
+from towerflow.models import features as F
+from towerflow.models import preprocessing
 
 SCALARS = {
     F.USER_ID: (tf.string, b""),

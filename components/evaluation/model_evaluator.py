@@ -46,9 +46,9 @@ from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArti
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 
-from components.evaluation import metrics as M
-from components.evaluation import report as report_html
-from components.evaluation.offline import (
+from towerflow.components.evaluation import metrics as M
+from towerflow.components.evaluation import report as report_html
+from towerflow.components.evaluation.offline import (
     DEFAULT_KS,
     DEFAULT_RERANK_SCORE,
     DEFAULT_RERANK_WEIGHT,
@@ -58,10 +58,10 @@ from components.evaluation.offline import (
     evaluate_sliced,
     user_slicings,
 )
-from components.evaluation.protocol import EvalReport, PopularityRecommender
-from components.index.component import RetrievalIndex, tower_dir
-from components.ingestion.component import ItemCatalog
-from models import features as F
+from towerflow.components.evaluation.protocol import EvalReport, PopularityRecommender
+from towerflow.components.index.component import RetrievalIndex, tower_dir
+from towerflow.components.ingestion.component import ItemCatalog
+from towerflow.models import features as F
 
 EVALUATION_FILE = "model_evaluation.json"
 REPORT_FILE = "model_evaluation.html"
@@ -284,7 +284,7 @@ def ann_frontier(
     `served` (a ScannIndex, e.g. the IndexBuilder's) adds its own operating point on its own
     embeddings. `frontier` lists the indices of the Pareto-optimal points.
     """
-    from components.index.scann_index import (
+    from towerflow.components.index.scann_index import (
         TREE_AH,
         ScannIndex,
         ScannParams,
@@ -457,8 +457,8 @@ def run_evaluation(
         served = None
         ids, embeddings, source = retrieval.item_ids, retrieval.item_embeddings, "model catalog"
         if index_dir:
-            from components.index.component import INDEX_DIR
-            from components.index.scann_index import ScannIndex
+            from towerflow.components.index.component import INDEX_DIR
+            from towerflow.components.index.scann_index import ScannIndex
 
             served = ScannIndex.load(os.path.join(index_dir, INDEX_DIR))
             ids, embeddings, source = served.ids, served.embeddings, "served index"

@@ -23,9 +23,9 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from components.evaluation.protocol import EvalReport, EvalSet, PopularityRecommender, evaluate
-from models import features as F
-from models.two_tower import TwoTowerConfig
+from towerflow.components.evaluation.protocol import EvalReport, EvalSet, PopularityRecommender, evaluate
+from towerflow.models import features as F
+from towerflow.models.two_tower import TwoTowerConfig
 
 FRAME_KEYS = (F.USER_ID, F.ITEM_ID, F.RATING, F.TIMESTAMP)
 USER_STATIC = (F.USER_AGE, F.USER_GENDER, F.USER_OCCUPATION, F.USER_ZIP)

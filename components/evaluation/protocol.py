@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from components.evaluation import metrics as M
+from towerflow.components.evaluation import metrics as M
 
 SPLITS = ("train", "eval", "test")
 BASE_SLICES = ("all", "warm", "cold")

@@ -43,8 +43,8 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 from tfx.utils import path_utils
 
-from components.index import export as index_export
-from components.index.scann_index import (
+from towerflow.components.index import export as index_export
+from towerflow.components.index.scann_index import (
     BRUTE_FORCE_BELOW,
     LEAVES_TO_SEARCH_FRACTION,
     TREE_FROM,
@@ -55,8 +55,8 @@ from components.index.scann_index import (
     numpy_single_query,
     recall_at_k,
 )
-from components.ingestion.component import ItemCatalog
-from models import features as F
+from towerflow.components.ingestion.component import ItemCatalog
+from towerflow.models import features as F
 
 INDEX_DIR = "index"
 EVALUATION_FILE = "index_evaluation.json"

@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_recommenders as tfrs  # noqa: E402
 
-from components.index.scann_index import ScannParams, derive_params  # noqa: E402
+from towerflow.components.index.scann_index import ScannParams, derive_params  # noqa: E402
 
 BRUTE_FORCE_DIR = "brute_force"
 SCANN_DIR = "scann"

@@ -26,8 +26,8 @@ import apache_beam as beam
 import numpy as np
 import tensorflow as tf
 
-from components.ingestion import readers
-from components.ingestion.splits import (
+from towerflow.components.ingestion import readers
+from towerflow.components.ingestion.splits import (
     GLOBAL_TIME,
     LEAVE_LAST_N,
     SPLITS,
@@ -35,7 +35,7 @@ from components.ingestion.splits import (
     assign_split_global_time,
     assign_splits_leave_last_n,
 )
-from models import features as F
+from towerflow.models import features as F
 
 SUMMARY_FILE = "ingestion_summary.json"
 QUARANTINE_PREFIX = "quarantine"

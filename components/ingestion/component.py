@@ -25,8 +25,8 @@ from tfx.proto import example_gen_pb2
 from tfx.types import standard_artifacts
 from tfx.types.standard_artifact_utils import encode_split_names
 
-from components.ingestion import beam_ingest
-from components.ingestion.splits import GLOBAL_TIME, SPLITS, SplitConfig
+from towerflow.components.ingestion import beam_ingest
+from towerflow.components.ingestion.splits import GLOBAL_TIME, SPLITS, SplitConfig
 
 
 class ItemCatalog(types.Artifact):

@@ -1,5 +1,5 @@
 """Blessing-gated push of SavedModels into a TF Serving model root (see component.py)."""
 
-from components.pusher.component import ServingPusher
+from towerflow.components.pusher.component import ServingPusher
 
 __all__ = ["ServingPusher"]

@@ -20,7 +20,7 @@ from tfx.types import channel as channel_lib
 from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
-from components.pusher import executor
+from towerflow.components.pusher import executor
 
 
 class ServingPusherSpec(ComponentSpec):
@@ -56,7 +56,7 @@ class ServingPusher(base_component.BaseComponent):
         keep_versions: int = 2,
         retain_on_disk: int = 5,
     ):
-        from serving.model_repository import validate_model_name
+        from towerflow.serving.model_repository import validate_model_name
 
         validate_model_name(model_name)
         if isinstance(blessings, list | tuple):

@@ -5,9 +5,9 @@ import csv
 import pytest
 from ingestion_checks import assert_no_leakage, run_ingestion
 
-from components.ingestion.component import BadRowsError, check_bad_rows
-from components.ingestion.splits import SplitConfig
-from models import features as F
+from towerflow.components.ingestion.component import BadRowsError, check_bad_rows
+from towerflow.components.ingestion.splits import SplitConfig
+from towerflow.models import features as F
 
 USERS = [("u1", 25, "M", "writer", "12345"), ("u2", 40, "F", "artist", "54321"), ("u3", 33, "F", "none", "99999")]
 ITEMS = [("i1", "One", 1990, "Drama"), ("i2", "Two", 1995, "Comedy|Drama"), ("i3", "Three", 2001, "")]

@@ -6,7 +6,7 @@ import random
 import numpy as np
 import pytest
 
-from components.evaluation import metrics as M
+from towerflow.components.evaluation import metrics as M
 
 REC = ["a", "b", "c", "d", "e"]
 REL = {"b", "e", "x"}  # "x" is relevant but never recommended

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.evaluation.protocol import (
+from towerflow.components.evaluation.protocol import (
     EvalSet,
     ExcludedItemError,
     PopularityRecommender,

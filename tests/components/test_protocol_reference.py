@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from components.evaluation.protocol import (
+from towerflow.components.evaluation.protocol import (
     EvalSet,
     PopularityRecommender,
     assign_global_time_split,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from components.ingestion import readers
-from components.ingestion.readers import (
+from towerflow.components.ingestion import readers
+from towerflow.components.ingestion.readers import (
     FORMATS,
     TOWERFLOW_COLUMNS,
     TOWERFLOW_FILES,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from components.ingestion.splits import SplitConfig, assign_split_global_time, assign_splits_leave_last_n
+from towerflow.components.ingestion.splits import SplitConfig, assign_split_global_time, assign_splits_leave_last_n
 
 
 @pytest.mark.parametrize("timestamp,expected", [(9, "train"), (10, "eval"), (19.5, "eval"), (20, "test"), (99, "test")])

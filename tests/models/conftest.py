@@ -13,8 +13,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from models import features as F  # noqa: E402
-from models import preprocessing  # noqa: E402
+from towerflow.models import features as F  # noqa: E402
+from towerflow.models import preprocessing  # noqa: E402
 
 # Vocabulary sizes of a tiny world; table rows follow from them.
 VOCABULARY_SIZES = {

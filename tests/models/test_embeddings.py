@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models import embeddings as E
-from models import features as F
-from models import preprocessing as P
-from models.ranking import DCNRankingModel, RankingConfig
-from models.two_tower import TwoTowerConfig, TwoTowerModel
+from towerflow.models import embeddings as E
+from towerflow.models import features as F
+from towerflow.models import preprocessing as P
+from towerflow.models.ranking import DCNRankingModel, RankingConfig
+from towerflow.models.two_tower import TwoTowerConfig, TwoTowerModel
 
 SMALL = dict(user_id_dim=8, item_id_dim=8, feature_dim=4, batch_size=16, epochs=1)
 

@@ -12,12 +12,12 @@ import pytest
 import tensorflow as tf
 from tft_world import INTERACTIONS, SCALARS, instance, unseen_instances
 
-from components.ingestion.beam_ingest import to_tf_example
-from models import features as F
-from models import run_fns
-from models.preprocessing import table_sizes_from_transform_output
-from models.ranking import DCNRankingModel, RankingConfig
-from models.two_tower import TwoTowerConfig, TwoTowerModel
+from towerflow.components.ingestion.beam_ingest import to_tf_example
+from towerflow.models import features as F
+from towerflow.models import run_fns
+from towerflow.models.preprocessing import table_sizes_from_transform_output
+from towerflow.models.ranking import DCNRankingModel, RankingConfig
+from towerflow.models.two_tower import TwoTowerConfig, TwoTowerModel
 
 pytestmark = pytest.mark.e2e
 

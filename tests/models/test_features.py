@@ -2,7 +2,7 @@
 
 import pytest
 
-from models import features as F
+from towerflow.models import features as F
 
 
 def _events():

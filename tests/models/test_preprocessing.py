@@ -7,8 +7,8 @@ import pytest
 import tensorflow as tf
 from tft_world import INTERACTIONS
 
-from models import features as F
-from models import preprocessing
+from towerflow.models import features as F
+from towerflow.models import preprocessing
 
 
 @pytest.fixture
@@ -131,7 +131,7 @@ def test_serving_layer_transforms_query_features_without_labels_or_item(transfor
 
 def test_raw_unknown_user_through_transform_and_query_tower(transformed):
     """tft_layer + query tower on raw features, as the serving function stacks them."""
-    from models.two_tower import TwoTowerConfig, TwoTowerModel
+    from towerflow.models.two_tower import TwoTowerConfig, TwoTowerModel
 
     _, _, tft_output = transformed
     sizes = preprocessing.table_sizes_from_transform_output(tft_output)

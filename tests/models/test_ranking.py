@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models import features as F
-from models import preprocessing as P
-from models.ranking import (
+from towerflow.models import features as F
+from towerflow.models import preprocessing as P
+from towerflow.models.ranking import (
     CANDIDATE_SIDE_FEATURES,
     INTERACTION_OUTPUT,
     LIKED_OUTPUT,

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models import embeddings as E
-from models import features as F
-from models import preprocessing as P
-from models.two_tower import RecencyWeighting, TwoTowerConfig, TwoTowerModel
+from towerflow.models import embeddings as E
+from towerflow.models import features as F
+from towerflow.models import preprocessing as P
+from towerflow.models.two_tower import RecencyWeighting, TwoTowerConfig, TwoTowerModel
 
 # Unweighted unless a test says otherwise (recency weighting needs the data's RecencyWeighting).
 SMALL = dict(embedding_dim=8, user_id_dim=8, item_id_dim=8, feature_dim=4, mlp_layers=(16,), batch_size=8)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from components.ingestion.readers import load_dataset
-from pipeline import datasets
-from pipeline.datasets import DatasetUnavailableError, FetchResult, fetch
+from towerflow.components.ingestion.readers import load_dataset
+from towerflow.pipeline import datasets
+from towerflow.pipeline.datasets import DatasetUnavailableError, FetchResult, fetch
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 CLOSED_PORT_URL = "http://127.0.0.1:9/{name}.zip"  # discard port: connection refused at once

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from pipeline_components import DATA_COMPONENTS, KUBEFLOW_RESOLVER_TASKS, TRAINED_COMPONENTS
 
-from components.ingestion import readers
-from pipeline import kubeflow_runner
-from pipeline.config import IngestionConfig, PipelineConfig, code_fingerprint, fingerprint_dir
-from pipeline.pipeline import PREPROCESSING_FN, RANKING_RUN_FN, TWO_TOWER_RUN_FN
+from towerflow.components.ingestion import readers
+from towerflow.pipeline import kubeflow_runner
+from towerflow.pipeline.config import IngestionConfig, PipelineConfig, code_fingerprint, fingerprint_dir
+from towerflow.pipeline.pipeline import PREPROCESSING_FN, RANKING_RUN_FN, TWO_TOWER_RUN_FN
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DATA = REPO_ROOT / "tests" / "fixtures" / "ml-100k"
@@ -138,7 +138,7 @@ def test_bad_inputs_give_clear_errors(tmp_path):
 
 
 def test_cli_compile_writes_the_spec_and_summarises(tmp_path, capsys):
-    from pipeline import lineage_commands
+    from towerflow.cli import lineage_commands
 
     parser = argparse.ArgumentParser(prog="towerflow")
     lineage_commands.add_commands(parser.add_subparsers(dest="command"))

@@ -10,7 +10,8 @@ from google.protobuf import struct_pb2
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2 as mlmd
 
-from pipeline import lineage, lineage_commands
+from towerflow.cli import lineage_commands
+from towerflow.pipeline import lineage
 
 COMPLETE, CACHED, FAILED = mlmd.Execution.COMPLETE, mlmd.Execution.CACHED, mlmd.Execution.FAILED
 CUTOFFS = [889237269, 891382271]
@@ -99,7 +100,7 @@ def store_path(tmp_path_factory):
         ingestion = ingestion_outputs or s.execute(
             name,
             "Ingestion",
-            "components.ingestion.component.Ingestion",
+            "towerflow.components.ingestion.component.Ingestion",
             outputs={
                 "examples": s.artifact(
                     "Examples",
@@ -117,7 +118,9 @@ def store_path(tmp_path_factory):
             data_dir="/data/ml-100k",
         )
         if ingestion_outputs:  # cached: the same examples re-published by a CACHED execution
-            s.execute(name, "Ingestion", "components.ingestion.component.Ingestion", outputs=ingestion, state=CACHED)
+            s.execute(
+                name, "Ingestion", "towerflow.components.ingestion.component.Ingestion", outputs=ingestion, state=CACHED
+            )
         transform = s.execute(
             name,
             "Transform",
@@ -127,7 +130,7 @@ def store_path(tmp_path_factory):
                 "transform_graph": s.artifact("TransformGraph", tmp / f"Transform/transform_graph/{version}"),
                 "transformed_examples": s.artifact("Examples", tmp / f"Transform/transformed_examples/{version}"),
             },
-            preprocessing_fn="models.preprocessing.preprocessing_fn",
+            preprocessing_fn="towerflow.models.preprocessing.preprocessing_fn",
             splits_config={"analyze": ["train"], "transform": ["train", "eval", "test"]},
         )
         run_dir = tmp / f"TwoTowerTrainer/model_run/{version}"
@@ -144,13 +147,13 @@ def store_path(tmp_path_factory):
                 "model": s.artifact("Model", tmp / f"TwoTowerTrainer/model/{version}"),
                 "model_run": s.artifact("ModelRun", run_dir),
             },
-            run_fn="models.run_fns.run_two_tower",
+            run_fn="towerflow.models.run_fns.run_two_tower",
             custom_config={"seed": 0, "two_tower": {"epochs": version}},
         )
         evaluator = s.execute(
             name,
             "ModelEvaluator",
-            "components.evaluation.component.ModelEvaluator",
+            "towerflow.components.evaluation.component.ModelEvaluator",
             inputs={"model": trainer["model"], "examples": ingestion["examples"]},
             outputs={
                 "blessing": s.artifact(
@@ -163,7 +166,7 @@ def store_path(tmp_path_factory):
         s.execute(
             name,
             "Pusher",
-            "components.pusher.component.Pusher",
+            "towerflow.components.pusher.component.Pusher",
             inputs={"model": trainer["model"], "model_blessing": evaluator["blessing"]},
             outputs={
                 "pushed_model": s.artifact(
@@ -179,7 +182,9 @@ def store_path(tmp_path_factory):
 
     ingestion = run("run-1", 1)
     run("run-2", 2, ingestion_outputs=ingestion)
-    s.execute("run-3", "Ingestion", "components.ingestion.component.Ingestion", outputs=ingestion, state=CACHED)
+    s.execute(
+        "run-3", "Ingestion", "towerflow.components.ingestion.component.Ingestion", outputs=ingestion, state=CACHED
+    )
     s.execute("run-3", "Transform", "tfx.components.transform.component.Transform", state=FAILED)
     return tmp / "metadata.sqlite"
 
@@ -199,11 +204,11 @@ def test_served_version_traces_back_through_blessing_trainer_transform_to_ingest
     blessing, model = inputs["model_blessing"], inputs["model"]
     assert blessing.facts["blessed"] is True and blessing.facts["metrics"] == {"recall@100": 0.31}
     assert model.facts["hyperparameters"] == {"seed": 0, "two_tower": {"epochs": 2}}
-    assert model.facts["run_fn"] == "models.run_fns.run_two_tower"
+    assert model.facts["run_fn"] == "towerflow.models.run_fns.run_two_tower"
     assert model.facts["effective_config"]["epochs"] == 2 and model.facts["final_losses"] == {"loss": 4.5}
     trainer_inputs = dict(model.producer.inputs)
     graph_node = trainer_inputs["transform_graph"]
-    assert graph_node.facts["preprocessing_fn"] == "models.preprocessing.preprocessing_fn"
+    assert graph_node.facts["preprocessing_fn"] == "towerflow.models.preprocessing.preprocessing_fn"
     transform_examples = dict(graph_node.producer.inputs)["examples"]
     # The evaluator read the same Ingestion examples the Transform (and so the trainer) consumed.
     assert transform_examples is dict(blessing.producer.inputs)["examples"]

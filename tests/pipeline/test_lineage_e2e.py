@@ -4,9 +4,10 @@ import os
 
 import pytest
 
-from models.two_tower import TwoTowerConfig
-from pipeline import lineage, lineage_commands
-from pipeline.config import code_fingerprint, fingerprint_dir
+from towerflow.cli import lineage_commands
+from towerflow.models.two_tower import TwoTowerConfig
+from towerflow.pipeline import lineage
+from towerflow.pipeline.config import code_fingerprint, fingerprint_dir
 
 pytestmark = pytest.mark.e2e
 
@@ -24,7 +25,7 @@ def test_trainer_model_traces_to_the_transform_and_ingestion_outputs_the_run_mad
     model = graph.root
     assert model.type == "Model" and model.uri == model_uri
     assert model.producer.component == "TwoTowerTrainer" and model.producer.state == "complete"
-    assert model.facts["run_fn"] == "models.run_fns.run_two_tower"
+    assert model.facts["run_fn"] == "towerflow.models.run_fns.run_two_tower"
     assert model.facts["hyperparameters"] == {
         "seed": 0,
         "two_tower": {},

@@ -9,8 +9,8 @@ from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 from pipeline_components import PUSHERS, TRAINED_COMPONENTS
 
-from components.ingestion import readers
-from pipeline.local_runner import execution_nodes, run_local, sqlite_connection
+from towerflow.components.ingestion import readers
+from towerflow.pipeline.local_runner import execution_nodes, run_local, sqlite_connection
 
 pytestmark = pytest.mark.e2e
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import synthetic
-from pipeline.synthetic import GENRES, OCCUPATIONS, SynthConfig, build_world, generate
+from towerflow.pipeline import synthetic
+from towerflow.pipeline.synthetic import GENRES, OCCUPATIONS, SynthConfig, build_world, generate
 
 SMALL = SynthConfig(users=3_000, items=2_000, interactions=60_000, seed=7, chunk_size=7_000)
 

@@ -18,10 +18,10 @@ import subprocess
 import numpy as np
 import pytest
 
-from serving import model_repository as repo
-from serving import tfserving
-from serving.client import GrpcClient, RestClient
-from serving.tensor_codec import ServingError
+from towerflow.serving import model_repository as repo
+from towerflow.serving import tfserving
+from towerflow.serving.client import GrpcClient, RestClient
+from towerflow.serving.tensor_codec import ServingError
 
 MODEL = "tiny"
 
@@ -39,7 +39,7 @@ def server(request, tiny_models, tmp_path_factory):
     repo.push(root, MODEL, tiny_models[1])
     config = str(root / repo.CONFIG_FILE)
     if request.param == "embedded":
-        from serving.model_server import ModelServer, ServerOptions
+        from towerflow.serving.model_server import ModelServer, ServerOptions
 
         srv = ModelServer(
             ServerOptions(model_config_file=config, port=0, rest_api_port=0, max_body_bytes=200_000, max_instances=64)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from serving.tensor_codec import InputSpec, ServingError, format_predict_response, parse_predict_request
+from towerflow.serving.tensor_codec import InputSpec, ServingError, format_predict_response, parse_predict_request
 
 SPECS = {
     "user_id": InputSpec("user_id", 7, (None,)),

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from serving import cli_commands
-from serving.client import GrpcClient, RestClient, placeholder_instance
+from towerflow.cli import serving_commands
+from towerflow.serving.client import GrpcClient, RestClient, placeholder_instance
 
 REPO = Path(__file__).resolve().parents[2]
 V1, V2 = 2.5, 3.5  # y for x=1 with offsets 2 and 3
@@ -30,7 +30,7 @@ def free_port() -> int:
 
 
 def cli(*argv) -> int:
-    return cli_commands.main([str(a) for a in argv])
+    return serving_commands.main([str(a) for a in argv])
 
 
 class Load:
@@ -103,7 +103,8 @@ def test_push_serve_swap_under_load_and_rollback(tiny_models, tmp_path, capsys):
     grpc_port, rest_port = free_port(), free_port()
     log = open(tmp_path / "server.log", "w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "serving.cli_commands", "serve", "--serving-root", str(root), "--backend", "embedded",
+        [sys.executable, "-m", "towerflow.cli.serving_commands", "serve", "--serving-root", str(root),
+         "--backend", "embedded",
          "--port", str(grpc_port), "--rest-api-port", str(rest_port), "--poll-seconds", "0.5"],
         cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )  # fmt: skip
@@ -156,7 +157,7 @@ def test_real_exported_models_serve_over_rest_and_grpc(pipeline_run, tmp_path, c
     """The Trainers' SavedModels from a real pipeline run through push -> embedded server -> both APIs."""
     config, _, _ = pipeline_run
     run_dir = Path(config.metadata_path).parent
-    from serving.model_server import ModelServer, ServerOptions
+    from towerflow.serving.model_server import ModelServer, ServerOptions
 
     root = tmp_path / "serving"
     for model in ("two_tower", "ranker"):

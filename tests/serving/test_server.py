@@ -8,10 +8,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from serving import model_repository as repo
-from serving.client import RestClient
-from serving.model_server import ModelServer, ServerOptions
-from serving.servables import Batcher, BatchingOptions, ModelManager
+from towerflow.serving import model_repository as repo
+from towerflow.serving.client import RestClient
+from towerflow.serving.model_server import ModelServer, ServerOptions
+from towerflow.serving.servables import Batcher, BatchingOptions, ModelManager
 
 
 def test_manager_swaps_versions_and_in_flight_servable_survives(tiny_models, tmp_path):
@@ -130,16 +130,16 @@ def test_stop_event_ends_cli_serve(tiny_models, tmp_path, capsys):
     """`towerflow serve` (embedded) starts, reports, and stops on its stop event."""
     import argparse
 
-    from serving import cli_commands
+    from towerflow.cli import serving_commands
 
     repo.push(tmp_path, "tiny", tiny_models[1])
     parser = argparse.ArgumentParser()
-    cli_commands.add_commands(parser.add_subparsers(dest="command"))
+    serving_commands.add_commands(parser.add_subparsers(dest="command"))
     args = parser.parse_args(
         ["serve", "--serving-root", str(tmp_path), "--backend", "embedded", "--port", "0", "--rest-api-port", "0"]
     )
     ready, stop = threading.Event(), threading.Event()
-    thread = threading.Thread(target=cli_commands._serve, args=(args, ready, stop))
+    thread = threading.Thread(target=serving_commands._serve, args=(args, ready, stop))
     thread.start()
     assert ready.wait(60)
     stop.set()

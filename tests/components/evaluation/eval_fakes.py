@@ -18,8 +18,8 @@ import pandas as pd  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from index_fakes import _dense, _parse_spec, _raw_specs, make_example, save_fake_two_tower, write_records  # noqa: E402
 
-from components.evaluation.offline import OfflineData, TwoTowerRecommender  # noqa: E402
-from models import features as F  # noqa: E402
+from towerflow.components.evaluation.offline import OfflineData, TwoTowerRecommender  # noqa: E402
+from towerflow.models import features as F  # noqa: E402
 
 NUM_ITEMS = 150
 NUM_POPULAR = 8

@@ -7,7 +7,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from components.evaluation import report as R
+from towerflow.components.evaluation import report as R
 
 SVG_NS = "{http://www.w3.org/2000/svg}"
 

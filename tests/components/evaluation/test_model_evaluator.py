@@ -7,15 +7,15 @@ import os
 import pandas as pd
 import pytest
 
-from components.evaluation import model_evaluator as ME
-from components.evaluation.offline import (
+from towerflow.components.evaluation import model_evaluator as ME
+from towerflow.components.evaluation.offline import (
     RecordedRecommender,
     age_bucket,
     evaluate_sliced,
     user_slicings,
 )
-from components.evaluation.protocol import EvalSet
-from models import features as F
+from towerflow.components.evaluation.protocol import EvalSet
+from towerflow.models import features as F
 
 KS = (5, 10, 20)
 GATE = ME.GateConfig(guarded_metrics=("recall@20", "ndcg@10"), tolerance=0.02, min_lift=0.0)
@@ -331,7 +331,7 @@ def test_full_pipeline_hook(world, model_dirs, artifact_dirs, tmp_path):
 def test_executor_records_blessing_properties(model_dirs, artifact_dirs, tmp_path):
     from tfx.types import standard_artifacts
 
-    from components.ingestion.component import ItemCatalog
+    from towerflow.components.ingestion.component import ItemCatalog
 
     def artifact(cls, uri, id_):
         a = cls()

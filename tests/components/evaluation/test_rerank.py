@@ -8,14 +8,14 @@ import pytest
 import tensorflow as tf
 from index_fakes import _raw_specs
 
-from components.evaluation.offline import (
+from towerflow.components.evaluation.offline import (
     RETRIEVAL_PLUS_INTERACTION,
     RerankedRecommender,
     TwoTowerRecommender,
     item_popularity_features,
 )
-from models import features as F
-from models.run_fns import RANKER_FEATURES
+from towerflow.models import features as F
+from towerflow.models.run_fns import RANKER_FEATURES
 
 AS_OF = 10_000
 

@@ -16,7 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from models import features as F  # noqa: E402
+from towerflow.models import features as F  # noqa: E402
 
 DIM = 16
 NUM_ITEMS = 60

@@ -6,9 +6,9 @@ import shutil
 import numpy as np
 import pytest
 
-from components.index import component as C
-from components.index import export
-from components.index.scann_index import ScannIndex
+from towerflow.components.index import component as C
+from towerflow.components.index import export
+from towerflow.components.index.scann_index import ScannIndex
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,7 @@ def test_components_in_a_local_dag_run(tower_dir, catalog_dir, examples_dir, tmp
     from tfx import v1 as tfx
     from tfx.types import standard_artifacts
 
-    from components.ingestion.component import ItemCatalog
+    from towerflow.components.ingestion.component import ItemCatalog
 
     model_dir = os.path.dirname(tower_dir)  # the Trainer's model artifact holds Format-Serving/
     model = tfx.dsl.Importer(source_uri=model_dir, artifact_type=standard_artifacts.Model).with_id("model")

@@ -5,8 +5,8 @@ import pytest
 import tensorflow as tf
 from index_fakes import NUM_ITEMS, embed_catalog, query_examples
 
-from components.index import export
-from components.index.scann_index import brute_force_top_k, derive_params
+from towerflow.components.index import export
+from towerflow.components.index.scann_index import brute_force_top_k, derive_params
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from components.index.scann_index import (
+from towerflow.components.index.scann_index import (
     AH,
     BRUTE_FORCE,
     TREE_AH,

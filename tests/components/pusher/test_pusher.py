@@ -3,9 +3,9 @@
 import pytest
 from tfx.types import channel, standard_artifacts
 
-from components.pusher import ServingPusher
-from components.pusher.executor import Executor
-from serving import model_repository as repo
+from towerflow.components.pusher import ServingPusher
+from towerflow.components.pusher.executor import Executor
+from towerflow.serving import model_repository as repo
 
 
 def model_artifact(tmp_path):

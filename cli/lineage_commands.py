@@ -32,7 +32,7 @@ def _store_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _open_store(args):
-    from pipeline import lineage
+    from towerflow.pipeline import lineage
 
     remote = args.mysql_host or args.grpc_host
     if remote and args.metadata:
@@ -51,7 +51,7 @@ def _open_store(args):
 
 
 def _lineage(args) -> None:
-    from pipeline import lineage
+    from towerflow.pipeline import lineage
 
     store = _open_store(args)
     if args.list:
@@ -80,7 +80,7 @@ def _lineage(args) -> None:
 
 
 def _runs(args) -> None:
-    from pipeline import lineage
+    from towerflow.pipeline import lineage
 
     runs = lineage.list_runs(_open_store(args), args.pipeline_name)
     if args.last:
@@ -99,8 +99,8 @@ def _component_beam_args(values: list[str] | None) -> dict[str, list[str]]:
 
 
 def _compile(args) -> None:
-    from pipeline import kubeflow_runner
-    from pipeline.config import IngestionConfig, PipelineConfig
+    from towerflow.pipeline import kubeflow_runner
+    from towerflow.pipeline.config import IngestionConfig, PipelineConfig
 
     if args.target != "kubeflow":
         raise ValueError(f"unknown compile target {args.target!r}; supported: kubeflow")
@@ -134,7 +134,7 @@ def _compile(args) -> None:
 
 def add_commands(subparsers) -> None:
     """Registers `compile`, `lineage` and `runs` on the `towerflow` sub-command parsers."""
-    from pipeline.kubeflow_runner import IMAGE_SCHEMA_PATH
+    from towerflow.pipeline.kubeflow_runner import IMAGE_SCHEMA_PATH
 
     comp = subparsers.add_parser("compile", help="compile the pipeline for Kubeflow Pipelines v2 / Vertex AI")
     comp.add_argument("--target", default="kubeflow", help="only kubeflow (KubeflowV2DagRunner) for now")

@@ -11,21 +11,25 @@ flag or input gives one clear line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import time
 from pathlib import Path
 
+# The cli/ modules that register sub-commands, each with `add_commands(subparsers)`.
+COMMAND_MODULES = ("evaluate_commands", "report_commands", "serving_commands", "lineage_commands")
+
 
 def _fetch(args) -> None:
-    from pipeline import datasets
+    from towerflow.pipeline import datasets
 
     result = datasets.fetch(args.dataset, args.data_dir)
     print(f"Dataset {args.dataset} ({result.format} format, from {result.source}) is in {result.path}")
 
 
 def _synth(args) -> None:
-    from pipeline import synthetic
+    from towerflow.pipeline import synthetic
 
     config = synthetic.SynthConfig(users=args.users, items=args.items, interactions=args.interactions, seed=args.seed)
     summary = synthetic.generate(args.out, config)
@@ -36,8 +40,8 @@ def _synth(args) -> None:
 
 
 def _run(args) -> None:
-    from pipeline.config import IngestionConfig, PipelineConfig, default_beam_args
-    from pipeline.local_runner import run_local
+    from towerflow.pipeline.config import IngestionConfig, PipelineConfig, default_beam_args
+    from towerflow.pipeline.local_runner import run_local
 
     out = Path(args.output_dir).resolve()
     beam_args = default_beam_args(args.beam_workers)
@@ -72,33 +76,8 @@ def _run(args) -> None:
     print(summary.format())
 
 
-def _evaluate(args) -> None:
-    import json
-
-    from components.evaluation.offline import OfflineData, comparison_table, evaluate_models
-    from pipeline.mlmd import latest_artifacts
-
-    out = Path(args.output_dir).resolve()
-    artifacts = latest_artifacts(str(out / "metadata.sqlite"))
-    missing = [k for k in ("Ingestion.examples", "Ingestion.item_catalog") if k not in artifacts]
-    if missing:
-        raise ValueError(f"the run in {out} has no {', '.join(missing)}; run `towerflow run` first")
-    model_dirs = {
-        name: os.path.join(artifacts[key], "Format-Serving") if key in artifacts else None
-        for name, key in (("two_tower", "TwoTowerTrainer.model"), ("ranker", "RankingTrainer.model"))
-    }
-    print(f"Evaluating on the test split of {artifacts['Ingestion.examples']}")
-    data = OfflineData.from_artifacts(artifacts["Ingestion.examples"], artifacts["Ingestion.item_catalog"])
-    reports = evaluate_models(data, model_dirs["two_tower"], model_dirs["ranker"], rerank_depth=args.rerank_depth)
-    print(comparison_table(reports))
-    report_path = Path(args.report or out / "evaluation.json")
-    report_path.parent.mkdir(parents=True, exist_ok=True)
-    report_path.write_text(json.dumps({"models": model_dirs, **{k: r.to_dict() for k, r in reports.items()}}, indent=2))
-    print(f"Full report (every metric, K and slice): {report_path}")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from pipeline.config import DEFAULT_SCHEMA
+    from towerflow.pipeline.config import DEFAULT_SCHEMA
 
     parser = argparse.ArgumentParser(prog="towerflow", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -149,19 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=_run)
 
-    ev = commands.add_parser("evaluate", help="score popularity, two-tower and two-tower+DCN on the test split")
-    ev.add_argument("--output-dir", default="runs/local", help="the --output-dir of `towerflow run`")
-    ev.add_argument("--rerank-depth", type=int, default=100, help="retrieved candidates the ranker re-orders")
-    ev.add_argument("--report", default=None, help="JSON report path (default: <output-dir>/evaluation.json)")
-    ev.set_defaults(func=_evaluate)
-
-    from components.evaluation import report_commands
-    from pipeline import lineage_commands
-    from serving import cli_commands as serving_commands
-
-    report_commands.add_commands(commands)
-    serving_commands.add_commands(commands)
-    lineage_commands.add_commands(commands)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"towerflow.cli.{name}").add_commands(commands)
     return parser
 
 

@@ -8,7 +8,7 @@
 `pipeline/cli.py` registers these with `add_commands(subparsers)`; each
 function prints a short summary and raises ValueError / FileNotFoundError /
 RuntimeError for bad input (printed as one error line, exit status 2).
-Standalone: `python -m serving.cli_commands serve ...`.
+Standalone: `python -m towerflow.cli.serving_commands serve ...`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ RUN_MODELS = {"two_tower": "TwoTowerTrainer.model", "ranker": "RankingTrainer.mo
 
 def _saved_model_dir(path: str) -> str:
     """A SavedModel directory, or a Trainer's Model artifact (its Format-Serving subdirectory)."""
-    from serving.model_repository import is_saved_model_dir
+    from towerflow.serving.model_repository import is_saved_model_dir
 
     for candidate in (Path(path) / "Format-Serving", Path(path)):
         if is_saved_model_dir(candidate):
@@ -37,14 +37,14 @@ def _saved_model_dir(path: str) -> str:
 
 
 def _push(args) -> None:
-    from serving import model_repository as repo
+    from towerflow.serving import model_repository as repo
 
     if bool(args.saved_model) == bool(args.from_run):
         raise ValueError("give --saved-model PATH or --from-run RUN_DIR")
     if args.saved_model:
         source = _saved_model_dir(args.saved_model)
     else:
-        from pipeline.mlmd import latest_artifacts
+        from towerflow.pipeline.mlmd import latest_artifacts
 
         key = args.artifact or RUN_MODELS.get(args.model)
         if key is None:
@@ -63,7 +63,7 @@ def _push(args) -> None:
 
 
 def _rollback(args) -> None:
-    from serving import model_repository as repo
+    from towerflow.serving import model_repository as repo
 
     before = repo.model_state(args.serving_root, args.model)
     after = repo.rollback(args.serving_root, args.model, args.to)
@@ -72,7 +72,7 @@ def _rollback(args) -> None:
 
 
 def _query(args) -> None:
-    from serving.client import GrpcClient, RestClient
+    from towerflow.serving.client import GrpcClient, RestClient
 
     if args.version is not None and args.label:
         raise ValueError("give --version or --label, not both")
@@ -132,9 +132,9 @@ def _body(args) -> dict:
 
 
 def _serve(args, ready: threading.Event | None = None, stop: threading.Event | None = None) -> None:
-    from serving import tfserving
-    from serving.model_repository import CONFIG_FILE
-    from serving.servables import BatchingOptions
+    from towerflow.serving import tfserving
+    from towerflow.serving.model_repository import CONFIG_FILE
+    from towerflow.serving.servables import BatchingOptions
 
     single = bool(args.model_name or args.model_base_path)
     if single and not (args.model_name and args.model_base_path):
@@ -178,7 +178,7 @@ def _serve(args, ready: threading.Event | None = None, stop: threading.Event | N
             process.wait(timeout=30)
         print(f"tensorflow_model_server exited with status {process.returncode}")
         return
-    from serving.model_server import ModelServer, ServerOptions
+    from towerflow.serving.model_server import ModelServer, ServerOptions
 
     options = ServerOptions(
         model_config_file=config_file,

@@ -19,8 +19,8 @@ def latest_report_dir(metadata_path: str) -> str:
     from ml_metadata import metadata_store
     from ml_metadata.proto import metadata_store_pb2
 
-    from components.evaluation.model_evaluator import EVALUATION_FILE
-    from pipeline.local_runner import execution_nodes, sqlite_connection
+    from towerflow.components.evaluation.model_evaluator import EVALUATION_FILE
+    from towerflow.pipeline.local_runner import execution_nodes, sqlite_connection
 
     if not Path(metadata_path).is_file():
         raise FileNotFoundError(f"no ML Metadata store at {metadata_path}; run `towerflow run` first")
@@ -47,8 +47,8 @@ def latest_report_dir(metadata_path: str) -> str:
 def _report(args) -> None:
     import webbrowser
 
-    from components.evaluation.model_evaluator import REPORT_FILE, read_result
-    from components.evaluation.report import format_summary
+    from towerflow.components.evaluation.model_evaluator import REPORT_FILE, read_result
+    from towerflow.components.evaluation.report import format_summary
 
     out = Path(args.output_dir)
     if not out.is_dir():

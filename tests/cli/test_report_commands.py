@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from components.evaluation import report_commands
+from towerflow.cli import report_commands
 
 
 def _parse(argv):
@@ -33,9 +33,9 @@ def test_report_command_clear_errors(tmp_path):
 def _pipeline(root, artifact_dirs, model_uri, ranker_uri):
     from tfx import v1 as tfx
 
-    from components.evaluation.model_evaluator import ModelEvaluator
-    from components.ingestion.component import ItemCatalog
-    from pipeline.pipeline import latest_blessed_model_resolver
+    from towerflow.components.evaluation.model_evaluator import ModelEvaluator
+    from towerflow.components.ingestion.component import ItemCatalog
+    from towerflow.pipeline.pipeline import latest_blessed_model_resolver
 
     def importer(node_id, uri, artifact_type):
         return tfx.dsl.Importer(source_uri=uri, artifact_type=artifact_type, reimport=True).with_id(node_id)
@@ -73,7 +73,7 @@ def _pipeline(root, artifact_dirs, model_uri, ranker_uri):
 def test_pipeline_blesses_then_rejects_a_regression_and_report_finds_it(model_dirs, artifact_dirs, tmp_path, capsys):
     from tfx import v1 as tfx
 
-    from components.evaluation.model_evaluator import read_result
+    from towerflow.components.evaluation.model_evaluator import read_result
 
     tfx.orchestration.LocalDagRunner().run(_pipeline(tmp_path, artifact_dirs, model_dirs["good"], model_dirs["ranker"]))
     first = read_result(report_commands.latest_report_dir(str(tmp_path / "metadata.sqlite")))

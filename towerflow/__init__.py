@@ -1,0 +1,11 @@
+"""towerflow: an end-to-end TFX recommender and the online service it feeds.
+
+The project's folders stay where the layout puts them (`pipeline/`,
+`components/`, `models/`, `serving/`, `cli/`) and are installed as
+subpackages of this one namespace (`towerflow.pipeline`, ...; see setup.py's
+`package_dir`), so installing towerflow beside another package called
+`models` or `serving` breaks neither. Layers, lowest first, each importing
+only the ones below it: models -> components, serving -> pipeline -> cli.
+"""
+
+__version__ = "0.2.0"
