@@ -1,5 +1,1 @@
-"""Online side of towerflow: model server, clients and the recommender service."""
-
-import os
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+"""Online side of towerflow: model server, clients, feature store and the recommender service."""

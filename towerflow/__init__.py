@@ -8,4 +8,10 @@ subpackages of this one namespace (`towerflow.pipeline`, ...; see setup.py's
 only the ones below it: models -> components, serving -> pipeline -> cli.
 """
 
+import os
+
+# TensorFlow Recommenders needs Keras 2. Every towerflow module is imported through this package, so
+# setting the switch here, once, puts it before any TensorFlow import in the process.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
 __version__ = "0.2.0"

@@ -22,11 +22,9 @@ from __future__ import annotations
 import os
 import uuid
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tensorflow_recommenders as tfrs  # noqa: E402
+import numpy as np
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
 
 from towerflow.components.index.scann_index import ScannParams, derive_params  # noqa: E402
 
