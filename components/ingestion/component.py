@@ -26,7 +26,18 @@ from tfx.types import standard_artifacts
 from tfx.types.standard_artifact_utils import encode_split_names
 
 from towerflow.components.ingestion import beam_ingest
-from towerflow.components.ingestion.splits import GLOBAL_TIME, SPLITS, SplitConfig
+from towerflow.components.ingestion.splits import (
+    DEFAULT_EVAL_FRACTION,
+    DEFAULT_LEAVE_LAST_N,
+    DEFAULT_TRAIN_FRACTION,
+    GLOBAL_TIME,
+    SPLITS,
+    SplitConfig,
+)
+from towerflow.models.features import DEFAULT_HISTORY_LENGTH
+
+# A run fails when more than this fraction of any table's rows is malformed.
+DEFAULT_MAX_BAD_FRACTION = 0.01
 
 
 class ItemCatalog(types.Artifact):
@@ -71,11 +82,11 @@ def Ingestion(  # noqa: N802 - TFX names components like classes
     input_fingerprint: Parameter[str] = "",
     code_fingerprint: Parameter[str] = "",
     split_strategy: Parameter[str] = GLOBAL_TIME,
-    train_fraction: Parameter[float] = 0.8,
-    eval_fraction: Parameter[float] = 0.9,
-    leave_last_n: Parameter[int] = 1,
-    history_length: Parameter[int] = 20,
-    max_bad_fraction: Parameter[float] = 0.01,
+    train_fraction: Parameter[float] = DEFAULT_TRAIN_FRACTION,
+    eval_fraction: Parameter[float] = DEFAULT_EVAL_FRACTION,
+    leave_last_n: Parameter[int] = DEFAULT_LEAVE_LAST_N,
+    history_length: Parameter[int] = DEFAULT_HISTORY_LENGTH,
+    max_bad_fraction: Parameter[float] = DEFAULT_MAX_BAD_FRACTION,
     beam_pipeline: BeamComponentParameter[beam.Pipeline] = None,
 ):
     """Parses, validates, joins, adds point-in-time features and splits by time.

@@ -9,6 +9,10 @@ SPLITS = ("train", "eval", "test")
 GLOBAL_TIME = "global_time"
 LEAVE_LAST_N = "leave_last_n"
 SPLIT_STRATEGIES = (GLOBAL_TIME, LEAVE_LAST_N)
+# The one place the split defaults live; the Ingestion component and PipelineConfig take them from here.
+DEFAULT_TRAIN_FRACTION = 0.8
+DEFAULT_EVAL_FRACTION = 0.9
+DEFAULT_LEAVE_LAST_N = 1
 
 
 @dataclass(frozen=True)
@@ -22,8 +26,8 @@ class SplitConfig:
     """
 
     strategy: str = GLOBAL_TIME
-    fractions: tuple[float, float] = (0.8, 0.9)
-    leave_last_n: int = 1
+    fractions: tuple[float, float] = (DEFAULT_TRAIN_FRACTION, DEFAULT_EVAL_FRACTION)
+    leave_last_n: int = DEFAULT_LEAVE_LAST_N
 
     def __post_init__(self):
         if self.strategy not in SPLIT_STRATEGIES:
