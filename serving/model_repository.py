@@ -15,6 +15,13 @@ version: the newer ones stay on disk but are unloaded.
 Every change happens under a lock file and is atomic on disk: a version is
 copied aside (`.incoming-*`, which TF Serving ignores) and renamed into place;
 the config files are written aside and replaced.
+
+A push can carry extras that belong to exactly that version -- the two-tower's
+ScaNN index and item embeddings, the evaluation settings the recommender needs
+(the re-ranking weight) -- under `<version>/assets.extra/towerflow/<name>`
+(TF Serving ignores `assets.extra` except for warm-up requests). They land in
+the same rename as the SavedModel, so a version directory never holds a model
+with another version's index.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import fcntl
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +45,7 @@ STABLE = "stable"
 CANARY = "canary"
 _LOCK_FILE = ".towerflow-serving.lock"
 _SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
+EXTRAS_DIR = os.path.join("assets.extra", "towerflow")
 
 
 @dataclass(frozen=True)
@@ -183,13 +191,25 @@ def _set_model(
         model.version_labels[key] = value
 
 
-def _copy_version(source: Path, base: Path, version: int) -> Path:
-    """Copies aside, then renames: the poller never sees a half-written version."""
+def extras_dir(version_dir: str | os.PathLike) -> Path:
+    """Where a pushed version keeps its extras (see the module docstring)."""
+    return Path(version_dir) / EXTRAS_DIR
+
+
+def _copy_version(source: Path, base: Path, version: int, extras: Mapping[str, str | os.PathLike] | None) -> Path:
+    """Copies aside (with the extras), then renames: the poller never sees a half-written version."""
     base.mkdir(parents=True, exist_ok=True)
     staging = base / f".incoming-{version}-{uuid.uuid4().hex[:8]}"
     target = base / str(version)
     try:
         shutil.copytree(source, staging)
+        for name, path in (extras or {}).items():
+            dest = extras_dir(staging) / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if Path(path).is_dir():
+                shutil.copytree(path, dest, dirs_exist_ok=True)
+            else:
+                shutil.copy2(path, dest)
         os.rename(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -221,8 +241,12 @@ def push(
     canary: bool = False,
     keep_versions: int = 2,
     retain_on_disk: int = 5,
+    extras: Mapping[str, str | os.PathLike] | None = None,
 ) -> PushResult:
     """Copies a SavedModel in as the next version and updates `models.config`.
+
+    `extras` (name -> file or directory) are copied into the version's
+    `assets.extra/towerflow/<name>` in the same atomic step.
 
     A normal push labels the new version `stable` and keeps the previous stable
     one loaded too (`keep_versions`) so a rollback is instant. A canary push
@@ -244,7 +268,10 @@ def push(
         on_disk = versions_on_disk(base)
         known = set(on_disk) | set(existing.model_version_policy.specific.versions if existing else [])
         version = max(known, default=0) + 1
-        _copy_version(source, base, version)
+        for name, path in (extras or {}).items():
+            if not name or "/" in name or name.startswith(".") or not Path(path).exists():
+                raise ValueError(f"bad push extra {name!r} -> {path} (need a plain name and an existing path)")
+        _copy_version(source, base, version, extras)
         before = served_versions(existing, on_disk) if existing is not None else []
         labels = dict(existing.version_labels) if existing is not None else {}
         stable = labels.get(STABLE)

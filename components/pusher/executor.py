@@ -4,11 +4,22 @@ Records on the PushedModel artifact the TFX Pusher's custom properties
 (`pushed` 1/0, `pushed_destination`, `pushed_version`) plus `serving_root`,
 `model_name` and, when nothing was pushed, `not_pushed_reason` -- so lineage
 shows why a model did or did not reach serving.
+
+What the online recommender needs with a model travels inside the pushed
+version (`model_repository.push`'s extras), found through the blessings:
+an IndexEvaluator blessing names the index (`index_uri`): its ScaNN searcher,
+item ids and item embeddings go in as `index`; a ModelEvaluator blessing holds
+the evaluation: its re-ranking settings (weight, depth, score) and headline
+metrics go in as `evaluation.json`. So the service reads a version's index and
+re-ranking weight from the version itself, never from another run.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import tempfile
 from typing import Any
 
 from tfx.dsl.components.base import base_executor
@@ -21,6 +32,10 @@ log = logging.getLogger(__name__)
 MODEL_KEY = "model"
 BLESSINGS_KEY = "blessings"
 PUSHED_MODEL_KEY = "pushed_model"
+INDEX_EXTRA = "index"  # the ScaNN index directory (components/index/scann_index.py layout)
+EVALUATION_EXTRA = "evaluation.json"  # re-ranking settings + headline metrics of the blessing evaluation
+_INDEX_SUBDIR = "index"  # IndexBuilder writes the ScaNN index under <index_uri>/index
+_MODEL_EVALUATION_FILE = "model_evaluation.json"
 
 
 def unblessed(blessings) -> list[str]:
@@ -42,6 +57,34 @@ def serving_model_dir(model_uri: str, subdir: str) -> str:
     raise FileNotFoundError(f"no SavedModel in the Model artifact {model_uri} (looked in {subdir or '.'} and .)")
 
 
+def serving_extras(blessings, workdir: str) -> dict[str, str]:
+    """The extras to push with the model, found through its blessings (see the module docstring)."""
+    extras = {}
+    for blessing in blessings:
+        if blessing.has_custom_property("index_uri"):
+            index_dir = os.path.join(blessing.get_string_custom_property("index_uri"), _INDEX_SUBDIR)
+            if os.path.isdir(index_dir):
+                extras[INDEX_EXTRA] = index_dir
+        evaluation_path = os.path.join(blessing.uri, _MODEL_EVALUATION_FILE)
+        if os.path.isfile(evaluation_path):
+            with open(evaluation_path, encoding="utf-8") as f:
+                result = json.load(f)
+            config = result.get("config", {})
+            summary = {
+                "blessing_uri": blessing.uri,
+                "rerank_weight": config.get("rerank_weight"),
+                "rerank_depth": config.get("rerank_depth"),
+                "rerank_score": config.get("rerank_score"),
+                "test_cutoff": result.get("data", {}).get("test_cutoff"),
+                "metrics": {name: r.get("metrics", {}).get("all", {}) for name, r in result.get("reports", {}).items()},
+            }
+            path = os.path.join(workdir, EVALUATION_EXTRA)
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump(summary, f, indent=2)
+            extras[EVALUATION_EXTRA] = path
+    return extras
+
+
 class Executor(base_executor.BaseExecutor):
     def Do(self, input_dict: dict[str, list], output_dict: dict[str, list], exec_properties: dict[str, Any]) -> None:  # noqa: N802
         model = artifact_utils.get_single_instance(input_dict[MODEL_KEY])
@@ -58,14 +101,18 @@ class Executor(base_executor.BaseExecutor):
             pushed.set_int_custom_property("pushed", 0)
             pushed.set_string_custom_property("not_pushed_reason", reason)
             return
-        result = repo.push(
-            serving_root,
-            name,
-            serving_model_dir(model.uri, exec_properties.get("model_subdir") or ""),
-            canary=bool(exec_properties.get("canary")),
-            keep_versions=int(exec_properties.get("keep_versions") or 2),
-            retain_on_disk=int(exec_properties.get("retain_on_disk") or 5),
-        )
+        with tempfile.TemporaryDirectory() as workdir:
+            extras = serving_extras(blessings, workdir)
+            result = repo.push(
+                serving_root,
+                name,
+                serving_model_dir(model.uri, exec_properties.get("model_subdir") or ""),
+                canary=bool(exec_properties.get("canary")),
+                keep_versions=int(exec_properties.get("keep_versions") or 2),
+                retain_on_disk=int(exec_properties.get("retain_on_disk") or 5),
+                extras=extras,
+            )
+        pushed.set_json_value_custom_property("pushed_extras", sorted(extras))
         pushed.set_int_custom_property("pushed", 1)
         pushed.set_string_custom_property("pushed_destination", result.path)
         pushed.set_string_custom_property("pushed_version", str(result.version))
