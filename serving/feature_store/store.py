@@ -1,0 +1,336 @@
+"""The online feature store: what the recommend service reads and writes, on Redis or Redis Cluster.
+
+Reads are one round trip after the active version is known (a pipeline of
+HGETALL / ZRANGEBYSCORE / ZCOUNT calls), and every feature is computed by THE
+functions of `models.features` from the raw state the store keeps: a user's
+events go through `history_features`, an item's interaction timestamps through
+`item_features_at`, the request time through `context_features`.
+
+Writes (`record_event`, `delete_user`) live in `writes.py`; this module holds
+the interface, the reads and the embedding cache.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import redis
+
+from towerflow.models import features
+from towerflow.serving.feature_store import keys
+from towerflow.serving.feature_store.errors import NotMaterialized, unavailable_on_redis_errors
+from towerflow.serving.feature_store.event_log import EventLog
+from towerflow.serving.feature_store.privacy import DeletionLedger
+from towerflow.serving.feature_store.writes import WritesMixin
+
+# What ingestion writes for a user without a users-table row (components/ingestion/beam_ingest.py).
+USER_DEFAULTS = {features.USER_AGE: -1, features.USER_GENDER: "", features.USER_OCCUPATION: "", features.USER_ZIP: ""}
+EMBEDDING_KINDS = ("query", "user", "item")  # query/user are keyed by user id, item by item id
+
+
+@dataclass
+class StoreConfig:
+    """Behaviour of one store client; paths come in from the command that opens the store."""
+
+    events_dir: str | None = None  # event log (JSONL) directory; None: events are not logged to disk
+    ledger_path: str | None = None  # deletion ledger; None: delete_user keeps no ledger
+    # Readers cache the active version this long; the materializer keeps a replaced version
+    # `retire_after_seconds` (longer) before deleting it, so a cached version is always whole.
+    active_cache_seconds: float = 0.5
+    max_future_seconds: int = 300  # an event timestamp further ahead of the clock is a client bug
+    max_id_length: int = 128
+    # Implicit events (click, view, ...) enter the history with this rating: the models train on
+    # explicit ratings, and an item the user chose to open reads as a like (models.features.LIKED_THRESHOLD).
+    implicit_rating: float = features.LIKED_THRESHOLD
+    rating_range: tuple[float, float] = (0.5, 5.0)
+    fsync_event_log: bool = False
+
+    def __post_init__(self):
+        if self.active_cache_seconds < 0:
+            raise ValueError(f"active_cache_seconds must be >= 0, got {self.active_cache_seconds}")
+        lo, hi = self.rating_range
+        if not lo <= self.implicit_rating <= hi:
+            raise ValueError(f"implicit_rating {self.implicit_rating} is outside rating_range {self.rating_range}")
+
+
+@dataclass
+class _Active:
+    version: str
+    meta: dict
+    fetched: float = field(default_factory=time.monotonic)
+
+
+class _CompressedTimestamps(Sequence):
+    """An item's sorted timestamps before `as_of` without fetching them all: `n_old` copies of the first
+    timestamp (every interaction before the recent window) followed by the window's real timestamps.
+
+    `features.item_features_at` only bisects and reads element 0, and on this sequence both give exactly
+    what they give on the full list, so the one function stays the only implementation.
+    """
+
+    def __init__(self, first: int, n_old: int, recent: list[int]):
+        self._first, self._n_old, self._recent = first, n_old, recent
+
+    def __len__(self) -> int:
+        return self._n_old + len(self._recent)
+
+    def __getitem__(self, index: int) -> int:
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return self._first if index < self._n_old else self._recent[index - self._n_old]
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class FeatureStore(WritesMixin):
+    """One interface over a standalone Redis or a Redis Cluster client (same keys, same behaviour)."""
+
+    def __init__(self, client, config: StoreConfig | None = None):
+        self.client = client
+        self.config = config or StoreConfig()
+        self._active: _Active | None = None
+        self.event_log = (
+            EventLog(self.config.events_dir, fsync=self.config.fsync_event_log) if self.config.events_dir else None
+        )
+        self.ledger = DeletionLedger(self.config.ledger_path) if self.config.ledger_path else None
+
+    # --- versions --------------------------------------------------------------
+
+    def _load_active(self, fresh: bool = False) -> _Active:
+        cached = self._active
+        if not fresh and cached and time.monotonic() - cached.fetched < self.config.active_cache_seconds:
+            return cached
+        with unavailable_on_redis_errors():
+            version = self.client.get(keys.ACTIVE)
+            if version is None:
+                raise NotMaterialized(
+                    "the feature store holds no materialization; run `towerflow features materialize`"
+                )
+            version = _text(version)
+            if cached and cached.version == version:
+                cached.fetched = time.monotonic()
+                return cached
+            raw_meta = self.client.hgetall(keys.Keys(version).meta)
+        meta = {_text(k): json.loads(v) for k, v in raw_meta.items()}
+        self._active = _Active(version, meta)
+        return self._active
+
+    @property
+    def feature_set_id(self) -> str:
+        """The active materialization's version, "<ingestion run>-<n>"."""
+        return self._load_active(fresh=True).version
+
+    @property
+    def metadata(self) -> dict:
+        """What the active materialization was made from: source, as_of, history_length, counts."""
+        return dict(self._load_active().meta)
+
+    def _keys(self) -> tuple[keys.Keys, dict]:
+        active = self._load_active()
+        return keys.Keys(active.version), active.meta
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.client.ping())
+        except redis.RedisError:
+            return False
+
+    def _pipeline(self):
+        return self.client.pipeline(transaction=False)
+
+    # --- users -------------------------------------------------------------------
+
+    @staticmethod
+    def _profile(raw: dict) -> dict:
+        profile = {_text(k): _text(v) for k, v in raw.items()}
+        profile[features.USER_AGE] = int(profile[features.USER_AGE])
+        return profile
+
+    @staticmethod
+    def _events(rows) -> list[features.Event]:
+        out = []
+        for member, score in rows:
+            item_id, rating, _ = keys.parse_event_member(member)
+            out.append(features.Event(int(score), item_id, rating))
+        return out
+
+    def user_profile(self, user_id: str) -> dict | None:
+        """The user's raw USER_FEATURES, or None for a user the store does not know."""
+        k, _ = self._keys()
+        with unavailable_on_redis_errors():
+            raw = self.client.hgetall(k.profile(user_id))
+        return {features.USER_ID: user_id, **self._profile(raw)} if raw else None
+
+    def user_events(self, user_id: str, before: int | None = None) -> list[features.Event]:
+        """The user's events strictly before `before` (all when None), oldest first."""
+        k, _ = self._keys()
+        upper = "+inf" if before is None else f"({int(before)}"
+        with unavailable_on_redis_errors():
+            rows = self.client.zrangebyscore(k.history(user_id), "-inf", upper, withscores=True)
+        return sorted(self._events(rows))
+
+    def query_features(self, user_id: str, as_of: int) -> dict:
+        """Raw QUERY_FEATURES as retrieval uses them, at `as_of` (only events strictly before it)."""
+        as_of = int(as_of)
+        k, meta = self._keys()
+        with unavailable_on_redis_errors():
+            pipe = self._pipeline()
+            pipe.hgetall(k.profile(user_id))
+            pipe.zrangebyscore(k.history(user_id), "-inf", f"({as_of}", withscores=True)
+            raw_profile, rows = pipe.execute()
+        profile = self._profile(raw_profile) if raw_profile else dict(USER_DEFAULTS)
+        history_length = int(meta.get("history_length", features.DEFAULT_HISTORY_LENGTH))
+        return {
+            features.USER_ID: user_id,
+            **profile,
+            **features.history_features(self._events(rows), as_of, history_length),
+            **features.context_features(as_of),
+        }
+
+    # --- items -------------------------------------------------------------------
+
+    @staticmethod
+    def _item(item_id: str, raw: dict) -> dict | None:
+        if not raw:
+            return None
+        fields = {_text(k): _text(v) for k, v in raw.items()}
+        return {
+            features.ITEM_ID: item_id,
+            features.ITEM_TITLE: fields[features.ITEM_TITLE],
+            features.ITEM_GENRES: json.loads(fields[features.ITEM_GENRES]),
+            features.ITEM_RELEASE_YEAR: int(fields[features.ITEM_RELEASE_YEAR]),
+        }
+
+    def items(self, item_ids: Iterable[str]) -> list[dict | None]:
+        """Item features (id, title, genres, release year) per id; None for an id not in the catalog."""
+        item_ids = list(item_ids)
+        k, _ = self._keys()
+        with unavailable_on_redis_errors():
+            pipe = self._pipeline()
+            for item_id in item_ids:
+                pipe.hgetall(k.item(item_id))
+            raws = pipe.execute()
+        return [self._item(i, raw) for i, raw in zip(item_ids, raws)]
+
+    def item_features_at(self, item_ids: Iterable[str], as_of: int) -> list[dict]:
+        """`features.item_features_at` per item at `as_of`, from three sorted-set reads per item."""
+        item_ids = list(item_ids)
+        as_of = int(as_of)
+        window_start = as_of - int(features.RECENT_WINDOW_DAYS * features.SECONDS_PER_DAY)
+        k, _ = self._keys()
+        with unavailable_on_redis_errors():
+            pipe = self._pipeline()
+            for item_id in item_ids:
+                key = k.item_times(item_id)
+                pipe.zcount(key, "-inf", f"({window_start}")
+                pipe.zrange(key, 0, 0, withscores=True)
+                pipe.zrangebyscore(key, window_start, f"({as_of}", withscores=True)
+            replies = pipe.execute()
+        out = []
+        for i in range(len(item_ids)):
+            n_old, first, recent = replies[3 * i : 3 * i + 3]
+            recent_ts = [int(score) for _, score in recent]
+            first_ts = int(first[0][1]) if first else 0
+            out.append(features.item_features_at(_CompressedTimestamps(first_ts, n_old, recent_ts), as_of))
+        return out
+
+    def all_item_ids(self) -> list[str]:
+        k, _ = self._keys()
+        with unavailable_on_redis_errors():
+            return sorted(_text(i) for i in self.client.smembers(k.items))
+
+    # --- popularity --------------------------------------------------------------
+
+    def popular_items(
+        self, as_of: int, k: int, window_days: float | None = None, segment: dict | None = None
+    ) -> list[tuple[str, float]]:
+        """The k items with most events strictly before `as_of` in the window (None = all time), optionally
+        only events of users in a demographic segment; best first, ties by item id.
+
+        Whole days inside the window are read from per-day counters, the partial days at its edges from
+        that day's event set, so the counts are exact to the second.
+        """
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if window_days is not None and window_days <= 0:
+            raise ValueError(f"window_days must be > 0, got {window_days}")
+        seg = keys.segment_name(segment)
+        as_of = int(as_of)
+        start = None if window_days is None else as_of - int(window_days * keys.SECONDS_PER_DAY)
+        names, _ = self._keys()
+        with unavailable_on_redis_errors():
+            lo = "-inf" if start is None else keys.day_of(start)
+            days = [int(float(d)) for d in self.client.zrangebyscore(names.days, lo, keys.day_of(as_of))]
+            pipe = self._pipeline()
+            plan = []
+            for day in days:
+                day_start, day_end = day * keys.SECONDS_PER_DAY, (day + 1) * keys.SECONDS_PER_DAY
+                if (start is None or day_start >= start) and day_end <= as_of:
+                    pipe.hgetall(names.day_counts(day, seg))
+                    plan.append("counts")
+                else:
+                    low = day_start if start is None else max(start, day_start)
+                    pipe.zrangebyscore(names.day_events(day), low, f"({min(as_of, day_end)}")
+                    plan.append("events")
+            replies = pipe.execute()
+        wanted = set(seg.split("|")) if seg else set()
+        totals: Counter = Counter()
+        for kind, reply in zip(plan, replies):
+            if kind == "counts":
+                for item, n in reply.items():
+                    totals[_text(item)] += int(n)
+                continue
+            for member in reply:
+                item, bucket, gender, _ = _text(member).split(keys.SEP)
+                if wanted <= {f"a:{bucket}", f"g:{gender}"}:
+                    totals[item] += 1
+        ranked = sorted(((n, item) for item, n in totals.items() if n > 0), key=lambda p: (-p[0], p[1]))
+        return [(item, float(n)) for n, item in ranked[:k]]
+
+    # --- embedding cache ---------------------------------------------------------
+
+    def _embedding_key(self, kind: str, key: str) -> str:
+        if kind not in EMBEDDING_KINDS:
+            raise ValueError(f"embedding kind must be one of {EMBEDDING_KINDS}, got {kind!r}")
+        k, _ = self._keys()
+        return k.item_embeddings(key) if kind == "item" else k.user_embeddings(key)
+
+    def get_cached_embedding(self, kind: str, key: str, version: int) -> np.ndarray | None:
+        """The cached vector, or None when absent, expired or invalidated by an event."""
+        name = self._embedding_key(kind, key)
+        with unavailable_on_redis_errors():
+            raw = self.client.hget(name, f"{kind}:{version}")
+        if raw is None:
+            return None
+        (expires,) = struct.unpack_from("<d", raw)
+        if expires <= time.time():
+            return None
+        return np.frombuffer(raw, dtype="<f4", offset=8).copy()
+
+    def set_cached_embedding(self, kind: str, key: str, version: int, vector, ttl_seconds: float) -> None:
+        """Caches a float32 vector; fields expire one by one (checked on read), the hash with the longest TTL."""
+        if ttl_seconds <= 0:
+            raise ValueError(f"ttl_seconds must be > 0, got {ttl_seconds}")
+        name = self._embedding_key(kind, key)
+        payload = struct.pack("<d", time.time() + ttl_seconds) + np.asarray(vector, dtype="<f4").tobytes()
+        with unavailable_on_redis_errors():
+            pipe = self._pipeline()
+            pipe.hset(name, f"{kind}:{version}", payload)
+            pipe.expire(name, max(1, int(np.ceil(ttl_seconds))), gt=True)
+            pipe.expire(name, max(1, int(np.ceil(ttl_seconds))), nx=True)
+            pipe.execute()
+
+    def invalidate_user_embeddings(self, user_id: str) -> None:
+        k, _ = self._keys()
+        with unavailable_on_redis_errors():
+            self.client.delete(k.user_embeddings(user_id))
