@@ -1,7 +1,5 @@
-"""`towerflow compile`, `towerflow lineage` and `towerflow runs`: the Kubeflow and ML Metadata commands.
+"""`towerflow lineage` and `towerflow runs`: what ML Metadata knows about models and runs.
 
-    towerflow compile --target kubeflow --image gcr.io/p/towerflow:1 --pipeline-root gs://b/root \\
-        --data-dir data/ml-100k --data-uri gs://b/data/ml-100k --output build/towerflow_kfp.json
     towerflow lineage --model two_tower --version 3            # a served model version
     towerflow lineage --uri runs/local/pipeline_root/TwoTowerTrainer/model/22 --format dot > lineage.dot
     towerflow runs --metadata runs/local/metadata.sqlite
@@ -88,81 +86,8 @@ def _runs(args) -> None:
     print(lineage.format_runs(runs, verbose=not args.brief))
 
 
-def _component_beam_args(values: list[str] | None) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for value in values or []:
-        component, sep, arg = value.partition("=")
-        if not sep or not arg.startswith("--"):
-            raise ValueError(f"--component-beam-arg takes COMPONENT=--beam_flag=value, got {value!r}")
-        out.setdefault(component, []).append(arg)
-    return out
-
-
-def _compile(args) -> None:
-    from towerflow.pipeline import kubeflow_runner
-    from towerflow.pipeline.config import IngestionConfig, PipelineConfig
-
-    if args.target != "kubeflow":
-        raise ValueError(f"unknown compile target {args.target!r}; supported: kubeflow")
-    config = PipelineConfig(
-        data_dir=args.data_dir,
-        pipeline_root=args.pipeline_root,
-        metadata_path="",  # KFP / Vertex record MLMD themselves
-        pipeline_name=args.pipeline_name,
-        ingestion=IngestionConfig(
-            dataset_format=args.format,
-            split_strategy=args.split,
-            train_fraction=args.train_fraction,
-            eval_fraction=args.eval_fraction,
-        ),
-        beam_pipeline_args=kubeflow_runner.kubeflow_beam_args(args.beam_arg or []),
-        train_models=not args.no_train,
-        two_tower={"epochs": args.epochs} if args.epochs else {},
-        ranking={"epochs": args.epochs} if args.epochs else {},
-    )
-    compiled = kubeflow_runner.compile_pipeline(
-        config,
-        image=args.image,
-        output_path=args.output,
-        data_uri=args.data_uri,
-        schema_uri=args.schema_uri,
-        component_beam_args=_component_beam_args(args.component_beam_arg),
-    )
-    print(compiled.format())
-    print(f"  Ingestion reads {args.data_uri or os.path.abspath(args.data_dir)}; make sure the cluster can too")
-
-
 def add_commands(subparsers) -> None:
-    """Registers `compile`, `lineage` and `runs` on the `towerflow` sub-command parsers."""
-    from towerflow.pipeline.kubeflow_runner import IMAGE_SCHEMA_PATH
-
-    comp = subparsers.add_parser("compile", help="compile the pipeline for Kubeflow Pipelines v2 / Vertex AI")
-    comp.add_argument("--target", default="kubeflow", help="only kubeflow (KubeflowV2DagRunner) for now")
-    comp.add_argument("--image", required=True, help="pipeline container image built from the Dockerfile")
-    comp.add_argument("--pipeline-root", required=True, help="artifact root the cluster writes, e.g. gs://bucket/root")
-    comp.add_argument("--output", default="build/towerflow_kubeflow.json", help="PipelineJob JSON to write")
-    comp.add_argument("--data-dir", default="data/ml-100k", help="local copy of the data (format, fingerprint)")
-    comp.add_argument("--data-uri", default=None, help="where the cluster reads the same data (default: --data-dir)")
-    comp.add_argument("--schema-uri", default=IMAGE_SCHEMA_PATH, help="the schema's path inside the image or a URI")
-    comp.add_argument("--pipeline-name", default="towerflow")
-    comp.add_argument("--format", default=None, help="dataset format (default: detected from --data-dir)")
-    comp.add_argument("--split", default="global_time", choices=["global_time", "leave_last_n"])
-    comp.add_argument("--train-fraction", type=float, default=0.8)
-    comp.add_argument("--eval-fraction", type=float, default=0.9)
-    comp.add_argument("--epochs", type=int, default=None, help="override both models' epochs")
-    comp.add_argument("--no-train", action="store_true", help="data-only pipeline (no Transform/Trainers)")
-    comp.add_argument(
-        "--beam-arg",
-        action="append",
-        help="Beam arg for every Beam component, e.g. --beam-arg=--runner=DataflowRunner (repeat)",
-    )
-    comp.add_argument(
-        "--component-beam-arg",
-        action="append",
-        help="Beam arg for one component, e.g. --component-beam-arg=Ingestion=--runner=FlinkRunner (repeat)",
-    )
-    comp.set_defaults(func=_compile)
-
+    """Registers `lineage` and `runs` on the `towerflow` sub-command parsers."""
     lin = subparsers.add_parser("lineage", help="where a served model came from, read from ML Metadata")
     lin.add_argument("--model", default=None, help="served model name (the Pusher's <serving_root>/<name>)")
     lin.add_argument("--version", default=None, help="served version (default: the newest pushed)")

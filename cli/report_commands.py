@@ -16,15 +16,14 @@ from pathlib import Path
 
 def latest_report_dir(metadata_path: str) -> str:
     """The blessing directory of the newest ModelEvaluator output recorded in the MLMD store."""
-    from ml_metadata import metadata_store
     from ml_metadata.proto import metadata_store_pb2
 
     from towerflow.components.evaluation.model_evaluator import EVALUATION_FILE
-    from towerflow.pipeline.local_runner import execution_nodes, sqlite_connection
+    from towerflow.pipeline.mlmd import execution_nodes, open_store
 
     if not Path(metadata_path).is_file():
         raise FileNotFoundError(f"no ML Metadata store at {metadata_path}; run `towerflow run` first")
-    store = metadata_store.MetadataStore(sqlite_connection(metadata_path))
+    store = open_store(metadata_path)
     nodes = execution_nodes(store)
     outputs = [
         e.artifact_id

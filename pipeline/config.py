@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from towerflow.components.ingestion.splits import SPLIT_STRATEGIES
+from towerflow.components.ingestion.component import DEFAULT_MAX_BAD_FRACTION
+from towerflow.components.ingestion.splits import (
+    DEFAULT_EVAL_FRACTION,
+    DEFAULT_LEAVE_LAST_N,
+    DEFAULT_TRAIN_FRACTION,
+    GLOBAL_TIME,
+    SPLIT_STRATEGIES,
+)
+from towerflow.models.features import DEFAULT_HISTORY_LENGTH
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SCHEMA = REPO_ROOT / "schemas" / "schema.pbtxt"
+DEFAULT_DATA_DIR = "data/ml-100k"
 
 
 def default_beam_args(workers: int | None = None) -> list[str]:
@@ -24,12 +34,12 @@ class IngestionConfig:
     """How raw logs become examples. See components/ingestion/beam_ingest.py."""
 
     dataset_format: str | None = None  # None: detected from the files
-    split_strategy: str = "global_time"
-    train_fraction: float = 0.8
-    eval_fraction: float = 0.9
-    leave_last_n: int = 1
-    history_length: int = 20
-    max_bad_fraction: float = 0.01
+    split_strategy: str = GLOBAL_TIME
+    train_fraction: float = DEFAULT_TRAIN_FRACTION
+    eval_fraction: float = DEFAULT_EVAL_FRACTION
+    leave_last_n: int = DEFAULT_LEAVE_LAST_N
+    history_length: int = DEFAULT_HISTORY_LENGTH
+    max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION
 
     def __post_init__(self):
         if self.split_strategy not in SPLIT_STRATEGIES:
@@ -44,6 +54,42 @@ class IngestionConfig:
             raise ValueError(f"history_length must be >= 1, got {self.history_length}")
         if not 0.0 <= self.max_bad_fraction <= 1.0:
             raise ValueError(f"max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
+
+
+@dataclass
+class _ComponentParameters:
+    """Settings of one custom component; None leaves the component's own default (its signature is the
+    one place a default lives), so only what the user set becomes a parameter."""
+
+    def parameters(self) -> dict:
+        values = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        return {k: json.dumps(v, sort_keys=True) if isinstance(v, dict) else v for k, v in values.items()}
+
+
+@dataclass
+class IndexBuilderConfig(_ComponentParameters):
+    """IndexBuilder settings (components/index/component.py)."""
+
+    num_neighbors: int | None = None
+    scann_overrides: dict | None = None  # ScaNN builder settings by name, e.g. {"num_leaves": 200}
+    brute_force_below: int | None = None
+    tree_from: int | None = None
+    leaves_to_search_fraction: float | None = None
+    batch_size: int | None = None
+
+
+@dataclass
+class IndexEvaluatorConfig(_ComponentParameters):
+    """IndexEvaluator settings: the ANN blessing thresholds and how they are measured."""
+
+    split: str | None = None
+    num_queries: int | None = None
+    latency_queries: int | None = None
+    ks: str | None = None
+    min_recall_at_10: float | None = None
+    min_recall_at_100: float | None = None
+    max_p99_latency_ms: float | None = None
+    seed: int | None = None
 
 
 @dataclass
@@ -69,8 +115,8 @@ class PipelineConfig:
     # then fit on train+eval, all the data before the test cut-off (on ml-100k: two-tower NDCG@10
     # 0.339 -> 0.351, benchmarks/results/model_quality.md). ("train",) keeps eval held out.
     train_splits: tuple[str, ...] = ("train", "eval")
-    # IndexBuilder / IndexEvaluator parameters overriding their defaults (components/index/component.py).
-    index: dict = field(default_factory=dict)
+    index_builder: IndexBuilderConfig = field(default_factory=IndexBuilderConfig)
+    index_evaluator: IndexEvaluatorConfig = field(default_factory=IndexEvaluatorConfig)
     # Where blessed models are pushed in TF Serving's layout; None: no push.
     serving_root: str | None = None
 
@@ -82,6 +128,56 @@ class PipelineConfig:
             raise ValueError(f"data_dir {self.data_dir!r} is not a directory; run `towerflow data fetch` first")
         if not self.pipeline_name.replace("-", "").replace("_", "").isalnum():
             raise ValueError(f"pipeline_name must be alphanumeric with - or _, got {self.pipeline_name!r}")
+
+    @classmethod
+    def from_args(cls, args, **runner_fields) -> PipelineConfig:
+        """The config of `towerflow run` and `towerflow compile`: the one place where flags become settings.
+
+        `args` holds the shared pipeline flags (cli/pipeline_flags.py), each None when not given, which
+        leaves the default defined on the dataclasses above. `runner_fields` are what only the runner
+        knows: pipeline_root, metadata_path, beam_pipeline_args, serving_root.
+        """
+
+        def given(name: str):
+            return getattr(args, name, None)
+
+        ingestion = {
+            name: given(flag)
+            for name, flag in (
+                ("dataset_format", "format"),
+                ("split_strategy", "split"),
+                ("train_fraction", "train_fraction"),
+                ("eval_fraction", "eval_fraction"),
+                ("leave_last_n", "leave_last_n"),
+                ("history_length", "history_length"),
+                ("max_bad_fraction", "max_bad_fraction"),
+            )
+            if given(flag) is not None
+        }
+        values: dict = {"ingestion": IngestionConfig(**ingestion), "data_dir": given("data_dir") or DEFAULT_DATA_DIR}
+        if given("pipeline_name"):
+            values["pipeline_name"] = given("pipeline_name")
+        if given("infer_schema"):
+            values["schema_path"] = None
+        elif given("schema"):
+            values["schema_path"] = given("schema")
+        if given("no_cache"):
+            values["enable_cache"] = False
+        if given("no_train"):
+            values["train_models"] = False
+        if given("epochs"):
+            values["two_tower"] = {"epochs": given("epochs")}
+            values["ranking"] = {"epochs": given("epochs")}
+        if given("train_splits"):
+            values["train_splits"] = tuple(given("train_splits"))
+        if given("seed") is not None:
+            values["seed"] = given("seed")
+        return cls(**values, **runner_fields)
+
+    def settings(self) -> dict:
+        """Every setting that decides what the pipeline computes (not where it runs), for comparisons."""
+        runner_only = {"pipeline_root", "metadata_path", "beam_pipeline_args", "serving_root", "data_dir"}
+        return {k: v for k, v in asdict(self).items() if k not in runner_only}
 
 
 def code_fingerprint(*packages: str) -> str:

@@ -32,74 +32,15 @@ from datetime import UTC, datetime
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from towerflow.pipeline.mlmd import artifact_properties, execution_nodes
+from towerflow.pipeline import mlmd
+from towerflow.pipeline.mlmd import connection_config, open_store  # noqa: F401 - the store a lineage reads
 
-_EVENT = metadata_store_pb2.Event
-_OUTPUT_EVENTS = (_EVENT.OUTPUT, _EVENT.DECLARED_OUTPUT)
-_INPUT_EVENTS = (_EVENT.INPUT, _EVENT.DECLARED_INPUT)
-_EXECUTION_STATES = {
-    metadata_store_pb2.Execution.UNKNOWN: "unknown",
-    metadata_store_pb2.Execution.NEW: "new",
-    metadata_store_pb2.Execution.RUNNING: "running",
-    metadata_store_pb2.Execution.COMPLETE: "complete",
-    metadata_store_pb2.Execution.FAILED: "failed",
-    metadata_store_pb2.Execution.CACHED: "cached",
-    metadata_store_pb2.Execution.CANCELED: "canceled",
-}
-_ARTIFACT_STATES = {v: k.lower() for k, v in metadata_store_pb2.Artifact.State.items()}
 # Bookkeeping TFX writes on every artifact; it says nothing about lineage.
 _HIDDEN_PROPERTIES = {"tfx_version", "is_external", "stats_dashboard_link", "state"}
 _SPLIT_ORDER = ["train", "eval", "test"]
 # Properties TFX's Evaluator writes on a ModelBlessing to name what was compared, not how well it did.
 _BLESSING_REFERENCES = ("current_model", "current_model_id", "baseline_model", "baseline_model_id")
 PIPELINE_RUN_CONTEXT_TYPES = ("pipeline_run", "system.PipelineRun")  # TFX local/KFP v1; KFP v2 / Vertex
-
-
-# --- connecting -----------------------------------------------------------------------------------------------------
-
-
-def connection_config(
-    metadata_path: str | None = None,
-    *,
-    mysql_host: str | None = None,
-    mysql_port: int = 3306,
-    mysql_database: str | None = None,
-    mysql_user: str | None = None,
-    mysql_password: str | None = None,
-    grpc_host: str | None = None,
-    grpc_port: int = 8080,
-):
-    """ConnectionConfig (SQLite or MySQL) or MetadataStoreClientConfig (gRPC) for `open_store`.
-
-    Exactly one of `metadata_path`, `mysql_host`, `grpc_host` is given. The
-    MySQL password, if any, should come from the environment, not a flag.
-    """
-    chosen = [name for name, value in (("sqlite", metadata_path), ("mysql", mysql_host), ("grpc", grpc_host)) if value]
-    if len(chosen) != 1:
-        raise ValueError(f"give exactly one MLMD store (SQLite path, MySQL host or gRPC host), got {chosen or 'none'}")
-    if grpc_host:
-        return metadata_store_pb2.MetadataStoreClientConfig(host=grpc_host, port=grpc_port)
-    config = metadata_store_pb2.ConnectionConfig()
-    if mysql_host:
-        if not mysql_database:
-            raise ValueError("a MySQL MLMD store needs a database name (--mysql-database)")
-        config.mysql.host = mysql_host
-        config.mysql.port = mysql_port
-        config.mysql.database = mysql_database
-        config.mysql.user = mysql_user or "root"
-        if mysql_password:
-            config.mysql.password = mysql_password
-        return config
-    if not os.path.isfile(metadata_path):
-        raise FileNotFoundError(f"no ML Metadata store at {metadata_path}; run `towerflow run` first")
-    config.sqlite.filename_uri = metadata_path
-    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
-    return config
-
-
-def open_store(metadata_path: str | None = None, **kwargs) -> metadata_store.MetadataStore:
-    """An MLMD store; arguments as for `connection_config`. SQLite stores are opened read-only."""
-    return metadata_store.MetadataStore(connection_config(metadata_path, **kwargs))
 
 
 # --- the lineage graph ----------------------------------------------------------------------------------------------
@@ -170,36 +111,8 @@ class Lineage:
         return to_dict(self)
 
 
-def _value(value: metadata_store_pb2.Value):
-    kind = value.WhichOneof("value")
-    if kind is None:
-        return None
-    if kind == "struct_value":
-        from google.protobuf import json_format
-
-        return json_format.MessageToDict(value.struct_value)
-    if kind == "proto_value":
-        return str(value.proto_value)
-    out = getattr(value, kind)
-    # TFX stores dict/list execution properties (custom_config, splits_config, ...) as JSON strings.
-    if isinstance(out, str) and out[:1] in "{[":
-        try:
-            return json.loads(out)
-        except ValueError:
-            pass
-    return out
-
-
-def _execution_properties(execution: metadata_store_pb2.Execution) -> dict:
-    props = {k: _value(v) for k, v in execution.properties.items()}
-    props.update({k: _value(v) for k, v in execution.custom_properties.items()})
-    return props
-
-
 def _artifact_props(artifact: metadata_store_pb2.Artifact) -> dict:
-    props = {k: _value(v) for k, v in artifact.properties.items()}
-    props.update(artifact_properties(artifact))
-    return {k: v for k, v in props.items() if k not in _HIDDEN_PROPERTIES}
+    return {k: v for k, v in mlmd.property_values(artifact).items() if k not in _HIDDEN_PROPERTIES}
 
 
 def _read_json(path: str):
@@ -216,19 +129,47 @@ def _read_json(path: str):
         return None
 
 
-class _Walker:
-    """Memoised walk over MLMD events; each artifact and execution is read once."""
+def _event_key(event: metadata_store_pb2.Event) -> str:
+    return event.path.steps[0].key if event.path.steps else ""
 
-    def __init__(self, store: metadata_store.MetadataStore):
-        self.store = store
-        self.nodes = execution_nodes(store)
-        self.artifacts: dict[int, ArtifactNode] = {}
-        self.steps: dict[int, StepNode] = {}
+
+class _GraphBuilder:
+    """Turns the upstream lineage query's answer into ArtifactNode / StepNode objects.
+
+    The artifacts, executions and events upstream of the root come from one
+    `get_lineage_subgraph` query; two more fetch every output of those
+    executions (a Trainer's ModelRun sits beside the model, not upstream of it).
+    """
+
+    def __init__(self, store: metadata_store.MetadataStore, artifact_id: int):
+        graph = mlmd.upstream_lineage(store, artifact_id)
+        self.raw_artifacts = {a.id: a for a in graph.artifacts}
+        self.raw_executions = {e.id: e for e in graph.executions}
+        self.producers: dict[int, list[tuple[int, str]]] = {}  # artifact -> (execution, output key)
+        self.inputs: dict[int, list[metadata_store_pb2.Event]] = {}  # execution -> input events
+        for event in graph.events:
+            if event.type in mlmd.OUTPUT_EVENTS:
+                self.producers.setdefault(event.artifact_id, []).append((event.execution_id, _event_key(event)))
+            elif event.type in mlmd.INPUT_EVENTS:
+                self.inputs.setdefault(event.execution_id, []).append(event)
+        self.outputs: dict[int, list[tuple[str, int, str, str]]] = {}
+        output_events = [
+            e for e in store.get_events_by_execution_ids(list(self.raw_executions)) if e.type in mlmd.OUTPUT_EVENTS
+        ]
+        output_artifacts = {a.id: a for a in store.get_artifacts_by_id(list({e.artifact_id for e in output_events}))}
+        for event in output_events:
+            artifact = output_artifacts[event.artifact_id]
+            self.outputs.setdefault(event.execution_id, []).append(
+                (_event_key(event), artifact.id, artifact.type, artifact.uri)
+            )
+        self.nodes = mlmd.execution_nodes(store)
         self._runs: dict[int, str] = {}
         for type_name in PIPELINE_RUN_CONTEXT_TYPES:
             for context in store.get_contexts_by_type(type_name):
                 for execution in store.get_executions_by_context(context.id):
                     self._runs[execution.id] = context.name
+        self.artifacts: dict[int, ArtifactNode] = {}
+        self.steps: dict[int, StepNode] = {}
 
     def component(self, execution: metadata_store_pb2.Execution) -> str:
         if execution.id in self.nodes:
@@ -239,19 +180,18 @@ class _Walker:
     def artifact(self, artifact_id: int) -> ArtifactNode:
         if artifact_id in self.artifacts:
             return self.artifacts[artifact_id]
-        [artifact] = self.store.get_artifacts_by_id([artifact_id])
+        artifact = self.raw_artifacts[artifact_id]
         node = ArtifactNode(
             id=artifact.id,
             type=artifact.type,
             uri=artifact.uri,
-            state=_ARTIFACT_STATES.get(artifact.state, str(artifact.state)),
+            state=mlmd.ARTIFACT_STATES.get(artifact.state, str(artifact.state)),
             properties=_artifact_props(artifact),
         )
         self.artifacts[artifact_id] = node
-        events = [e for e in self.store.get_events_by_artifact_ids([artifact_id]) if e.type in _OUTPUT_EVENTS]
-        if events:
-            keys = {e.execution_id: (e.path.steps[0].key if e.path.steps else "") for e in events}
-            executions = self.store.get_executions_by_id(list(keys))
+        keys = dict(self.producers.get(artifact_id, []))
+        if keys:
+            executions = [self.raw_executions[e] for e in keys]
             # A cached execution re-publishes the artifact it reused: the producer is the one that computed it.
             producer = min(
                 executions, key=lambda e: (e.last_known_state != metadata_store_pb2.Execution.COMPLETE, e.id)
@@ -270,24 +210,17 @@ class _Walker:
             id=execution.id,
             component=self.component(execution),
             type=execution.type,
-            state=_EXECUTION_STATES.get(execution.last_known_state, str(execution.last_known_state)),
+            state=mlmd.state_name(execution),
             run=self._runs.get(execution.id),
             started=execution.create_time_since_epoch / 1000.0,
             finished=execution.last_update_time_since_epoch / 1000.0,
-            properties=_execution_properties(execution),
+            properties=mlmd.property_values(execution),
+            outputs=sorted(self.outputs.get(execution.id, []), key=lambda o: o[1]),
         )
         self.steps[execution.id] = step
-        events = self.store.get_events_by_execution_ids([execution.id])
-        outputs = {e.artifact_id: e for e in events if e.type in _OUTPUT_EVENTS}
-        if outputs:
-            for artifact in self.store.get_artifacts_by_id(list(outputs)):
-                event = outputs[artifact.id]
-                key = event.path.steps[0].key if event.path.steps else ""
-                step.outputs.append((key, artifact.id, artifact.type, artifact.uri))
         # Newest input first: the main chain (model <- transformed examples <- examples) reads top-down.
-        for event in sorted((e for e in events if e.type in _INPUT_EVENTS), key=lambda e: -e.artifact_id):
-            key = event.path.steps[0].key if event.path.steps else ""
-            step.inputs.append((key, self.artifact(event.artifact_id)))
+        for event in sorted(self.inputs.get(execution.id, []), key=lambda e: -e.artifact_id):
+            step.inputs.append((_event_key(event), self.artifact(event.artifact_id)))
         return step
 
 
@@ -345,11 +278,13 @@ def _describe(node: ArtifactNode) -> None:
 
 def trace(store: metadata_store.MetadataStore, artifact_id: int) -> Lineage:
     """The lineage graph upstream of one artifact."""
-    walker = _Walker(store)
-    root = walker.artifact(artifact_id)
-    for node in walker.artifacts.values():
+    builder = _GraphBuilder(store, artifact_id)
+    if artifact_id not in builder.raw_artifacts:
+        raise ValueError(f"no artifact #{artifact_id} in this ML Metadata store")
+    root = builder.artifact(artifact_id)
+    for node in builder.artifacts.values():
         _describe(node)
-    return Lineage(root=root, artifacts=walker.artifacts, steps=walker.steps)
+    return Lineage(root=root, artifacts=builder.artifacts, steps=builder.steps)
 
 
 # --- finding the start point ----------------------------------------------------------------------------------------
@@ -382,7 +317,7 @@ def pushed_models(store: metadata_store.MetadataStore) -> list[PushedModel]:
     """Every model version a Pusher has pushed, oldest first."""
     found = []
     for artifact in store.get_artifacts_by_type("PushedModel"):
-        props = artifact_properties(artifact)
+        props = mlmd.property_values(artifact)
         if props.get("pushed", 1) in (0, False):  # the Pusher records not-blessed models as not pushed
             continue
         found.append(
@@ -426,7 +361,7 @@ def find_artifact(store: metadata_store.MetadataStore, uri: str) -> int:
     for artifact in store.get_artifacts():
         own = artifact.uri.rstrip("/")
         if artifact.type == "PushedModel":
-            destination = str(artifact_properties(artifact).get("pushed_destination", "")).rstrip("/")
+            destination = str(mlmd.property_values(artifact).get("pushed_destination", "")).rstrip("/")
             if destination and (wanted == destination or wanted.startswith(destination + "/")):
                 return artifact.id
         if own and wanted.startswith(own + "/") and (best is None or len(own) > len(best.uri.rstrip("/"))):
@@ -672,7 +607,7 @@ class RunInfo:
 
 def list_runs(store: metadata_store.MetadataStore, pipeline_name: str | None = None) -> list[RunInfo]:
     """Pipeline runs, oldest first, with each execution's component and state."""
-    walker_nodes = execution_nodes(store)
+    walker_nodes = mlmd.execution_nodes(store)
     pipelines = {}
     for context in store.get_contexts_by_type("pipeline"):
         for execution in store.get_executions_by_context(context.id):
@@ -689,7 +624,7 @@ def list_runs(store: metadata_store.MetadataStore, pipeline_name: str | None = N
             for e in executions:
                 task = e.custom_properties.get("task_name")
                 component = walker_nodes.get(e.id) or (task.string_value if task else e.name or e.type)
-                rows.append((component, _EXECUTION_STATES.get(e.last_known_state, str(e.last_known_state)), e.id))
+                rows.append((component, mlmd.state_name(e), e.id))
             started = min((e.create_time_since_epoch for e in executions), default=context.create_time_since_epoch)
             finished = max((e.last_update_time_since_epoch for e in executions), default=started)
             runs.append(RunInfo(context.name, pipeline, started / 1000.0, finished / 1000.0, rows))

@@ -6,7 +6,6 @@ call this; every path and setting comes in through `PipelineConfig`.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -24,27 +23,17 @@ TWO_TOWER_RUN_FN = "towerflow.models.run_fns.run_two_tower"
 RANKING_RUN_FN = "towerflow.models.run_fns.run_ranking"
 
 
-INDEX_BUILDER_PARAMETERS = {
-    "num_neighbors",
-    "scann_overrides",
-    "brute_force_below",
-    "tree_from",
-    "leaves_to_search_fraction",
-    "batch_size",
-}
-
-
 def _index_components(config: PipelineConfig, ingestion, two_tower_trainer) -> list:
     """IndexBuilder (catalog embedded with Beam, ScaNN + brute-force exports) -> IndexEvaluator (blessing)."""
-    builder_args = {k: v for k, v in config.index.items() if k in INDEX_BUILDER_PARAMETERS}
-    evaluator_args = {k: v for k, v in config.index.items() if k not in INDEX_BUILDER_PARAMETERS}
-    if isinstance(builder_args.get("scann_overrides"), dict):
-        builder_args["scann_overrides"] = json.dumps(builder_args["scann_overrides"], sort_keys=True)
     index_builder = IndexBuilder(
-        model=two_tower_trainer.outputs["model"], item_catalog=ingestion.outputs["item_catalog"], **builder_args
+        model=two_tower_trainer.outputs["model"],
+        item_catalog=ingestion.outputs["item_catalog"],
+        **config.index_builder.parameters(),
     )
     index_evaluator = IndexEvaluator(
-        index=index_builder.outputs["index"], examples=ingestion.outputs["examples"], **evaluator_args
+        index=index_builder.outputs["index"],
+        examples=ingestion.outputs["examples"],
+        **config.index_evaluator.parameters(),
     )
     return [index_builder, index_evaluator]
 

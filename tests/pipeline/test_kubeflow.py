@@ -138,10 +138,10 @@ def test_bad_inputs_give_clear_errors(tmp_path):
 
 
 def test_cli_compile_writes_the_spec_and_summarises(tmp_path, capsys):
-    from towerflow.cli import lineage_commands
+    from towerflow.cli import pipeline_commands
 
     parser = argparse.ArgumentParser(prog="towerflow")
-    lineage_commands.add_commands(parser.add_subparsers(dest="command"))
+    pipeline_commands.add_commands(parser.add_subparsers(dest="command"))
     out = tmp_path / "spec.json"
     args = parser.parse_args(
         ["compile", "--target", "kubeflow", "--image", IMAGE, "--pipeline-root", ROOT, "--data-dir", str(DATA)]

@@ -305,7 +305,7 @@ def test_connection_configs_for_sqlite_mysql_and_grpc(tmp_path):
     with pytest.raises(ValueError, match="database"):
         lineage.connection_config(mysql_host="h", mysql_database="")
     with pytest.raises(FileNotFoundError, match="no ML Metadata store"):
-        lineage.connection_config(str(tmp_path / "missing.sqlite"))
+        lineage.connection_config(str(tmp_path / "missing.sqlite"), read_only=True)
 
 
 def _cli(argv):

@@ -5,12 +5,12 @@ import os
 import numpy as np
 import pytest
 from ingestion_checks import assert_no_leakage, read_examples, read_quarantine
-from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 from pipeline_components import PUSHERS, TRAINED_COMPONENTS
 
 from towerflow.components.ingestion import readers
-from towerflow.pipeline.local_runner import execution_nodes, run_local, sqlite_connection
+from towerflow.pipeline.local_runner import run_local
+from towerflow.pipeline.mlmd import execution_nodes, open_store
 
 pytestmark = pytest.mark.e2e
 
@@ -24,14 +24,14 @@ def ml100k_run(pipeline_run):
 
 def test_every_component_completes_and_progress_is_reported(ml100k_run):
     _, summary, messages = ml100k_run
-    assert dict(summary.executions) == {name: "done" for name in COMPONENTS}
-    assert any("Ingestion" in m and "done" in m for m in messages)
+    assert dict(summary.executions) == {name: "complete" for name in COMPONENTS}
+    assert any("Ingestion" in m and "complete" in m for m in messages)
     assert "Splits (global_time)" in summary.format()
 
 
 def test_examples_artifact_records_splits_cutoffs_and_counts(ml100k_run, ml100k_dir):
     config, summary, _ = ml100k_run
-    store = metadata_store.MetadataStore(sqlite_connection(config.metadata_path))
+    store = open_store(config.metadata_path)
     # Transform's transformed_examples are Examples too: take the one MLMD records as Ingestion's output
     nodes = execution_nodes(store)
     ingested = {
@@ -84,4 +84,4 @@ def test_rerun_with_unchanged_inputs_is_cached(ml100k_run):
     assert {name: states[name] for name in COMPONENTS - RE_EVALUATED} == {
         name: "cached" for name in COMPONENTS - RE_EVALUATED
     }
-    assert states["ModelEvaluator"] == "done"
+    assert states["ModelEvaluator"] == "complete"
