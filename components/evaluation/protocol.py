@@ -214,6 +214,11 @@ class EvalReport:
     ``metrics[slice]["recall@10"]`` etc. for slices "all", "warm", "cold" and caller-given ones;
     ``n_users[slice]``; ``beyond_accuracy`` holds "coverage@K", "gini@K", "avg_popularity@K" and,
     when genres were given, "diversity@K". A slice without users has nan metrics.
+
+    ``per_user["ndcg@10"]`` etc. keep each test user's value (aligned with ``user_ids``; ``masks``
+    holds each slice's users as a boolean vector), so two recommenders scored on the same
+    ``EvalSet`` can be compared user by user (``components.evaluation.statistics``).
+    ``to_dict`` leaves them out; ``per_user_dict`` gives them in JSON form.
     """
 
     ks: tuple[int, ...]
@@ -221,6 +226,9 @@ class EvalReport:
     metrics: dict[str, dict[str, float]]
     beyond_accuracy: dict[str, float]
     n_dropped_users: int = 0
+    user_ids: tuple[str, ...] = ()
+    per_user: dict[str, np.ndarray] = field(default_factory=dict)
+    masks: dict[str, np.ndarray] = field(default_factory=dict)
 
     def metric(self, name: str, k: int, slice_name: str = "all") -> float:
         return self.metrics[slice_name][f"{name}@{k}"]
@@ -238,6 +246,11 @@ class EvalReport:
             "metrics": {s: {k: clean(v) for k, v in m.items()} for s, m in self.metrics.items()},
             "beyond_accuracy": {k: clean(v) for k, v in self.beyond_accuracy.items()},
         }
+
+    def per_user_dict(self, metrics: Sequence[str] | None = None) -> dict[str, list[float | None]]:
+        """Per-user values of ``metrics`` (default: all), JSON-ready (nan -> None), aligned with ``user_ids``."""
+        names = list(self.per_user) if metrics is None else list(metrics)
+        return {m: [None if math.isnan(v) else float(v) for v in self.per_user[m]] for m in names}
 
     def format_table(self, digits: int = 3) -> str:
         """Plain-text table: one row per slice, one column per metric@K; then beyond-accuracy."""
@@ -347,6 +360,9 @@ def evaluate(
         metrics=metric_values,
         beyond_accuracy=beyond,
         n_dropped_users=eval_set.n_dropped_users,
+        user_ids=tuple(users),
+        per_user=per_user,
+        masks=masks,
     )
 
 

@@ -1,0 +1,352 @@
+"""Non-neural baselines the models must beat, with their settings chosen the way the models' are.
+
+    popularity          all-time counts (train+eval), ties by item id descending: the protocol's
+                        reference (protocol.PopularityRecommender)
+    recent_popularity   counts over the last `window_days` before the cut-off; ties by all-time count
+    segment_popularity  counts among users of the same age bucket x gender; ties by all-time count
+    item_knn            cosine similarity of items over the user co-occurrence matrix, each item keeping
+                        its `neighbors` most similar items (0 = all); a user's score for an item is the
+                        sum of its similarities to the user's items
+    ease                EASE (Steck 2019, "Embarrassingly Shallow Autoencoders"): B = I - P diagMat(1 /
+                        diag(P)), P = (X^T X + lambda I)^-1; a user's scores are x_u B
+
+item_knn and ease rank items the user's history says nothing about (and every item, for a cold
+user) by recent popularity with its chosen window, so cold users get the strongest popularity.
+
+Settings rule (the models follow the same one): every setting is chosen on the EVAL window with a
+fit on train only (`select`), scoring each grid value by the protocol's own `evaluate` on the eval
+window; the chosen setting is then refit on train+eval, everything before the test cut-off, and
+that is what gets scored on the test window. Nothing here looks at the test window.
+
+A baseline is a callable `recommend(user_ids, k, exclude) -> lists`, like every recommender the
+protocol scores. No TensorFlow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from towerflow.components.evaluation.protocol import EvalSet, PopularityRecommender, evaluate
+from towerflow.components.evaluation.slices import demographic_segments
+from towerflow.models import features as F
+
+POPULARITY = "popularity"
+RECENT_POPULARITY = "recent_popularity"
+SEGMENT_POPULARITY = "segment_popularity"
+ITEM_KNN = "item_knn"
+EASE = "ease"
+BASELINES = (POPULARITY, RECENT_POPULARITY, SEGMENT_POPULARITY, ITEM_KNN, EASE)
+SECONDS_PER_DAY = 86_400
+_CHUNK_USERS = 512
+
+
+@dataclass(frozen=True)
+class BaselineGrids:
+    """The values each setting is chosen from on the eval window, and the metric that chooses."""
+
+    recent_days: tuple[float, ...] = (1, 3, 7, 14, 30, 60, 90)
+    knn_neighbors: tuple[int, ...] = (10, 25, 50, 100, 200, 0)
+    ease_lambdas: tuple[float, ...] = (10, 50, 100, 250, 500, 1000, 2500)
+    metric: str = "ndcg@10"
+    max_ease_items: int = 20_000  # EASE inverts an items x items matrix
+
+    def __post_init__(self):
+        name, sep, k = self.metric.partition("@")
+        if not sep or not k.isdigit() or name not in ("recall", "hit_rate", "ndcg", "map"):
+            raise ValueError(f"metric must look like 'ndcg@10', got {self.metric!r}")
+        if not self.recent_days or any(not d > 0 for d in self.recent_days):
+            raise ValueError(f"recent_days must be positive, got {self.recent_days}")
+        if not self.knn_neighbors or any(n < 0 for n in self.knn_neighbors):
+            raise ValueError(f"knn_neighbors must be >= 0 (0 = all), got {self.knn_neighbors}")
+        if not self.ease_lambdas or any(not lam > 0 for lam in self.ease_lambdas):
+            raise ValueError(f"ease_lambdas must be positive, got {self.ease_lambdas}")
+
+    @property
+    def metric_name_k(self) -> tuple[str, int]:
+        name, _, k = self.metric.partition("@")
+        return name, int(k)
+
+
+@dataclass(frozen=True)
+class FitInput:
+    """What a baseline may learn from: interactions strictly before `as_of`, user attributes, catalog."""
+
+    frame: pd.DataFrame  # user_id, item_id, timestamp (no rows at or after as_of)
+    users: pd.DataFrame  # index user_id; USER_AGE, USER_GENDER
+    catalog: tuple[str, ...]
+    as_of: float
+
+    def __post_init__(self):
+        if len(self.frame) and float(self.frame[F.TIMESTAMP].max()) >= self.as_of:
+            raise ValueError(f"a baseline fit must only see interactions before its cut-off {self.as_of}")
+
+
+# --------------------------------------------------------------------------- ranking
+
+
+class ScoredRecommender:
+    """Ranks the catalog by per-user scores (higher first), equal scores by `tie_rank` (lower first)."""
+
+    def __init__(self, catalog: Sequence[str], tie_rank: np.ndarray):
+        self.catalog = tuple(catalog)
+        self._index = {item: j for j, item in enumerate(self.catalog)}
+        self._tie_rank = np.asarray(tie_rank, dtype=np.int64)
+
+    def scores(self, user_ids: Sequence[str]) -> np.ndarray:
+        raise NotImplementedError
+
+    def __call__(self, user_ids, k, exclude=None):
+        exclude = exclude if exclude is not None else [()] * len(user_ids)
+        out: list[list[str]] = []
+        for start in range(0, len(user_ids), _CHUNK_USERS):
+            users = list(user_ids[start : start + _CHUNK_USERS])
+            scores = np.array(self.scores(users), dtype=np.float64, copy=True)
+            for row, seen in enumerate(exclude[start : start + _CHUNK_USERS]):
+                scores[row, [self._index[i] for i in seen if i in self._index]] = -np.inf
+            ties = np.broadcast_to(self._tie_rank, scores.shape)
+            order = np.lexsort((ties, -scores), axis=1)[:, :k]
+            for row, cols in enumerate(order):
+                out.append([self.catalog[j] for j in cols if scores[row, j] != -np.inf])
+        return out
+
+
+def _counts(frame: pd.DataFrame, catalog: Sequence[str]) -> np.ndarray:
+    return frame[F.ITEM_ID].astype(str).value_counts().reindex(list(catalog), fill_value=0).to_numpy(np.float64)
+
+
+def _popularity_rank(fit: FitInput) -> np.ndarray:
+    """Each catalog item's position in the all-time popularity order (the reference's tie-break)."""
+    ranking = PopularityRecommender(fit.frame, catalog=fit.catalog).ranking
+    position = {item: r for r, item in enumerate(ranking)}
+    return np.array([position[item] for item in fit.catalog], dtype=np.int64)
+
+
+def _rank_of(scores: np.ndarray, tie_rank: np.ndarray) -> np.ndarray:
+    """The position of each item when ordered by `scores` (desc) then `tie_rank` (asc)."""
+    order = np.lexsort((tie_rank, -scores))
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return rank
+
+
+class RecentPopularity(ScoredRecommender):
+    """Interactions in [as_of - window_days, as_of), the same list for everyone."""
+
+    def __init__(self, fit: FitInput, window_days: float):
+        super().__init__(fit.catalog, _popularity_rank(fit))
+        self.window_days = float(window_days)
+        recent = fit.frame[fit.frame[F.TIMESTAMP] >= fit.as_of - self.window_days * SECONDS_PER_DAY]
+        self._scores = _counts(recent, fit.catalog)
+        self.rank = _rank_of(self._scores, self._tie_rank)  # the fallback order of item_knn and ease
+
+    def scores(self, user_ids):
+        return np.broadcast_to(self._scores, (len(user_ids), len(self._scores)))
+
+
+class SegmentPopularity(ScoredRecommender):
+    """Counts among users of the same age bucket x gender; unknown users get all-time popularity."""
+
+    def __init__(self, fit: FitInput):
+        super().__init__(fit.catalog, _popularity_rank(fit))
+        self._segment = demographic_segments(fit.users) if len(fit.users) else {}
+        users = fit.frame[F.USER_ID].astype(str).map(self._segment)
+        self._by_segment = {seg: _counts(rows, fit.catalog) for seg, rows in fit.frame.groupby(users.to_numpy())}
+        self._zeros = np.zeros(len(fit.catalog))
+
+    def scores(self, user_ids):
+        return np.stack([self._by_segment.get(self._segment.get(str(u)), self._zeros) for u in user_ids])
+
+
+def _interaction_matrix(fit: FitInput) -> tuple[dict[str, int], np.ndarray]:
+    """user -> row, and the binary users x catalog matrix of the fit's interactions."""
+    pairs = fit.frame[[F.USER_ID, F.ITEM_ID]].astype(str).drop_duplicates()
+    index = {item: j for j, item in enumerate(fit.catalog)}
+    pairs = pairs[pairs[F.ITEM_ID].isin(index)]
+    users = {u: r for r, u in enumerate(pd.unique(pairs[F.USER_ID]))}
+    matrix = np.zeros((len(users), len(fit.catalog)), dtype=np.float64)
+    matrix[pairs[F.USER_ID].map(users).to_numpy(), pairs[F.ITEM_ID].map(index).to_numpy()] = 1.0
+    return users, matrix
+
+
+class _HistoryRecommender(ScoredRecommender):
+    """Scores x_u W for an item x item matrix W; ties (and cold users) go by the fallback's order."""
+
+    def __init__(self, fit: FitInput, fallback: RecentPopularity):
+        super().__init__(fit.catalog, fallback.rank)
+        self._users, self._matrix = _interaction_matrix(fit)
+        self.weights = np.zeros((len(fit.catalog), len(fit.catalog)))
+
+    def scores(self, user_ids):
+        rows = np.zeros((len(user_ids), len(self.catalog)))
+        known = [(i, self._users[str(u)]) for i, u in enumerate(user_ids) if str(u) in self._users]
+        if known:
+            rows[[i for i, _ in known]] = self._matrix[[r for _, r in known]]
+        return rows @ self.weights
+
+
+class ItemKNN(_HistoryRecommender):
+    """Cosine similarity over co-occurrence, each item keeping its `neighbors` nearest (0 = all)."""
+
+    def __init__(self, fit: FitInput, neighbors: int, fallback: RecentPopularity):
+        super().__init__(fit, fallback)
+        self.neighbors = int(neighbors)
+        cooc = self._matrix.T @ self._matrix
+        norms = np.sqrt(np.diag(cooc))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sim = np.where(np.outer(norms, norms) > 0, cooc / np.outer(norms, norms), 0.0)
+        np.fill_diagonal(sim, 0.0)
+        if 0 < self.neighbors < sim.shape[0]:
+            # keep, for each target item (column), its `neighbors` most similar source items
+            cutoff = -np.partition(-sim, self.neighbors - 1, axis=0)[self.neighbors - 1]
+            sim = np.where(sim >= cutoff[None, :], sim, 0.0)
+        self.weights = sim
+
+
+class Ease(_HistoryRecommender):
+    """EASE: the closed-form item x item regression with a zero diagonal, L2 weight `lam`."""
+
+    def __init__(self, fit: FitInput, lam: float, fallback: RecentPopularity):
+        super().__init__(fit, fallback)
+        self.lam = float(lam)
+        gram = self._matrix.T @ self._matrix
+        gram[np.diag_indices_from(gram)] += self.lam
+        precision = np.linalg.inv(gram)
+        weights = -precision / np.diag(precision)[None, :]
+        np.fill_diagonal(weights, 0.0)
+        self.weights = weights
+
+
+# --------------------------------------------------------------------------- choosing and fitting
+
+
+def build(name: str, fit: FitInput, settings: Mapping[str, float]):
+    """The baseline `name` with `settings` (as `select` records them), fit on `fit`."""
+    if name == POPULARITY:
+        return PopularityRecommender(fit.frame, catalog=fit.catalog)
+    if name == SEGMENT_POPULARITY:
+        return SegmentPopularity(fit)
+    if name == RECENT_POPULARITY:
+        return RecentPopularity(fit, settings["window_days"])
+    fallback = RecentPopularity(fit, settings["fallback_window_days"])
+    if name == ITEM_KNN:
+        return ItemKNN(fit, int(settings["neighbors"]), fallback)
+    if name == EASE:
+        return Ease(fit, settings["lambda"], fallback)
+    raise ValueError(f"unknown baseline {name!r}; choose from {BASELINES}")
+
+
+@dataclass
+class FittedBaseline:
+    """A baseline refit on train+eval with the settings the eval window chose."""
+
+    name: str
+    settings: dict[str, float]
+    selection: dict[str, float]  # grid value -> eval-window metric (empty: nothing to choose)
+    recommend: object = field(repr=False)
+
+    def describe(self) -> str:
+        shown = ", ".join(f"{k}={v:g}" for k, v in self.settings.items())
+        return f"{self.name}({shown})" if shown else self.name
+
+
+def validation_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The protocol one window earlier: test rows dropped, the eval window labelled "test"."""
+    out = frame[frame["split"] != "test"].copy()
+    out.loc[out["split"] == "eval", "split"] = "test"
+    return out
+
+
+def _fit_input(frame: pd.DataFrame, users: pd.DataFrame, catalog: tuple[str, ...], splits) -> FitInput:
+    rows = frame[frame["split"].isin(splits)]
+    cutoff = frame.loc[~frame["split"].isin(splits), F.TIMESTAMP].min()
+    as_of = float(cutoff) if pd.notna(cutoff) else float(frame[F.TIMESTAMP].max()) + 1.0
+    return FitInput(rows[[F.USER_ID, F.ITEM_ID, F.TIMESTAMP]], users, catalog, as_of)
+
+
+def _choose(grid, make, eval_set: EvalSet | None, grids: BaselineGrids) -> tuple[object, dict[str, float]]:
+    """The grid value with the best eval-window metric (the first on a tie); the first without an eval set."""
+    if eval_set is None or len(grid) == 1:
+        return grid[0], {}
+    name, k = grids.metric_name_k
+    scored = {value: evaluate(make(value), eval_set, (k,)).metric(name, k) for value in grid}
+    best = max(grid, key=lambda v: (np.nan_to_num(scored[v], nan=-1.0), -grid.index(v)))
+    return best, {f"{v:g}": float(s) for v, s in scored.items()}
+
+
+def select(
+    frame: pd.DataFrame,
+    users: pd.DataFrame,
+    catalog: Sequence[str],
+    names: Sequence[str] = BASELINES,
+    grids: BaselineGrids | None = None,
+) -> dict[str, FittedBaseline]:
+    """Chooses every baseline's settings on the eval window (train-only fits) and refits on train+eval.
+
+    `frame` holds user_id, item_id, timestamp and split (train / eval / test) columns; test rows are
+    never read except for the test cut-off (the earliest test timestamp), the refit's `as_of`.
+    """
+    grids = grids or BaselineGrids()
+    unknown = [n for n in names if n not in BASELINES]
+    if unknown:
+        raise ValueError(f"unknown baselines {unknown}; choose from {BASELINES}")
+    catalog = tuple(str(i) for i in catalog)
+    val = validation_frame(frame)
+    try:
+        eval_set = EvalSet.from_frame(val, catalog=catalog)
+    except ValueError:  # no eval window (or no user in it): settings fall back to the first grid value
+        eval_set = None
+    val_fit = _fit_input(val, users, catalog, ("train",))
+    final_fit = _fit_input(frame, users, catalog, ("train", "eval"))
+
+    window, window_scores = _choose(list(grids.recent_days), lambda d: RecentPopularity(val_fit, d), eval_set, grids)
+    fallback = RecentPopularity(val_fit, window)
+    chosen: dict[str, tuple[dict, dict]] = {
+        POPULARITY: ({}, {}),
+        SEGMENT_POPULARITY: ({}, {}),
+        RECENT_POPULARITY: ({"window_days": float(window)}, window_scores),
+    }
+    if ITEM_KNN in names:
+        n, scores = _choose(list(grids.knn_neighbors), lambda n: ItemKNN(val_fit, n, fallback), eval_set, grids)
+        chosen[ITEM_KNN] = ({"neighbors": float(n), "fallback_window_days": float(window)}, scores)
+    if EASE in names:
+        if len(catalog) > grids.max_ease_items:
+            raise ValueError(
+                f"EASE needs a {len(catalog)} x {len(catalog)} matrix inverse; leave 'ease' out of the baselines "
+                f"above {grids.max_ease_items} items"
+            )
+        lam, scores = _choose(list(grids.ease_lambdas), lambda v: Ease(val_fit, v, fallback), eval_set, grids)
+        chosen[EASE] = ({"lambda": float(lam), "fallback_window_days": float(window)}, scores)
+    return {
+        name: FittedBaseline(name, chosen[name][0], chosen[name][1], build(name, final_fit, chosen[name][0]))
+        for name in names
+    }
+
+
+def serving_lists(
+    name: str,
+    settings: Mapping[str, float],
+    frame: pd.DataFrame,
+    users: pd.DataFrame,
+    catalog: Sequence[str],
+    n: int = 100,
+) -> dict:
+    """The baseline refit on EVERY interaction in `frame` (as of just after the newest), as ranked lists
+    a service can serve without the models: {"default": [...], "users": {user_id: [...]}}.
+
+    "default" is the list for a user the baseline knows nothing about (no history, no attributes);
+    each known user's list leaves out the items they interacted with.
+    """
+    catalog = tuple(str(i) for i in catalog)
+    as_of = float(frame[F.TIMESTAMP].max()) + 1.0 if len(frame) else 0.0
+    fit = FitInput(frame[[F.USER_ID, F.ITEM_ID, F.TIMESTAMP]], users, catalog, as_of)
+    recommend = build(name, fit, settings)
+    n = max(1, min(int(n), len(catalog)))
+    seen = frame.groupby(frame[F.USER_ID].astype(str))[F.ITEM_ID].agg(lambda s: set(map(str, s)))
+    user_ids = sorted(set(seen.index) | {str(u) for u in users.index})
+    lists = recommend(user_ids, n, [seen.get(u, set()) for u in user_ids])
+    default = recommend(["\x00unknown-user"], n, [set()])[0]
+    return {"as_of": as_of, "default": default, "users": dict(zip(user_ids, lists))}
