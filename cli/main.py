@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "report_commands",
     "serving_commands",
     "lineage_commands",
+    "features_commands",
 )
 
 

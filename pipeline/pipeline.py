@@ -13,7 +13,7 @@ from tfx import v1 as tfx
 
 from towerflow.components.evaluation.model_evaluator import ModelEvaluator
 from towerflow.components.index.component import IndexBuilder, IndexEvaluator
-from towerflow.components.ingestion import readers
+from towerflow.components.ingestion import deletions, readers
 from towerflow.components.ingestion.component import Ingestion
 from towerflow.components.pusher import ServingPusher
 from towerflow.pipeline.config import PipelineConfig, code_fingerprint, fingerprint_dir
@@ -125,6 +125,7 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> 
     ing = config.ingestion
     data_dir = os.path.abspath(config.data_dir)
     dataset_format = ing.dataset_format or readers.detect_format(data_dir)
+    ledger = deletions.ledger_for_pipeline_root(config.pipeline_root)
     ingestion = Ingestion(
         data_dir=data_dir,
         dataset_format=dataset_format,
@@ -136,6 +137,8 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> 
         leave_last_n=ing.leave_last_n,
         history_length=ing.history_length,
         max_bad_fraction=ing.max_bad_fraction,
+        deletion_ledger=ledger,
+        deletion_ledger_fingerprint=deletions.fingerprint(ledger),
     )
     statistics_gen = tfx.components.StatisticsGen(examples=ingestion.outputs["examples"])
     if config.schema_path and Path(config.schema_path).is_file():

@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from towerflow.components.ingestion import readers
+from towerflow.components.ingestion.deletions import DeletedUsers
 from towerflow.components.ingestion.splits import (
     GLOBAL_TIME,
     LEAVE_LAST_N,
@@ -77,6 +78,17 @@ def _read_table(pipeline, data_dir: str, spec: readers.TableSpec, table: str):
     )
     line_count = _count(lines, f"Lines{table.title()}", lambda _: f"lines:{table}")
     return parsed.rows, parsed[_ParseTable.MALFORMED], line_count
+
+
+def _drop_deleted(rows, deleted_users: DeletedUsers, table: str):
+    """(rows of users not in the ledger, ids of the users whose rows were dropped)."""
+    kept = rows | f"DropDeleted{table}" >> beam.Filter(lambda r: not deleted_users.excluded(r.user_id))
+    dropped = (
+        rows
+        | f"Deleted{table}" >> beam.Filter(lambda r: deleted_users.excluded(r.user_id))
+        | f"DeletedIds{table}" >> beam.Map(lambda r: r.user_id)
+    )
+    return kept, dropped
 
 
 # --- split cut-offs ----------------------------------------------------------
@@ -249,6 +261,7 @@ def _summarize(counts: Iterable[tuple[str, int]], cutoffs) -> str:
         "num_items": 0,
         "num_users": 0,
         "cutoffs": cutoffs,
+        "deleted_users_excluded": 0,
     }
     for key, value in counts:
         kind, _, name = key.partition(":")
@@ -260,7 +273,7 @@ def _summarize(counts: Iterable[tuple[str, int]], cutoffs) -> str:
             summary["malformed_by_table"][name] = value
         elif kind == "lines":
             summary["lines_read"][name] = value
-        elif kind in ("num_items", "num_users"):
+        elif kind in ("num_items", "num_users", "deleted_users_excluded"):
             summary[kind] = value
     return json.dumps(summary, sort_keys=True)
 
@@ -286,12 +299,21 @@ def build_ingestion(
     catalog_uri: str,
     quarantine_uri: str,
     summary_path: str,
+    deleted_users: DeletedUsers | None = None,
 ):
-    """Adds the ingestion graph to `pipeline`; run the pipeline to execute it."""
+    """Adds the ingestion graph to `pipeline`; run the pipeline to execute it.
+
+    Rows of `deleted_users` (the deletion ledger) are dropped right after parsing, from the
+    interactions and the users table alike, and counted as `deleted_users_excluded`.
+    """
     specs = {table: readers.resolve_spec(data_dir, fmt_name, table) for table in readers.TABLES}
     interactions, bad_interactions, line_count = _read_table(pipeline, data_dir, specs["interactions"], "interactions")
     malformed = [bad_interactions]
     counts = [line_count]
+    dropped_users = []
+    if deleted_users is not None:
+        interactions, dropped = _drop_deleted(interactions, deleted_users, "Interactions")
+        dropped_users.append(dropped)
 
     if specs["items"] is not None:
         items, bad_items, line_count = _read_table(pipeline, data_dir, specs["items"], "items")
@@ -302,6 +324,9 @@ def build_ingestion(
         keyed_items = pipeline | "NoItems" >> beam.Create([])
     if specs["users"] is not None:
         users, bad_users, line_count = _read_table(pipeline, data_dir, specs["users"], "users")
+        if deleted_users is not None:
+            users, dropped = _drop_deleted(users, deleted_users, "Users")
+            dropped_users.append(dropped)
         malformed.append(bad_users)
         counts.append(line_count)
         keyed_users = users | "KeyUsers" >> beam.Map(lambda u: (u.user_id, u))
@@ -369,6 +394,9 @@ def build_ingestion(
             | "BareItems" >> beam.Map(lambda i: {F.ITEM_ID: i, **_item_feature_dict(None)})
         )
     counts.append(_count(catalog, "Catalog", lambda _: "num_items"))
+    if dropped_users:
+        deleted_ids = dropped_users | "AllDeletedUsers" >> beam.Flatten() | "DistinctDeleted" >> beam.Distinct()
+        counts.append(_count(deleted_ids, "DeletedUsers", lambda _: "deleted_users_excluded"))
     _ = (
         catalog
         | "SerializeCatalog" >> beam.Map(_serialize)

@@ -25,7 +25,7 @@ from tfx.proto import example_gen_pb2
 from tfx.types import standard_artifacts
 from tfx.types.standard_artifact_utils import encode_split_names
 
-from towerflow.components.ingestion import beam_ingest
+from towerflow.components.ingestion import beam_ingest, deletions
 from towerflow.components.ingestion.splits import (
     DEFAULT_EVAL_FRACTION,
     DEFAULT_LEAVE_LAST_N,
@@ -87,6 +87,8 @@ def Ingestion(  # noqa: N802 - TFX names components like classes
     leave_last_n: Parameter[int] = DEFAULT_LEAVE_LAST_N,
     history_length: Parameter[int] = DEFAULT_HISTORY_LENGTH,
     max_bad_fraction: Parameter[float] = DEFAULT_MAX_BAD_FRACTION,
+    deletion_ledger: Parameter[str] = "",
+    deletion_ledger_fingerprint: Parameter[str] = "",
     beam_pipeline: BeamComponentParameter[beam.Pipeline] = None,
 ):
     """Parses, validates, joins, adds point-in-time features and splits by time.
@@ -95,6 +97,8 @@ def Ingestion(  # noqa: N802 - TFX names components like classes
     q(train_fraction) <= eval < q(eval_fraction) <= test); `input_fingerprint`
     is a content hash of `data_dir` so changed data is never served from cache;
     `code_fingerprint` does the same for changed ingestion code.
+    `deletion_ledger` names the users whose rows are dropped (deletions.py);
+    its fingerprint makes a new delete re-run this step.
     """
     split = SplitConfig(split_strategy, (train_fraction, eval_fraction), leave_last_n)
     summary_path = os.path.join(examples.uri, beam_ingest.SUMMARY_FILE)
@@ -109,6 +113,7 @@ def Ingestion(  # noqa: N802 - TFX names components like classes
             catalog_uri=item_catalog.uri,
             quarantine_uri=quarantine.uri,
             summary_path=summary_path,
+            deleted_users=deletions.load(deletion_ledger),
         )
     with open(summary_path, encoding="utf-8") as f:
         summary = json.load(f)
@@ -130,6 +135,7 @@ def Ingestion(  # noqa: N802 - TFX names components like classes
         "input_path": data_dir,
         "input_fingerprint": input_fingerprint,
         "history_length": history_length,
+        "deleted_users_excluded": summary.get("deleted_users_excluded", 0),
     }
     for key, value in properties.items():
         examples.set_json_value_custom_property(key, value)
