@@ -31,7 +31,8 @@ sys.path.insert(0, str(REPO))
 
 from machine import cpu_model  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 
-from towerflow.cli.serving_commands import RUN_MODELS, _saved_model_dir  # noqa: E402
+from towerflow.cli.serving_commands import _saved_model_dir  # noqa: E402
+from towerflow.pipeline.push import REQUIRED_BLESSINGS  # noqa: E402
 from towerflow.serving import model_repository as repo  # noqa: E402
 from towerflow.serving.client import GrpcClient, RestClient, placeholder_instance  # noqa: E402
 
@@ -128,8 +129,8 @@ def main(argv=None) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="towerflow-bench-") as tmp:
         root = Path(tmp) / "serving"
-        for model, key in RUN_MODELS.items():
-            repo.push(root, model, _saved_model_dir(artifacts[key]))
+        for model, (trainer, output, _) in REQUIRED_BLESSINGS.items():
+            repo.push(root, model, _saved_model_dir(artifacts[f"{trainer}.{output}"]))
         for batching in (False, True):
             process, log, rest, grpc_target = run_server(root, batching, Path(tmp) / f"server-{batching}.log")
             grpc_client = GrpcClient(grpc_target, timeout=30)

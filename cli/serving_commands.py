@@ -22,8 +22,6 @@ import threading
 from pathlib import Path
 
 DEFAULT_SERVING_ROOT = "runs/local/serving"
-# model name -> the MLMD "Component.output" key `towerflow push --from-run` takes it from
-RUN_MODELS = {"two_tower": "TwoTowerTrainer.model", "ranker": "RankingTrainer.model"}
 
 
 def _saved_model_dir(path: str) -> str:
@@ -41,23 +39,28 @@ def _push(args) -> None:
 
     if bool(args.saved_model) == bool(args.from_run):
         raise ValueError("give --saved-model PATH or --from-run RUN_DIR")
-    if args.saved_model:
-        source = _saved_model_dir(args.saved_model)
-    else:
-        from towerflow.pipeline.mlmd import latest_artifacts
+    if args.from_run:
+        from towerflow.pipeline.push import push_from_run
 
-        key = args.artifact or RUN_MODELS.get(args.model)
-        if key is None:
-            raise ValueError(f"no default artifact for model {args.model!r}; pass --artifact Component.output")
         metadata = Path(args.from_run) / "metadata.sqlite"
         if not metadata.is_file():
             raise FileNotFoundError(f"no ML Metadata store at {metadata}; run `towerflow run` first")
-        artifacts = latest_artifacts(str(metadata))
-        if key not in artifacts:
-            raise ValueError(f"the run in {args.from_run} has no {key} (has: {', '.join(sorted(artifacts))})")
-        source = _saved_model_dir(artifacts[key])
-    result = repo.push(args.serving_root, args.model, source, canary=args.canary, keep_versions=args.keep_versions)
-    print(f"Pushed {source} as {args.model} version {result.version} -> {result.path}")
+        pushed = push_from_run(
+            str(metadata),
+            args.model,
+            args.serving_root,
+            ignore_blessing=args.ignore_blessing,
+            canary=args.canary,
+            keep_versions=args.keep_versions,
+        )
+        print(pushed.format())
+        result = pushed.result
+    else:
+        if args.ignore_blessing:
+            raise ValueError("--ignore-blessing applies to --from-run; a --saved-model push has no blessings to check")
+        source = _saved_model_dir(args.saved_model)
+        result = repo.push(args.serving_root, args.model, source, canary=args.canary, keep_versions=args.keep_versions)
+        print(f"Pushed {source} as {args.model} version {result.version} -> {result.path}")
     print(result.state.format())
     print(f"Config: {Path(args.serving_root).resolve() / repo.CONFIG_FILE}")
 
@@ -242,8 +245,14 @@ def add_commands(subparsers) -> None:
     push = subparsers.add_parser("push", help="push a SavedModel to the serving root as the next version")
     push.add_argument("--model", required=True, help="model name (e.g. two_tower, ranker)")
     push.add_argument("--saved-model", default=None, help="a SavedModel dir or a Trainer Model artifact uri")
-    push.add_argument("--from-run", default=None, help="take the latest trained model from this `towerflow run` dir")
-    push.add_argument("--artifact", default=None, help="MLMD Component.output key (default by model name)")
+    push.add_argument(
+        "--from-run",
+        default=None,
+        help="the newest trained model of this run dir, if its evaluators blessed it",
+    )
+    push.add_argument(
+        "--ignore-blessing", action="store_true", help="with --from-run: push even if not blessed (recorded in MLMD)"
+    )
     push.add_argument("--serving-root", default=DEFAULT_SERVING_ROOT)
     push.add_argument("--canary", action="store_true", help="label the new version canary, keep stable")
     push.add_argument("--keep-versions", type=int, default=2, help="versions kept loaded")

@@ -142,7 +142,7 @@ class _GraphBuilder:
     """
 
     def __init__(self, store: metadata_store.MetadataStore, artifact_id: int):
-        graph = mlmd.upstream_lineage(store, artifact_id)
+        graph = mlmd.lineage_subgraph(store, artifact_id)
         self.raw_artifacts = {a.id: a for a in graph.artifacts}
         self.raw_executions = {e.id: e for e in graph.executions}
         self.producers: dict[int, list[tuple[int, str]]] = {}  # artifact -> (execution, output key)
@@ -248,6 +248,10 @@ def _describe(node: ArtifactNode) -> None:
         node.facts["model_name"] = _pushed_name(props)
         node.facts["version"] = _pushed_version(props)
         node.facts["destination"] = destination
+        if props.get("pushed_by"):
+            node.facts["pushed_by"] = props["pushed_by"]
+        if props.get("blessing_ignored"):
+            node.facts["blessing_ignored"] = props.get("not_blessed_reason") or True
     elif node.type == "ModelBlessing":
         node.facts["blessed"] = bool(props.get("blessed"))
         node.facts["compared"] = {k: props[k] for k in _BLESSING_REFERENCES if k in props}
@@ -394,6 +398,10 @@ def fact_lines(node: ArtifactNode) -> list[str]:
     f, lines = node.facts, []
     if node.type == "PushedModel":
         lines.append(f"served as {f['model_name']!r} version {f['version']} at {f['destination']}")
+        if f.get("pushed_by"):
+            lines.append(f"pushed by {f['pushed_by']}")
+        if f.get("blessing_ignored"):
+            lines.append(f"PUSHED WITHOUT BLESSING: {f['blessing_ignored']}")
     elif node.type == "ModelBlessing":
         lines.append("BLESSED" if f["blessed"] else "NOT BLESSED")
         lines += [f"{k}: {_short(v)}" for k, v in sorted(f["metrics"].items())]

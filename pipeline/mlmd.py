@@ -197,14 +197,16 @@ def execution_parameters(metadata_path: str, node: str) -> dict:
     return property_values(execution)
 
 
-def upstream_lineage(store: metadata_store.MetadataStore, artifact_id: int) -> metadata_store_pb2.LineageGraph:
-    """Every artifact, execution and event upstream of one artifact, in one `get_lineage_subgraph` query."""
-    options = metadata_store_pb2.LineageSubgraphQueryOptions(
-        starting_artifacts=metadata_store_pb2.LineageSubgraphQueryOptions.StartingNodes(
-            filter_query=f"id = {int(artifact_id)}"
-        ),
-        max_num_hops=LINEAGE_MAX_HOPS,
-        direction=metadata_store_pb2.LineageSubgraphQueryOptions.UPSTREAM,
+def lineage_subgraph(
+    store: metadata_store.MetadataStore, artifact_id: int, *, downstream: bool = False, max_hops: int = LINEAGE_MAX_HOPS
+) -> metadata_store_pb2.LineageGraph:
+    """Every artifact, execution and event upstream (or downstream) of one artifact, in one
+    `get_lineage_subgraph` query."""
+    query = metadata_store_pb2.LineageSubgraphQueryOptions
+    options = query(
+        starting_artifacts=query.StartingNodes(filter_query=f"id = {int(artifact_id)}"),
+        max_num_hops=max_hops,
+        direction=query.DOWNSTREAM if downstream else query.UPSTREAM,
     )
     return store.get_lineage_subgraph(options, ["artifacts", "executions", "events"])
 
