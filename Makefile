@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 
 # tfx 1.16.0 declares Requires-Python <3.11 although every compiled dependency
 # of the 1.16 line ships cp311 wheels and the stack works on 3.11 (see
-# DESIGN.md, "Stack facts"); newer TFX lines have no Linux wheels for
+# docs/design.md, "Stack"); newer TFX lines have no Linux wheels for
 # ml-metadata/TFDV. So pip must be told to ignore that one declaration. The
 # constraints file pins the whole resolved set, so the install needs no backtracking.
 $(STAMP): setup.py constraints.txt

@@ -1,4 +1,4 @@
-"""DESIGN.md's reference numbers: popularity on MovieLens-100K under the global_time protocol.
+"""The reference numbers of docs/design.md: popularity on MovieLens-100K under the global_time protocol.
 
 Needs RecBole's ml-100k atomic files (``ml-100k.inter``) in $TOWERFLOW_ML100K_DIR or <repo>/data/ml-100k;
 ``pip download --no-deps recbole==1.2.1`` and unzip ``recbole/dataset_example/ml-100k/*`` to get them.
