@@ -8,7 +8,7 @@ DATA_DIR ?= data
 RUN_DIR ?= runs/local
 STAMP := $(VENV)/.installed
 
-.PHONY: setup data run test test-fast test-e2e lint clean
+.PHONY: setup data services run test test-fast test-e2e lint clean
 
 # tfx 1.16.0 declares Requires-Python <3.11 although every compiled dependency
 # of the 1.16 line ships cp311 wheels and the stack works on 3.11 (see
@@ -28,6 +28,20 @@ $(DATA_DIR)/ml-100k/MANIFEST.json: | $(STAMP)
 
 data: $(DATA_DIR)/ml-100k/MANIFEST.json
 
+# System services the online side and its tests use: a real redis-server (the feature store), Prometheus
+# (scraping the service in a test) and Chromium (the web page's browser test). Debian packages, installed
+# once when missing; without apt-get (not Debian, not root) the make stops and says what to install.
+SYSTEM_PACKAGES := redis-server:redis-server prometheus:prometheus chromium:chromium
+services:
+	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing system packages:$$missing"; \
+	  if ! command -v apt-get >/dev/null 2>&1; then echo "apt-get not found: install$$missing yourself"; exit 1; fi; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
 # The main job: the pipeline on the embedded default data (MovieLens-100K),
 # the offline evaluation, then the pushed models served until Ctrl-C.
 run: setup data
@@ -39,10 +53,10 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test-fast: setup data
+test-fast: setup data services
 	$(BIN)/pytest -m "not e2e" -q
 
-test-e2e: setup data
+test-e2e: setup data services
 	$(BIN)/pytest -m e2e -q
 
 # Everything CI runs: lint, the fast suite, then the end-to-end suite.
