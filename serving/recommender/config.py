@@ -1,0 +1,211 @@
+"""The recommender service's settings: typed dataclasses, one place for every default, loaded from YAML.
+
+    retrieval:   {top_n: 300, protocol: grpc, cache_ttl_seconds: 300}
+    ranking:     {enabled: true}
+    reranking:   {diversity_lambda: 0.9, freshness_days: 30, freshness_boost: 0.3, rules_file: rules.yaml}
+    exploration: {epsilon0: 0.1, ...}
+    cold_start:  {min_events: 5, popularity_window_days: 7, popularity_candidates: 50}
+    budgets_ms:  {features: 30, retrieval: 40, ranking: 60, reranking: 20, exploration: 10}
+    limits:      {max_k: 200, max_body_bytes: 65536, rate_per_second: 200, burst: 400}
+
+`load_config(path)` rejects unknown keys and bad values with one clear line
+naming the field, so a typo in service.yaml fails at start-up, not at 3 a.m.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+GRPC = "grpc"
+REST = "rest"
+
+
+def _positive(name: str, value: float) -> None:
+    if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+
+
+def _unit(name: str, value: float) -> None:
+    if not (isinstance(value, int | float) and 0.0 <= value <= 1.0):
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+
+
+@dataclass
+class RetrievalConfig:
+    top_n: int = 300  # candidates ScaNN hands to the ranker
+    protocol: str = GRPC  # how the query tower is called: TF Serving gRPC, or REST
+    cache_ttl_seconds: float = 300.0  # per-user query-embedding cache (dropped by the user's next event)
+    version_poll_seconds: float = 1.0  # how often the served model versions are checked
+
+    def __post_init__(self):
+        if not isinstance(self.top_n, int) or not 1 <= self.top_n <= 10_000:
+            raise ValueError(f"retrieval.top_n must be an integer in [1, 10000], got {self.top_n!r}")
+        if self.protocol not in (GRPC, REST):
+            raise ValueError(f"retrieval.protocol must be {GRPC!r} or {REST!r}, got {self.protocol!r}")
+        _positive("retrieval.cache_ttl_seconds", self.cache_ttl_seconds)
+        _positive("retrieval.version_poll_seconds", self.version_poll_seconds)
+
+
+@dataclass
+class RankingConfig:
+    enabled: bool = True
+    # The final score is retrieval logit + weight x interaction score; the weight comes from the
+    # evaluation pushed with the model. This is used only when the pushed version carries none.
+    default_weight: float = 0.25
+
+    def __post_init__(self):
+        if not isinstance(self.enabled, bool):
+            raise ValueError(f"ranking.enabled must be true or false, got {self.enabled!r}")
+        if not (isinstance(self.default_weight, int | float) and self.default_weight >= 0):
+            raise ValueError(f"ranking.default_weight must be >= 0, got {self.default_weight!r}")
+
+
+@dataclass
+class RerankingConfig:
+    # MMR trade-off: 1.0 = pure relevance order (diversity off), lower = more genre diversity.
+    diversity_lambda: float = 0.9
+    diversity_depth: int = 50  # MMR picks from the best `diversity_depth` candidates
+    freshness_days: float = 30.0  # an item first seen less than this long ago counts as new
+    freshness_boost: float = 0.2  # added to its score
+    rules_file: str | None = None  # business rules YAML (serving/recommender/rules.py)
+    rules_poll_seconds: float = 2.0  # the rules file is re-read when it changes
+
+    def __post_init__(self):
+        _unit("reranking.diversity_lambda", self.diversity_lambda)
+        if not isinstance(self.diversity_depth, int) or self.diversity_depth < 1:
+            raise ValueError(f"reranking.diversity_depth must be a positive integer, got {self.diversity_depth!r}")
+        if not (isinstance(self.freshness_days, int | float) and self.freshness_days >= 0):
+            raise ValueError(f"reranking.freshness_days must be >= 0, got {self.freshness_days!r}")
+        if not (isinstance(self.freshness_boost, int | float) and math.isfinite(self.freshness_boost)):
+            raise ValueError(f"reranking.freshness_boost must be a number, got {self.freshness_boost!r}")
+        _positive("reranking.rules_poll_seconds", self.rules_poll_seconds)
+
+
+@dataclass
+class ExplorationConfig:
+    # epsilon = epsilon0 / sqrt(1 + events): new users see more exploration, engaged users less.
+    epsilon0: float = 0.1
+    quality_floor: float = 0.5  # explore only among candidates whose score is above this quantile
+    protected_top: int = 3  # the first slots are never replaced
+    pool_size: int = 20  # draw from the least-exposed `pool_size` candidates above the floor
+    seed: int = 0
+
+    def __post_init__(self):
+        _unit("exploration.epsilon0", self.epsilon0)
+        _unit("exploration.quality_floor", self.quality_floor)
+        if not isinstance(self.protected_top, int) or self.protected_top < 0:
+            raise ValueError(f"exploration.protected_top must be an integer >= 0, got {self.protected_top!r}")
+        if not isinstance(self.pool_size, int) or self.pool_size < 1:
+            raise ValueError(f"exploration.pool_size must be a positive integer, got {self.pool_size!r}")
+        if not isinstance(self.seed, int):
+            raise ValueError(f"exploration.seed must be an integer, got {self.seed!r}")
+
+
+@dataclass
+class ColdStartConfig:
+    min_events: int = 5  # fewer events than this (or an unknown user) = the cold path
+    popularity_window_days: float = 7.0  # "recent" popularity
+    popularity_candidates: int = 50  # segment-popular items added to a cold user's candidates
+
+    def __post_init__(self):
+        if not isinstance(self.min_events, int) or self.min_events < 0:
+            raise ValueError(f"cold_start.min_events must be an integer >= 0, got {self.min_events!r}")
+        _positive("cold_start.popularity_window_days", self.popularity_window_days)
+        if not isinstance(self.popularity_candidates, int) or self.popularity_candidates < 0:
+            raise ValueError(
+                f"cold_start.popularity_candidates must be an integer >= 0, got {self.popularity_candidates!r}"
+            )
+
+
+@dataclass
+class BudgetsConfig:
+    """Milliseconds each stage may take before the request falls back (the model calls time out at it)."""
+
+    features: float = 50.0
+    retrieval: float = 100.0
+    ranking: float = 150.0
+    reranking: float = 50.0
+    exploration: float = 20.0
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            _positive(f"budgets_ms.{f.name}", getattr(self, f.name))
+
+
+@dataclass
+class LimitsConfig:
+    max_k: int = 200
+    max_exclude: int = 1000
+    max_body_bytes: int = 64 * 1024
+    rate_per_second: float = 200.0  # per client (token bucket); over it -> 429
+    burst: int = 400
+    fallback_list_size: int = 500  # in-process popularity list kept for when the store is down
+
+    def __post_init__(self):
+        for name in ("max_k", "max_exclude", "max_body_bytes", "burst", "fallback_list_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"limits.{name} must be a positive integer, got {value!r}")
+        _positive("limits.rate_per_second", self.rate_per_second)
+
+
+@dataclass
+class ServiceConfig:
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    ranking: RankingConfig = field(default_factory=RankingConfig)
+    reranking: RerankingConfig = field(default_factory=RerankingConfig)
+    exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
+    cold_start: ColdStartConfig = field(default_factory=ColdStartConfig)
+    budgets_ms: BudgetsConfig = field(default_factory=BudgetsConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> ServiceConfig:
+        """Builds the config from nested dicts; unknown sections or keys are errors."""
+        values = values or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"the service config must be a mapping of sections, got {type(values).__name__}")
+        sections = {f.name: f.default_factory for f in dataclasses.fields(cls)}
+        unknown = set(values) - set(sections)
+        if unknown:
+            raise ValueError(f"unknown config section(s) {sorted(unknown)}; known: {sorted(sections)}")
+        built = {}
+        for name, factory in sections.items():
+            section = values.get(name) or {}
+            if not isinstance(section, dict):
+                raise ValueError(f"config section {name!r} must be a mapping, got {section!r}")
+            known = {f.name for f in dataclasses.fields(factory)}
+            bad = set(section) - known
+            if bad:
+                raise ValueError(f"unknown key(s) {sorted(bad)} in section {name!r}; known: {sorted(known)}")
+            built[name] = factory(**section)
+        return cls(**built)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def load_config(path: str | Path | None) -> ServiceConfig:
+    """The config in a YAML file (None: every default). Relative `rules_file` is relative to the YAML file."""
+    if path is None:
+        return ServiceConfig()
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise FileNotFoundError(f"cannot read service config {path}: {err}") from None
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path} is not valid YAML: {err}") from None
+    try:
+        config = ServiceConfig.from_dict(values)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: {err}") from None
+    rules = config.reranking.rules_file
+    if rules and not Path(rules).is_absolute():
+        config.reranking.rules_file = str((path.parent / rules).resolve())
+    return config

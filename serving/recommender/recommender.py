@@ -1,0 +1,496 @@
+"""`Recommender`: one recommendation request through features -> retrieval -> ranking -> re-ranking -> exploration.
+
+    recommender = Recommender(store, watcher, config, metrics)
+    recommender.recommend({"user_id": "42", "k": 10, "context": {"timestamp": 893286638}})
+    # -> {"items": [...], "user_state": "warm", "model_versions": {...}, "fallback": None, "timings_ms": {...}, ...}
+
+A plain class (no HTTP): the app, the replay check and experiments call it
+directly. Stages:
+
+1 features   the store's query features as of `context.timestamp` (the one time every
+             point-in-time feature uses) and the user's earlier events (seen items);
+             an unknown user or one with fewer than `cold_start.min_events` events is cold
+2 retrieval  query embedding from the served two-tower (cached per user, model version
+             and request hour; an event drops it), ScaNN top-N over that version's items,
+             seen + excluded + blocked items left out of the search; cold users also get
+             the recent favourites of their demographic segment as candidates
+3 ranking    the served DCN scores all candidates in ONE call with their point-in-time
+             item features; score = retrieval logit (dot / temperature) + w x interaction
+             score, w from the evaluation pushed with the ranker
+4 re-ranking seen/excluded/rules, boosts, freshness, MMR (reranking.py)
+5 explore    epsilon-greedy slots, then explanations
+
+Every stage runs under its latency budget. A stage that fails or runs over it
+falls back -- store down: the in-process popularity list; model server down or
+no served version: recent popularity from the store; ranking down: retrieval
+order; re-ranking or exploration failing: the list without them -- and the
+response's `fallback` says which stage and why. A valid request never fails.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from towerflow.models import features
+from towerflow.serving.recommender import reranking
+from towerflow.serving.recommender.config import ServiceConfig
+from towerflow.serving.recommender.metrics import ServiceMetrics
+from towerflow.serving.recommender.reranking import POPULARITY, Candidate
+from towerflow.serving.recommender.rules import RulesHolder
+from towerflow.serving.recommender.served import ModelUnavailableError, ServedVersion, VersionWatcher, columns
+
+log = logging.getLogger(__name__)
+
+WARM, COLD = "warm", "cold"
+STAGES = ("features", "retrieval", "ranking", "reranking", "exploration")
+SECONDS_PER_DAY = 86400
+# Retrieval logit = dot product / the two-tower's softmax temperature (TwoTowerConfig's default, as the
+# offline evaluation uses it); read once so the service does not import the model code.
+_TEMPERATURE: float | None = None
+
+
+def two_tower_temperature() -> float:
+    global _TEMPERATURE
+    if _TEMPERATURE is None:
+        from towerflow.models.two_tower import TwoTowerConfig
+
+        _TEMPERATURE = TwoTowerConfig().temperature
+    return _TEMPERATURE
+
+
+class BadRequestError(ValueError):
+    """The request is invalid (the app answers 400 with this message)."""
+
+
+class StageTimeoutError(RuntimeError):
+    pass
+
+
+@dataclass
+class Request:
+    user_id: str
+    k: int = 10
+    context: dict = field(default_factory=dict)
+    exclude: list[str] = field(default_factory=list)
+    explore: bool = True
+    request_id: str = ""
+
+    @classmethod
+    def parse(cls, body: Mapping, max_k: int, max_exclude: int) -> Request:
+        if not isinstance(body, Mapping):
+            raise BadRequestError("the request body must be a JSON object")
+        unknown = set(body) - {"user_id", "k", "context", "exclude", "explore", "request_id"}
+        if unknown:
+            raise BadRequestError(f"unknown field(s) {sorted(unknown)}")
+        user_id = body.get("user_id")
+        if isinstance(user_id, int) and not isinstance(user_id, bool):
+            user_id = str(user_id)
+        if not isinstance(user_id, str) or not user_id or len(user_id) > 128:
+            raise BadRequestError("user_id must be a non-empty string of at most 128 characters")
+        k = body.get("k", 10)
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= max_k:
+            raise BadRequestError(f"k must be an integer in [1, {max_k}], got {k!r}")
+        context = body.get("context") or {}
+        if not isinstance(context, Mapping):
+            raise BadRequestError("context must be an object")
+        ts = context.get("timestamp")
+        if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float) or not 0 <= ts < 2**40):
+            raise BadRequestError(f"context.timestamp must be seconds since the epoch, got {ts!r}")
+        exclude = body.get("exclude") or []
+        if not isinstance(exclude, list) or not all(isinstance(i, str | int) for i in exclude):
+            raise BadRequestError("exclude must be a list of item ids")
+        if len(exclude) > max_exclude:
+            raise BadRequestError(f"exclude may hold at most {max_exclude} items, got {len(exclude)}")
+        explore = body.get("explore", True)
+        if not isinstance(explore, bool):
+            raise BadRequestError("explore must be true or false")
+        request_id = body.get("request_id") or uuid.uuid4().hex
+        if not isinstance(request_id, str) or len(request_id) > 128:
+            raise BadRequestError("request_id must be a string of at most 128 characters")
+        return cls(user_id, k, dict(context), [str(i) for i in exclude], explore, request_id)
+
+
+@dataclass
+class _State:
+    """What one request accumulates on its way through the stages."""
+
+    request: Request
+    as_of: int
+    timings: dict = field(default_factory=dict)
+    fallback: dict | None = None
+    user_state: str = COLD
+    query: dict = field(default_factory=dict)
+    seen: set = field(default_factory=set)
+    history: list = field(default_factory=list)
+    events: int = 0
+    served: ServedVersion | None = None
+    candidates: list = field(default_factory=list)
+    epsilon: float = 0.0
+
+
+class Recommender:
+    """The recommend pipeline over a feature store and the served models (see the module docstring)."""
+
+    def __init__(self, store, watcher: VersionWatcher | None, config: ServiceConfig, metrics: ServiceMetrics):
+        self.store, self.watcher, self.config, self.metrics = store, watcher, config, metrics
+        self.rules = RulesHolder(config.reranking.rules_file)
+        self.temperature = two_tower_temperature()  # imported here, not on the first request
+        self._popular: list[tuple[str, float]] = []  # in-process fallback list (all-time counts)
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="stage")
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def refresh_popular(self) -> bool:
+        """Refreshes the in-process popularity list from the store (kept for when the store is down)."""
+        try:
+            popular = self.store.popular_items(int(time.time()), self.config.limits.fallback_list_size)
+        except Exception as err:  # noqa: BLE001 - the store being down is exactly when we keep the old list
+            log.warning("popularity list not refreshed: %s", err)
+            return False
+        if popular:
+            self._popular = list(popular)
+        return True
+
+    def start(self) -> None:
+        """Background upkeep: the popularity list, the rules file and the served versions."""
+        self.refresh_popular()
+
+        def upkeep():
+            last_popular = time.monotonic()
+            while not self._stop.wait(self.config.reranking.rules_poll_seconds):
+                if self.rules.maybe_reload():
+                    self.metrics.rules_reloads.labels("ok").inc()
+                if time.monotonic() - last_popular > 60:
+                    self.refresh_popular()
+                    last_popular = time.monotonic()
+
+        thread = threading.Thread(target=upkeep, name="recommender-upkeep", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        if self.watcher is not None:
+            self.watcher.start(self.config.retrieval.version_poll_seconds)
+
+    def warm_up(self, requests: int = 3) -> None:
+        """A few throw-away requests so the first real one does not pay for lazy set-up (threads, ScaNN)."""
+        for n in range(requests):
+            self.recommend({"user_id": f"warm-up-{n}", "k": 10, "explore": False})
+
+    def close(self) -> None:
+        self._stop.set()
+        if self.watcher is not None:
+            self.watcher.stop()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def ready(self) -> dict:
+        """What /readyz reports: models loaded and store reachable."""
+        served = self.watcher.current if self.watcher else None
+        try:
+            store_ok = bool(self.store.ping())
+        except Exception:  # noqa: BLE001 - readiness reports, never raises
+            store_ok = False
+        return {
+            "ready": served is not None and store_ok,
+            "models": served.versions if served else None,
+            "store": store_ok,
+            "model_error": self.watcher.last_error if self.watcher else "no model server configured",
+        }
+
+    # ------------------------------------------------------------------ the request
+
+    def _stage(self, state: _State, name: str, fn, *args):
+        """Runs one stage under its budget, records its time; exceptions propagate to the caller's fallback."""
+        budget = getattr(self.config.budgets_ms, name) / 1000.0
+        start = time.perf_counter()
+        try:
+            future = self._pool.submit(fn, *args)
+            try:
+                return future.result(timeout=budget)
+            except concurrent.futures.TimeoutError:
+                future.cancel()
+                raise StageTimeoutError(f"{name} over its {budget * 1000:.0f} ms budget") from None
+        finally:
+            elapsed = time.perf_counter() - start
+            state.timings[name] = state.timings.get(name, 0.0) + elapsed * 1000
+            self.metrics.stage_latency.labels(name).observe(elapsed)
+
+    def _fall_back(self, state: _State, stage: str, err: Exception) -> None:
+        reason = _reason(err)
+        if state.fallback is None:
+            state.fallback = {"stage": stage, "reason": reason}
+        self.metrics.fallbacks.labels(stage, type(err).__name__).inc()
+        log.info("request %s: %s fallback: %s", state.request.request_id, stage, reason)
+
+    def recommend(self, body) -> dict:
+        """The response dict for one request (BadRequestError for an invalid one; never anything else)."""
+        limits = self.config.limits
+        request = body if isinstance(body, Request) else Request.parse(body, limits.max_k, limits.max_exclude)
+        start = time.perf_counter()
+        ts = request.context.get("timestamp")
+        state = _State(request, int(ts) if ts is not None else int(time.time()))
+        try:
+            self._run(state)
+        except Exception as err:  # noqa: BLE001 - the last line of defence: a valid request never fails
+            log.exception("request %s failed; serving popularity", request.request_id)
+            self._fall_back(state, "pipeline", err)
+            self.metrics.errors.labels("recommend", type(err).__name__).inc()
+            state.candidates = self._popularity(state, store_ok=False)[: request.k]
+        total = (time.perf_counter() - start) * 1000
+        self.metrics.request_latency.observe(total / 1000)
+        return self._response(state, total)
+
+    def _run(self, state: _State) -> None:
+        request = state.request
+        try:
+            self._stage(state, "features", self._features, state)
+        except Exception as err:  # noqa: BLE001 - store down / over budget
+            self._fall_back(state, "features", err)
+            state.candidates = self._popularity(state, store_ok=False)[: request.k]
+            return
+        state.served = self.watcher.current if self.watcher else None
+        try:
+            if state.served is None:
+                raise ModelUnavailableError(
+                    "no served model version yet" + (f" ({self.watcher.last_error})" if self.watcher else "")
+                )
+            self._stage(state, "retrieval", self._retrieve, state)
+        except Exception as err:  # noqa: BLE001 - model server down / over budget
+            self._fall_back(state, "retrieval", err)
+            state.candidates = self._popularity(state, store_ok=True)
+        else:
+            try:
+                self._stage(state, "ranking", self._rank, state)
+            except Exception as err:  # noqa: BLE001 - keep the retrieval order
+                self._fall_back(state, "ranking", err)
+        try:
+            state.candidates = self._stage(state, "reranking", self._rerank, state)
+        except Exception as err:  # noqa: BLE001
+            self._fall_back(state, "reranking", err)
+        try:
+            state.candidates = self._stage(state, "exploration", self._explore, state)
+        except Exception as err:  # noqa: BLE001
+            self._fall_back(state, "exploration", err)
+            state.candidates = state.candidates[: request.k]
+
+    # ------------------------------------------------------------------ stages
+
+    def _features(self, state: _State) -> None:
+        user = state.request.user_id
+        profile = self.store.user_profile(user)
+        events = self.store.user_events(user, before=state.as_of)
+        state.query = self.store.query_features(user, state.as_of)
+        state.seen = {e.item_id for e in events}
+        state.events = len(events)
+        state.history = [e.item_id for e in sorted(events)][-features.DEFAULT_HISTORY_LENGTH :]
+        cold = profile is None or len(events) < self.config.cold_start.min_events
+        state.user_state = COLD if cold else WARM
+        for key in features.USER_FEATURES[1:]:
+            value = state.query.get(key)
+            self.metrics.feature_checks.labels(key).inc()
+            if value in (None, "", -1):
+                self.metrics.feature_nulls.labels(key).inc()
+
+    def _query_embedding(self, state: _State) -> np.ndarray:
+        served, request = state.served, state.request
+        budget = self.config.budgets_ms.retrieval / 1000.0
+        context = features.context_features(state.as_of)
+        # The cached vector is only right for the same model version and request hour/day (context
+        # features) and the same history (an event invalidates); replays of the past skip the cache.
+        live = abs(time.time() - state.as_of) < self.config.retrieval.cache_ttl_seconds
+        slot = served.two_tower * 1000 + context[features.CTX_HOUR] * 7 + context[features.CTX_DAY_OF_WEEK]
+        if live:
+            try:
+                cached = self.store.get_cached_embedding("query", request.user_id, slot)
+            except Exception:  # noqa: BLE001 - a cache miss, not an error
+                cached = None
+            self.metrics.cache.labels("hit" if cached is not None else "miss").inc()
+            if cached is not None and cached.shape == (served.index.dim,):
+                return cached
+        embedding = self.watcher.client.query_embedding(state.query, served.two_tower, budget)
+        if live:
+            try:
+                self.store.set_cached_embedding(
+                    "query", request.user_id, slot, embedding, self.config.retrieval.cache_ttl_seconds
+                )
+            except Exception:  # noqa: BLE001 - caching is best effort
+                pass
+        return embedding
+
+    def _retrieve(self, state: _State) -> None:
+        served, request = state.served, state.request
+        index = served.index
+        query = self._query_embedding(state)
+        rules = self.rules.rules
+        banned = state.seen | set(request.exclude) | set(rules.blocked)
+        rows = [r for r in (index.row_of(i) for i in banned) if r is not None]
+        top_n = min(self.config.retrieval.top_n, index.num_items)
+        idx, scores = index.search(query[None, :], top_n, exclude=[rows])
+        temperature = self.temperature
+        out = []
+        for row, score in zip(idx[0], scores[0]):
+            if row < 0:
+                continue
+            logit = float(score) / temperature
+            out.append(Candidate(str(index.ids[row]), logit, stage_scores={"retrieval": logit}))
+        if state.user_state == COLD and self.config.cold_start.popularity_candidates:
+            have = {c.item_id for c in out}
+            segment = self._segment(state.query)
+            popular = self.store.popular_items(
+                state.as_of,
+                self.config.cold_start.popularity_candidates + len(banned),
+                self.config.cold_start.popularity_window_days,
+                segment,
+            )
+            for item, _count in popular:
+                row = index.row_of(item)
+                if item in have or item in banned or row is None:
+                    continue
+                logit = float(index.embeddings[row] @ query) / temperature
+                out.append(Candidate(item, logit, source=POPULARITY, stage_scores={"retrieval": logit}))
+        state.candidates = out
+
+    @staticmethod
+    def _segment(query: Mapping) -> dict | None:
+        from towerflow.serving.feature_store.keys import age_bucket
+
+        segment = {}
+        age = query.get(features.USER_AGE)
+        if isinstance(age, int) and age > 0:
+            segment["age_bucket"] = age_bucket(age)
+        if query.get(features.USER_GENDER):
+            segment["gender"] = query[features.USER_GENDER]
+        return segment or None
+
+    def _item_details(self, state: _State) -> None:
+        ids = [c.item_id for c in state.candidates]
+        items = self.store.items(ids)
+        pit = self.store.item_features_at(ids, state.as_of)
+        for c, item, p in zip(state.candidates, items, pit):
+            c.item, c.pit = item or {features.ITEM_ID: c.item_id}, p or {}
+
+    def _rank(self, state: _State) -> None:
+        self._item_details(state)
+        served = state.served
+        if not self.config.ranking.enabled or served.ranker is None or not state.candidates:
+            return
+        n = len(state.candidates)
+        inputs = {k: np.repeat(v, n, axis=0) for k, v in columns([state.query], features.QUERY_FEATURES).items()}
+        inputs.update(columns([c.item for c in state.candidates], features.CANDIDATE_FEATURES))
+        inputs.update(columns([c.pit for c in state.candidates], features.ITEM_POINT_IN_TIME_FEATURES))
+        budget = self.config.budgets_ms.ranking / 1000.0
+        out = self.watcher.client.rank(inputs, served.ranker, budget)
+        interaction = np.asarray(out["interaction_score"], dtype=np.float64).reshape(-1)
+        weight = served.rerank_weight
+        for c, s in zip(state.candidates, interaction):
+            c.stage_scores["ranking"] = float(s)
+            c.score = c.stage_scores["retrieval"] + weight * float(s)
+            c.stage_scores["final"] = c.score
+        version = str(served.ranker)
+        self.metrics.scores.labels("ranker", version).observe(float(np.mean(interaction)))
+
+    def _rerank(self, state: _State) -> list[Candidate]:
+        if state.candidates and not state.candidates[0].item:
+            self._item_details(state)  # ranking fell back before fetching item features
+        request = state.request
+        return reranking.rerank(
+            state.candidates,
+            request.k,
+            seen=state.seen,
+            exclude=set(request.exclude),
+            rules=self.rules.rules,
+            context=request.context,
+            config=self.config.reranking,
+        )
+
+    def _explore(self, state: _State) -> list[Candidate]:
+        request = state.request
+        if request.explore and state.fallback is None:
+            top, state.epsilon = reranking.explore(
+                state.candidates, request.k, state.events, request.request_id, self.config.exploration
+            )
+        else:
+            top = list(state.candidates[: request.k])
+        if state.served is not None:
+            titles = {i[features.ITEM_ID]: i.get(features.ITEM_TITLE) for i in self.store.items(state.history) if i}
+            reranking.explain(top, state.history, state.served.index, titles)
+        else:
+            reranking.explain(top, [], None, {})
+        return top
+
+    # ------------------------------------------------------------------ fallbacks
+
+    def _popularity(self, state: _State, store_ok: bool) -> list[Candidate]:
+        """Recent popularity from the store (all-time if the recent window is thin), else the in-process list."""
+        request = state.request
+        banned = state.seen | set(request.exclude) | set(self.rules.rules.blocked)
+        want = request.k + len(banned)
+        popular: list[tuple[str, float]] = []
+        if store_ok:
+            try:
+                window = self.config.cold_start.popularity_window_days
+                popular = self.store.popular_items(state.as_of, want, window)
+                if len(popular) < want:
+                    have = {i for i, _ in popular}
+                    popular += [p for p in self.store.popular_items(state.as_of, want) if p[0] not in have]
+            except Exception as err:  # noqa: BLE001 - the store failed too: use the in-process list
+                self._fall_back(state, "popularity", err)
+                popular = []
+        if not popular:
+            popular = self._popular
+        out = []
+        for item, count in popular:
+            if item in banned or not self.rules.rules.allowed(item, request.context):
+                continue
+            c = Candidate(item, float(count), source=POPULARITY, stage_scores={"popularity": float(count)})
+            c.explanation = "popular this week"
+            out.append(c)
+        return out
+
+    # ------------------------------------------------------------------ the response
+
+    def _response(self, state: _State, total_ms: float) -> dict:
+        items = []
+        for c in state.candidates:
+            if not c.explanation:
+                c.explanation = "popular this week" if c.source == POPULARITY else "recommended for you"
+            items.append(
+                {
+                    "item_id": c.item_id,
+                    "title": c.item.get(features.ITEM_TITLE),
+                    "score": round(float(c.score), 6),
+                    "stage_scores": {k: round(v, 6) for k, v in c.stage_scores.items()},
+                    "explanation": c.explanation,
+                    "explored": c.explored,
+                    "source": c.source,
+                }
+            )
+        timings = {stage: round(state.timings.get(stage, 0.0), 3) for stage in STAGES}
+        timings["total"] = round(total_ms, 3)
+        if state.fallback:
+            self.metrics.responses.labels("fallback").inc()
+        else:
+            self.metrics.responses.labels("ok").inc()
+        return {
+            "items": items,
+            "user_state": state.user_state,
+            "model_versions": state.served.versions if state.served else {"two_tower": None, "ranker": None},
+            "fallback": state.fallback,
+            "timings_ms": timings,
+            "request_id": state.request.request_id,
+            "as_of": state.as_of,
+            "epsilon": round(state.epsilon, 6),
+        }
+
+
+def _reason(err: Exception) -> str:
+    text = str(err) or type(err).__name__
+    return f"{type(err).__name__}: {text}"[:300]

@@ -1,0 +1,168 @@
+"""Re-ranking, exploration and explanations: what happens to the ranked candidates before they are shown.
+
+* `rerank`: drops seen, excluded and rule-blocked or unavailable items, adds
+  business-rule boosts and a freshness boost (items first interacted with less
+  than `freshness_days` ago), then orders by maximal marginal relevance over
+  genres: each next item maximises  lambda x relevance - (1 - lambda) x its
+  highest genre (Jaccard) similarity to the items already picked. lambda = 1 is
+  pure relevance order.
+* `explore`: epsilon-greedy slots. epsilon = epsilon0 / sqrt(1 + events) shrinks
+  as the user engages; a slot (after the protected top ones) is replaced with
+  probability epsilon by a draw from the least-exposed candidates whose score
+  is above the quality-floor quantile. The random stream is seeded from
+  (request_id, seed), so the same request explores the same way.
+* `explain`: "because you watched <title>" (the history item nearest by item
+  embedding), "popular this week", "new", "exploring".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from towerflow.models import features
+from towerflow.serving.recommender.config import ExplorationConfig, RerankingConfig
+from towerflow.serving.recommender.rules import Rules
+
+RETRIEVAL = "retrieval"
+POPULARITY = "popularity"
+
+
+@dataclass
+class Candidate:
+    """One item on its way through the stages."""
+
+    item_id: str
+    score: float  # the current ordering score
+    source: str = RETRIEVAL  # retrieval | popularity
+    stage_scores: dict[str, float] = field(default_factory=dict)
+    item: dict = field(default_factory=dict)  # raw item features (title, genres, year)
+    pit: dict = field(default_factory=dict)  # point-in-time item features (prior/recent counts, age)
+    fresh: bool = False
+    explored: bool = False
+    explanation: str = ""
+
+    @property
+    def genres(self) -> frozenset[str]:
+        return frozenset(self.item.get(features.ITEM_GENRES) or ())
+
+
+def _jaccard(a: frozenset, b: frozenset) -> float:
+    if not a and not b:
+        return 1.0
+    return len(a & b) / len(a | b)
+
+
+def mmr(candidates: Sequence[Candidate], k: int, diversity_lambda: float, depth: int) -> list[Candidate]:
+    """Greedy MMR over genre sets among the best `max(k, depth)` (input sorted by score, best first)."""
+    if diversity_lambda >= 1.0 or len(candidates) <= 1:
+        return list(candidates)
+    pool = list(candidates[: max(k, depth)])
+    rest = list(candidates[len(pool) :])
+    scores = np.array([c.score for c in pool], dtype=np.float64)
+    span = scores.max() - scores.min()
+    relevance = (scores - scores.min()) / span if span > 0 else np.ones_like(scores)
+    genres = [c.genres for c in pool]
+    max_sim = np.zeros(len(pool))
+    chosen: list[int] = []
+    left = list(range(len(pool)))
+    while left and len(chosen) < k:
+        gains = [diversity_lambda * relevance[i] - (1 - diversity_lambda) * max_sim[i] for i in left]
+        best = left.pop(int(np.argmax(gains)))  # argmax takes the first on ties: the higher-scored item
+        chosen.append(best)
+        for i in left:
+            max_sim[i] = max(max_sim[i], _jaccard(genres[i], genres[best]))
+    picked = [pool[i] for i in chosen]
+    return picked + [pool[i] for i in left] + rest
+
+
+def rerank(
+    candidates: Sequence[Candidate],
+    k: int,
+    *,
+    seen: Collection[str],
+    exclude: Collection[str],
+    rules: Rules,
+    context: Mapping,
+    config: RerankingConfig,
+) -> list[Candidate]:
+    """Filtered, boosted and MMR-ordered candidates (all of them; the caller cuts to k after exploring)."""
+    kept = []
+    for c in candidates:
+        if c.item_id in seen or c.item_id in exclude or not rules.allowed(c.item_id, context):
+            continue
+        days = c.pit.get(features.ITEM_DAYS_SINCE_FIRST)
+        c.fresh = bool(c.pit.get(features.ITEM_PRIOR_COUNT)) and days is not None and days < config.freshness_days
+        c.score = c.score + rules.boost(c.item_id) + (config.freshness_boost if c.fresh else 0.0)
+        c.stage_scores["reranking"] = float(c.score)
+        kept.append(c)
+    kept.sort(key=lambda c: -c.score)  # stable: ties keep the ranking order
+    return mmr(kept, k, config.diversity_lambda, config.diversity_depth)
+
+
+def request_rng(request_id: str, seed: int) -> np.random.Generator:
+    """The exploration random stream of one request: the same (request_id, seed) -> the same draws."""
+    digest = hashlib.sha256(f"{request_id}\0{seed}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def epsilon(config: ExplorationConfig, events: int) -> float:
+    return config.epsilon0 / math.sqrt(1 + max(0, events))
+
+
+def explore(
+    ranked: Sequence[Candidate], k: int, events: int, request_id: str, config: ExplorationConfig
+) -> tuple[list[Candidate], float]:
+    """The top k with some slots replaced by exploration picks (marked `explored`); returns (list, epsilon)."""
+    eps = epsilon(config, events)
+    top, rest = list(ranked[:k]), list(ranked[k:])
+    if eps <= 0 or not rest or len(top) <= config.protected_top:
+        return top, eps
+    floor = float(np.quantile([c.score for c in ranked], config.quality_floor))
+    # under-exposed = fewest interactions so far; ties by id so the pool is deterministic
+    pool = sorted(
+        (c for c in rest if c.score >= floor),
+        key=lambda c: (c.pit.get(features.ITEM_PRIOR_COUNT, 0), c.item_id),
+    )[: config.pool_size]
+    rng = request_rng(request_id, config.seed)
+    for slot in range(config.protected_top, len(top)):
+        if not pool:
+            break
+        if rng.random() < eps:
+            pick = pool.pop(int(rng.integers(len(pool))))
+            pick.explored = True
+            top[slot] = pick
+    return top, eps
+
+
+def explain(
+    candidates: Sequence[Candidate],
+    history: Sequence[str],
+    index,
+    titles: Mapping[str, str],
+    min_similarity: float = 0.2,
+) -> None:
+    """Sets each candidate's `explanation` (see the module docstring)."""
+    hist_rows = [(item, index.row_of(item)) for item in history]
+    hist_rows = [(item, row) for item, row in hist_rows if row is not None]
+    hist_matrix = index.embeddings[[row for _, row in hist_rows]] if hist_rows else None
+    for c in candidates:
+        if c.explored:
+            c.explanation = "exploring"
+        elif c.source == POPULARITY:
+            c.explanation = "popular this week"
+        elif c.fresh:
+            c.explanation = "new"
+        else:
+            c.explanation = "recommended for you"
+            row = index.row_of(c.item_id) if hist_matrix is not None else None
+            if row is not None:
+                sims = hist_matrix @ index.embeddings[row]
+                best = int(np.argmax(sims))
+                if sims[best] >= min_similarity:
+                    item = hist_rows[best][0]
+                    c.explanation = f"because you watched {titles.get(item) or item}"

@@ -1,0 +1,272 @@
+"""The served models as the recommender sees them: clients for the model server and version pairing.
+
+`ModelClient` calls the two signatures the service needs -- the two-tower's
+`query_tower` and the DCN's `ranker` -- over TF Serving's gRPC
+PredictionService (default) or its REST API, always naming the version, with
+a timeout equal to the stage's budget and no retries (a retry would blow the
+budget; the caller falls back instead).
+
+`VersionWatcher` decides which versions the service uses. It reads the
+serving root (`model_repository`) for the version TF Serving sends
+unversioned requests to, waits until the model server reports that version
+AVAILABLE, then loads the ScaNN index and item embeddings pushed inside that
+same version directory (`assets.extra/towerflow/index`) and the re-ranking
+weight pushed with the ranker (`evaluation.json`), and swaps all of it in one
+assignment. So a query embedding from two-tower version v is only ever
+searched in version v's item embeddings. A version pushed without an index
+(e.g. by hand) gets one built here from its candidate tower over the store's
+catalog.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from towerflow.components.index.scann_index import ScannIndex
+from towerflow.models import features
+from towerflow.serving import model_repository
+from towerflow.serving.client import GrpcClient, RestClient
+from towerflow.serving.tensor_codec import ServingError
+
+log = logging.getLogger(__name__)
+
+TWO_TOWER = "two_tower"
+RANKER = "ranker"
+QUERY_SIGNATURE = "query_tower"
+CANDIDATE_SIGNATURE = "candidate_tower"
+RANKER_SIGNATURE = "ranker"
+EMBEDDING = "embedding"
+INTERACTION_SCORE = "interaction_score"
+INDEX_EXTRA = "index"  # names the pusher gives the extras (components/pusher/executor.py)
+EVALUATION_EXTRA = "evaluation.json"
+
+
+class ModelUnavailableError(RuntimeError):
+    """The model server cannot answer (down, timed out, or no served version yet)."""
+
+
+def pad_lists(lists: Sequence[Sequence[str]]) -> np.ndarray:
+    """List features as the signatures take them: a 2-D string array right-padded with ""."""
+    width = max([len(x) for x in lists] + [1])
+    return np.array([list(x) + [""] * (width - len(x)) for x in lists], dtype=object)
+
+
+_DTYPES = {key: np.int64 for key in features.INT_FEATURES}
+_DTYPES.update({key: np.float32 for key in features.FLOAT_FEATURES})
+
+
+def columns(rows: Sequence[Mapping], keys: Sequence[str]) -> dict[str, np.ndarray]:
+    """Raw feature dicts -> the named columns a signature takes (dtypes from models/features.py)."""
+    out = {}
+    for key in keys:
+        values = [row.get(key) for row in rows]
+        if key in features.LIST_FEATURES:
+            out[key] = pad_lists([v or [] for v in values])
+        elif key in _DTYPES:
+            out[key] = np.array([0 if v is None else v for v in values], dtype=_DTYPES[key])
+        else:
+            out[key] = np.array(["" if v is None else str(v) for v in values], dtype=object)
+    return out
+
+
+class ModelClient:
+    """query_tower / candidate_tower / ranker calls over gRPC or REST, pinned to a version."""
+
+    def __init__(self, grpc_target: str | None = None, rest_url: str | None = None, protocol: str = "grpc"):
+        if protocol == "grpc" and not grpc_target:
+            raise ValueError("the gRPC protocol needs the model server's gRPC host:port")
+        if protocol == "rest" and not rest_url:
+            raise ValueError("the REST protocol needs the model server's REST URL")
+        self.protocol, self.grpc_target, self.rest_url = protocol, grpc_target, rest_url
+        self._clients: dict[tuple[str, float], object] = {}
+        self._lock = threading.Lock()
+
+    def _client(self, timeout: float):
+        key = (self.protocol, round(timeout, 3))
+        with self._lock:
+            client = self._clients.get(key)
+            if client is None:
+                if self.protocol == "grpc":
+                    client = GrpcClient(self.grpc_target, timeout=timeout, retries=0)
+                else:
+                    client = RestClient(self.rest_url, timeout=timeout, retries=0)
+                self._clients[key] = client
+        return client
+
+    def predict(
+        self, model: str, signature: str, inputs: Mapping[str, np.ndarray], version: int, timeout: float
+    ) -> dict[str, np.ndarray]:
+        try:
+            client = self._client(timeout)
+            if self.protocol == "grpc":
+                return client.predict(model, inputs, signature_name=signature, version=version)
+            body = client.predict(
+                model, inputs={k: v.tolist() for k, v in inputs.items()}, signature_name=signature, version=version
+            )
+            outputs = body["outputs"]
+            return {k: np.asarray(v) for k, v in outputs.items()} if isinstance(outputs, dict) else {"_": outputs}
+        except ServingError as err:
+            raise ModelUnavailableError(f"{model} v{version} {signature}: {err.code}: {err.message}") from None
+
+    def query_embedding(self, query_features: Mapping, version: int, timeout: float) -> np.ndarray:
+        inputs = columns([query_features], features.QUERY_FEATURES)
+        out = self.predict(TWO_TOWER, QUERY_SIGNATURE, inputs, version, timeout)
+        return np.asarray(out.get(EMBEDDING, out.get("_")), dtype=np.float32).reshape(-1)
+
+    def candidate_embeddings(self, items: Sequence[Mapping], version: int, timeout: float) -> np.ndarray:
+        inputs = columns(items, features.CANDIDATE_FEATURES)
+        out = self.predict(TWO_TOWER, CANDIDATE_SIGNATURE, inputs, version, timeout)
+        return np.asarray(out.get(EMBEDDING, out.get("_")), dtype=np.float32).reshape(len(items), -1)
+
+    def rank(self, inputs: Mapping[str, np.ndarray], version: int, timeout: float) -> dict[str, np.ndarray]:
+        return self.predict(RANKER, RANKER_SIGNATURE, inputs, version, timeout)
+
+    def available_versions(self, model: str, timeout: float = 2.0) -> set[int]:
+        """Versions the server reports AVAILABLE (ModelUnavailableError if it cannot be asked)."""
+        client = self._client(timeout)
+        try:
+            if self.protocol == "grpc":
+                status = client.status(model)
+                return {int(s.version) for s in status.model_version_status if s.state == 30}  # 30 = AVAILABLE
+            status = client.status(model)
+            return {int(s["version"]) for s in status.get("model_version_status", []) if s.get("state") == "AVAILABLE"}
+        except ServingError as err:
+            raise ModelUnavailableError(f"{model} status: {err.code}: {err.message}") from None
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+
+
+@dataclass(frozen=True)
+class ServedVersion:
+    """One consistent set: two-tower version + its own index, ranker version + its re-ranking weight."""
+
+    two_tower: int
+    ranker: int | None
+    index: ScannIndex
+    rerank_weight: float
+    evaluation: dict = field(default_factory=dict)
+    index_source: str = "pushed"
+
+    @property
+    def versions(self) -> dict[str, int | None]:
+        return {TWO_TOWER: self.two_tower, RANKER: self.ranker}
+
+
+def read_evaluation(version_dir: str | Path) -> dict:
+    path = model_repository.extras_dir(version_dir) / EVALUATION_EXTRA
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text())
+
+
+class VersionWatcher:
+    """Keeps `current` (a ServedVersion) in step with what the model server serves; see the module docstring."""
+
+    def __init__(
+        self,
+        serving_root: str | Path,
+        client: ModelClient,
+        default_weight: float,
+        catalog: Callable[[], list[dict]] | None = None,
+        on_swap: Callable[[ServedVersion], None] | None = None,
+    ):
+        self.serving_root = Path(serving_root)
+        self.client, self.default_weight = client, default_weight
+        self._catalog, self._on_swap = catalog, on_swap
+        self.current: ServedVersion | None = None
+        self.last_error: str | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _wanted(self, model: str) -> tuple[int | None, str | None]:
+        try:
+            state = model_repository.model_state(self.serving_root, model)
+        except ValueError:
+            return None, None
+        return state.default_version, state.base_path
+
+    def _load_index(self, version: int, version_dir: Path) -> tuple[ScannIndex, str]:
+        index_dir = model_repository.extras_dir(version_dir) / INDEX_EXTRA
+        if index_dir.is_dir():
+            return ScannIndex.load(str(index_dir)), "pushed"
+        if self._catalog is None:
+            raise FileNotFoundError(f"{version_dir} carries no index and no catalog was given to build one")
+        items = self._catalog()
+        embeddings = np.concatenate(
+            [
+                self.client.candidate_embeddings(items[start : start + 1024], version, timeout=60.0)
+                for start in range(0, len(items), 1024)
+            ]
+        )
+        return ScannIndex.build([str(i[features.ITEM_ID]) for i in items], embeddings), "built from candidate_tower"
+
+    def refresh(self) -> bool:
+        """Swaps in the served versions if they changed and are AVAILABLE; True if a swap happened."""
+        with self._lock:
+            tt_version, tt_base = self._wanted(TWO_TOWER)
+            rk_version, rk_base = self._wanted(RANKER)
+            current = self.current
+            if tt_version is None:
+                self.last_error = f"no two_tower model in {self.serving_root}"
+                return False
+            if current and (current.two_tower, current.ranker) == (tt_version, rk_version):
+                return False
+            try:
+                if tt_version not in self.client.available_versions(TWO_TOWER):
+                    return False
+                if rk_version is not None and rk_version not in self.client.available_versions(RANKER):
+                    rk_version = current.ranker if current else None
+                tt_dir = Path(tt_base) / str(tt_version)
+                if current and current.two_tower == tt_version:
+                    index, source = current.index, current.index_source
+                else:
+                    index, source = self._load_index(tt_version, tt_dir)
+                evaluation = read_evaluation(Path(rk_base) / str(rk_version)) if rk_version else {}
+                evaluation = evaluation or read_evaluation(tt_dir)
+            except (ModelUnavailableError, OSError, ValueError) as err:
+                self.last_error = str(err)
+                log.warning("served models not refreshed: %s", err)
+                return False
+            weight = evaluation.get("rerank_weight")
+            served = ServedVersion(
+                tt_version,
+                rk_version,
+                index,
+                float(self.default_weight if weight is None else weight),
+                evaluation,
+                source,
+            )
+            self.current, self.last_error = served, None
+        log.info(
+            "serving two_tower v%s (index %s, %d items), ranker v%s", tt_version, source, index.num_items, rk_version
+        )  # noqa: E501
+        if self._on_swap:
+            self._on_swap(served)
+        return True
+
+    def start(self, poll_seconds: float) -> None:
+        def loop():
+            while not self._stop.wait(poll_seconds):
+                try:
+                    self.refresh()
+                except Exception as err:  # noqa: BLE001 - the watcher must outlive any one bad refresh
+                    self.last_error = str(err)
+                    log.exception("version refresh failed")
+
+        self._thread = threading.Thread(target=loop, name="version-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(5)

@@ -1,0 +1,153 @@
+"""Re-ranking, MMR, exploration and explanations on hand-made candidates; config and rules validation."""
+
+import time
+
+import numpy as np
+import pytest
+
+from towerflow.models import features
+from towerflow.serving.recommender import reranking
+from towerflow.serving.recommender.config import ExplorationConfig, RerankingConfig, ServiceConfig, load_config
+from towerflow.serving.recommender.reranking import Candidate
+from towerflow.serving.recommender.rules import Rules, RulesHolder, parse_rules
+
+
+def cand(item, score, genres=(), prior=10, days=100.0):
+    return Candidate(
+        item,
+        score,
+        item={features.ITEM_ID: item, features.ITEM_GENRES: list(genres)},
+        pit={features.ITEM_PRIOR_COUNT: prior, features.ITEM_DAYS_SINCE_FIRST: days},
+    )
+
+
+def test_mmr_hand_computed():
+    # relevance normalised to [1, 0.9, 0.8, 0]; lambda 0.5
+    cands = [cand("a", 10, ["x"]), cand("b", 9, ["x"]), cand("c", 8, ["y"]), cand("d", 0, ["z"])]
+    # pick a (0.5); then b: 0.5*0.9 - 0.5*1 = -0.05, c: 0.5*0.8 - 0 = 0.4, d: 0 -> c;
+    # then b: -0.05, d: 0 -> d; then b
+    assert [c.item_id for c in reranking.mmr(cands, 4, 0.5, 10)] == ["a", "c", "d", "b"]
+    assert [c.item_id for c in reranking.mmr(cands, 4, 1.0, 10)] == ["a", "b", "c", "d"]
+
+
+def test_rerank_filters_boosts_and_freshness():
+    rules = parse_rules(
+        {
+            "blocked_items": ["b"],
+            "boosted_items": {"d": 5.0},
+            "availability": {"context_field": "region", "items": {"c": ["de"]}},
+        }
+    )
+    cfg = RerankingConfig(diversity_lambda=1.0, freshness_days=30, freshness_boost=1.5)
+    cands = [cand("a", 10), cand("b", 9), cand("c", 8), cand("d", 1), cand("e", 0, days=3.0), cand("s", 20)]
+    out = reranking.rerank(cands, 5, seen={"s"}, exclude={"zz"}, rules=rules, context={}, config=cfg)
+    assert [c.item_id for c in out] == ["a", "d", "e"]  # b blocked, c not available without a region, s seen
+    assert out[1].score == 6.0 and out[2].score == 1.5 and out[2].fresh
+    cands = [cand("a", 10), cand("c", 8)]
+    out = reranking.rerank(cands, 5, seen=set(), exclude={"a"}, rules=rules, context={"region": "de"}, config=cfg)
+    assert [c.item_id for c in out] == ["c"]
+
+
+def test_explore_pool_is_above_the_floor_and_least_exposed():
+    cfg = ExplorationConfig(epsilon0=1.0, quality_floor=0.5, protected_top=1, pool_size=2)
+    ranked = [cand(f"t{n}", 100 - n, prior=1000) for n in range(3)]
+    ranked += [cand("pop", 50, prior=500), cand("rare", 49, prior=1), cand("rarer", 48, prior=0)]
+    ranked += [cand(f"junk{n}", -100, prior=0) for n in range(6)]  # below the floor: never explored
+    top, eps = reranking.explore(ranked, 3, 0, "r1", cfg)
+    assert eps == 1.0
+    assert [c.item_id for c in top[:1]] == ["t0"]
+    assert {c.item_id for c in top[1:]} == {"rare", "rarer"} and all(c.explored for c in top[1:])
+    assert reranking.epsilon(cfg, 99) == pytest.approx(0.1)
+
+
+def test_request_rng_is_reproducible():
+    a = reranking.request_rng("abc", 1).random(5)
+    assert np.array_equal(a, reranking.request_rng("abc", 1).random(5))
+    assert not np.array_equal(a, reranking.request_rng("abc", 2).random(5))
+
+
+def test_explanations():
+    class Index:
+        embeddings = np.array([[1, 0], [0, 1], [0.9, 0.1]], dtype=np.float32)
+        rows = {"h1": 0, "h2": 1, "c": 2}
+
+        def row_of(self, item):
+            return self.rows.get(item)
+
+    c, p, e, f = cand("c", 1), cand("p", 1), cand("e", 1), cand("f", 1)
+    p.source, e.explored, f.fresh = reranking.POPULARITY, True, True
+    reranking.explain([c, p, e, f], ["h1", "h2"], Index(), {"h1": "Toy Story"})
+    assert [x.explanation for x in (c, p, e, f)] == [
+        "because you watched Toy Story",
+        "popular this week",
+        "exploring",
+        "new",
+    ]
+
+
+@pytest.mark.parametrize(
+    "values, words",
+    [
+        ({"retrieval": {"top_n": 0}}, "retrieval.top_n"),
+        ({"retrieval": {"protocol": "soap"}}, "retrieval.protocol"),
+        ({"reranking": {"diversity_lambda": 1.5}}, "diversity_lambda"),
+        ({"budgets_ms": {"ranking": -1}}, "budgets_ms.ranking"),
+        ({"limits": {"max_k": 0}}, "limits.max_k"),
+        ({"ranking": {"weight": 1}}, "unknown key"),
+        ({"rankin": {}}, "unknown config section"),
+    ],
+)
+def test_config_validation(values, words):
+    with pytest.raises(ValueError, match=words):
+        ServiceConfig.from_dict(values)
+
+
+def test_load_config_resolves_rules_next_to_it(tmp_path):
+    (tmp_path / "rules.yaml").write_text("blocked_items: ['1']\n")
+    path = tmp_path / "service.yaml"
+    path.write_text("retrieval: {top_n: 50}\nreranking: {rules_file: rules.yaml}\n")
+    cfg = load_config(path)
+    assert cfg.retrieval.top_n == 50 and cfg.reranking.rules_file == str(tmp_path / "rules.yaml")
+    path.write_text("retrieval: [1, 2\n")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    "values, words",
+    [
+        ({"blocked": ["1"]}, "unknown rule key"),
+        ({"blocked_items": "1"}, "blocked_items must be a list"),
+        ({"boosted_items": {"1": "lots"}}, "finite number"),
+        ({"blocked_items": ["1"], "boosted_items": {"1": 1}}, "both blocked and boosted"),
+        ({"availability": {"items": {"1": ["de"]}}}, "context_field"),
+        ({"availability": {"context_field": "region", "items": {"1": "de"}}}, "list of item ids"),
+    ],
+)
+def test_rules_validation(values, words):
+    with pytest.raises(ValueError, match=words):
+        parse_rules(values)
+
+
+def test_rules_hot_reload_keeps_old_rules_on_a_bad_file(tmp_path):
+    path = tmp_path / "rules.yaml"
+    path.write_text("blocked_items: ['1']\n")
+    holder = RulesHolder(path)
+    assert holder.rules.blocked == {"1"}
+    assert not holder.maybe_reload()  # unchanged
+    time.sleep(0.01)
+    path.write_text("blocked_items: ['2', '3']\n")
+    assert holder.maybe_reload() and holder.rules.blocked == {"2", "3"}
+    path.write_text("blocked_items: oops: [\n")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        holder.reload()
+    assert holder.rules.blocked == {"2", "3"} and "not valid YAML" in holder.last_error
+    assert not holder.maybe_reload()  # the broken file is not retried on every poll
+    with pytest.raises(ValueError, match="rules file"):
+        RulesHolder(path)  # a bad file at start-up is fatal
+
+
+def test_rules_availability():
+    rules = Rules(available_in={"x": frozenset({"us"})}, context_field="region")
+    assert rules.allowed("y", {}) and rules.allowed("x", {"region": "us"})
+    assert not rules.allowed("x", {"region": "de"}) and not rules.allowed("x", {})
