@@ -16,6 +16,7 @@ an error response.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -37,7 +38,13 @@ from tensorflow_serving.apis import (
 )
 
 from towerflow.serving.servables import BatchingOptions, ModelManager, Servable, load_custom_ops
-from towerflow.serving.tensor_codec import ServingError, format_predict_response, invalid, parse_predict_request
+from towerflow.serving.tensor_codec import (
+    ServingError,
+    dtype_name,
+    format_predict_response,
+    invalid,
+    parse_predict_request,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +78,14 @@ class ServerOptions:
 
 
 # -- shared request logic (REST and gRPC) -----------------------------------------------------------
+def as_serving_error(err: Exception, where: str) -> ServingError:
+    """The error a client gets for a failed request: a ServingError as it is, anything else INTERNAL (logged)."""
+    if isinstance(err, ServingError):
+        return err
+    log.error("unexpected error in %s", where, exc_info=err)
+    return ServingError("INTERNAL", f"{type(err).__name__}: {err}")
+
+
 def status_response(manager: ModelManager, name: str, version=None, label=None):
     response = get_model_status_pb2.GetModelStatusResponse()
     for number, event in manager.status(name, version, label):
@@ -161,11 +176,8 @@ class _RestHandler(BaseHTTPRequestHandler):
                 raise ServingError("UNIMPLEMENTED", f"{suffix[1:]} is not supported by this server; use :predict")
         except _ResponseSentError:
             pass
-        except ServingError as err:
-            self._error(err)
         except Exception as err:  # never let one request take the server down
-            log.exception("unexpected error on %s %s", method, self.path)
-            self._error(ServingError("INTERNAL", f"{type(err).__name__}: {err}"))
+            self._error(as_serving_error(err, f"{method} {self.path}"))
 
     def _read_body(self) -> bytes:
         length = self.headers.get("Content-Length")
@@ -212,8 +224,23 @@ class _RestServer(ThreadingHTTPServer):
 
 
 # -- gRPC ---------------------------------------------------------------------------------------
-def _abort(context, err: ServingError):
-    context.abort(getattr(grpc.StatusCode, err.code, grpc.StatusCode.INTERNAL), err.message)
+def _grpc_handler(method):
+    """Wraps a servicer method so a failure ends the call with its gRPC status instead of escaping.
+
+    A ServingError's canonical code becomes the status code of the same name
+    (INTERNAL for a name gRPC lacks); any other exception is logged and becomes
+    INTERNAL with its type and message.
+    """
+
+    @functools.wraps(method)
+    def handler(self, request, context):
+        try:
+            return method(self, request, context)
+        except Exception as err:
+            error = as_serving_error(err, method.__name__)
+            context.abort(getattr(grpc.StatusCode, error.code, grpc.StatusCode.INTERNAL), error.message)
+
+    return handler
 
 
 def _spec_of(request) -> tuple[str, int | None, str | None]:
@@ -232,78 +259,56 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         self._manager = manager
         self._options = options
 
+    @_grpc_handler
     def Predict(self, request, context):  # noqa: N802  (gRPC method names)
-        try:
-            name, version, label = _spec_of(request)
-            servable = self._manager.resolve(name, version, label)
-            key, specs = servable.signature(request.model_spec.signature_name)
-            inputs = {}
-            for input_name, proto in request.inputs.items():
-                array = self._tf.make_ndarray(proto)
-                spec = specs.get(input_name)
-                if spec is not None and array.dtype != spec.numpy_dtype:
-                    raise invalid(
-                        f"input {input_name!r} is {_dtype_name(proto.dtype)} but signature {key!r} expects "
-                        f"{spec.dtype_name}"
-                    )
-                inputs[input_name] = array
-            for input_name, array in inputs.items():
-                if array.ndim and array.shape[0] > self._options.max_instances:
-                    raise invalid(
-                        f"input {input_name!r} has {array.shape[0]} rows; this server allows at most "
-                        f"{self._options.max_instances}"
-                    )
-            outputs = servable.predict(key, inputs)
-            wanted = list(request.output_filter) or sorted(outputs)
-            unknown = [k for k in wanted if k not in outputs]
-            if unknown:
-                raise invalid(f"output_filter names unknown outputs {unknown}; outputs are {sorted(outputs)}")
-            response = predict_pb2.PredictResponse()
-            response.model_spec.name = servable.name
-            response.model_spec.version.value = servable.version
-            response.model_spec.signature_name = key
-            for out in wanted:
-                response.outputs[out].CopyFrom(self._tf.make_tensor_proto(np.asarray(outputs[out])))
-            return response
-        except ServingError as err:
-            _abort(context, err)
-        except Exception as err:
-            log.exception("unexpected error in Predict")
-            _abort(context, ServingError("INTERNAL", f"{type(err).__name__}: {err}"))
+        name, version, label = _spec_of(request)
+        servable = self._manager.resolve(name, version, label)
+        key, specs = servable.signature(request.model_spec.signature_name)
+        inputs = {}
+        for input_name, proto in request.inputs.items():
+            array = self._tf.make_ndarray(proto)
+            spec = specs.get(input_name)
+            if spec is not None and array.dtype != spec.numpy_dtype:
+                raise invalid(
+                    f"input {input_name!r} is {dtype_name(proto.dtype)} but signature {key!r} expects {spec.dtype_name}"
+                )
+            inputs[input_name] = array
+        for input_name, array in inputs.items():
+            if array.ndim and array.shape[0] > self._options.max_instances:
+                raise invalid(
+                    f"input {input_name!r} has {array.shape[0]} rows; this server allows at most "
+                    f"{self._options.max_instances}"
+                )
+        outputs = servable.predict(key, inputs)
+        wanted = list(request.output_filter) or sorted(outputs)
+        unknown = [k for k in wanted if k not in outputs]
+        if unknown:
+            raise invalid(f"output_filter names unknown outputs {unknown}; outputs are {sorted(outputs)}")
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = servable.name
+        response.model_spec.version.value = servable.version
+        response.model_spec.signature_name = key
+        for out in wanted:
+            response.outputs[out].CopyFrom(self._tf.make_tensor_proto(np.asarray(outputs[out])))
+        return response
 
+    @_grpc_handler
     def GetModelMetadata(self, request, context):  # noqa: N802
-        try:
-            if list(request.metadata_field) != ["signature_def"]:
-                raise invalid(f"metadata_field must be ['signature_def'], got {list(request.metadata_field)}")
-            name, version, label = _spec_of(request)
-            response, _ = metadata_response(self._manager.resolve(name, version, label))
-            return response
-        except ServingError as err:
-            _abort(context, err)
-        except Exception as err:
-            log.exception("unexpected error in GetModelMetadata")
-            _abort(context, ServingError("INTERNAL", f"{type(err).__name__}: {err}"))
-
-
-def _dtype_name(dtype: int) -> str:
-    from towerflow.serving.tensor_codec import DTYPES
-
-    return DTYPES.get(dtype, (f"dtype {dtype}",))[0]
+        if list(request.metadata_field) != ["signature_def"]:
+            raise invalid(f"metadata_field must be ['signature_def'], got {list(request.metadata_field)}")
+        name, version, label = _spec_of(request)
+        response, _ = metadata_response(self._manager.resolve(name, version, label))
+        return response
 
 
 class _ModelService(model_service_pb2_grpc.ModelServiceServicer):
     def __init__(self, manager: ModelManager):
         self._manager = manager
 
+    @_grpc_handler
     def GetModelStatus(self, request, context):  # noqa: N802
-        try:
-            name, version, label = _spec_of(request)
-            return status_response(self._manager, name, version, label)
-        except ServingError as err:
-            _abort(context, err)
-        except Exception as err:
-            log.exception("unexpected error in GetModelStatus")
-            _abort(context, ServingError("INTERNAL", f"{type(err).__name__}: {err}"))
+        name, version, label = _spec_of(request)
+        return status_response(self._manager, name, version, label)
 
 
 # -- the server -----------------------------------------------------------------------------------

@@ -9,34 +9,53 @@ the signature has exactly one output), and `_bytes`-suffixed outputs
 encoded as `{"b64": ...}`.
 
 Everything a client can get wrong raises `ServingError("INVALID_ARGUMENT", ...)`
-with a message that names the input and what was expected. Kept free of
-TensorFlow so clients can use it.
+with a message that names the input and what was expected. Importing it needs
+no TensorFlow (the REST client uses its errors); the dtype table, TensorFlow's
+own enum-to-numpy mapping, is built on first use.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
-# tensorflow/core/framework/types.proto enum values -> (name, numpy dtype)
-DTYPES: dict[int, tuple[str, np.dtype]] = {
-    1: ("DT_FLOAT", np.dtype(np.float32)),
-    2: ("DT_DOUBLE", np.dtype(np.float64)),
-    3: ("DT_INT32", np.dtype(np.int32)),
-    4: ("DT_UINT8", np.dtype(np.uint8)),
-    5: ("DT_INT16", np.dtype(np.int16)),
-    6: ("DT_INT8", np.dtype(np.int8)),
-    7: ("DT_STRING", np.dtype(object)),
-    9: ("DT_INT64", np.dtype(np.int64)),
-    10: ("DT_BOOL", np.dtype(np.bool_)),
-    19: ("DT_HALF", np.dtype(np.float16)),
-    22: ("DT_UINT32", np.dtype(np.uint32)),
-    23: ("DT_UINT64", np.dtype(np.uint64)),
-}
+# numpy kinds a request tensor can have: bool, (unsigned) integers, floats, complex, and object for DT_STRING
+# (bytes). TensorFlow's quantized types and bfloat16 map to numpy record/extension types, resources and
+# variants to none; no client can send those as JSON or numpy, so they are left out of the table.
+_NUMPY_KINDS = frozenset("biufcO")
+
+
+@functools.cache
+def dtype_table() -> dict[int, tuple[str, np.dtype]]:
+    """TensorProto dtype enum (types.proto) -> (enum name, numpy dtype), as TensorFlow itself maps them.
+
+    Built on first use, so that importing this module needs no TensorFlow.
+    """
+    import tensorflow as tf
+    from tensorflow.core.framework import types_pb2
+
+    table = {}
+    for name, enum in types_pb2.DataType.items():
+        if enum == types_pb2.DT_INVALID or name.endswith("_REF"):
+            continue
+        try:
+            numpy_dtype = np.dtype(tf.dtypes.as_dtype(enum).as_numpy_dtype)
+        except (KeyError, TypeError):  # DT_RESOURCE, DT_VARIANT: no numpy equivalent
+            continue
+        if numpy_dtype.kind in _NUMPY_KINDS:
+            table[enum] = (name, numpy_dtype)
+    return table
+
+
+def dtype_name(dtype: int) -> str:
+    """'DT_FLOAT' for 1; 'dtype N' for a value the table does not hold."""
+    return dtype_table().get(dtype, (f"dtype {dtype}",))[0]
+
 
 # TF Serving's mapping of canonical error codes to HTTP status (net_http ToHTTPStatusCode)
 HTTP_STATUS = {
@@ -87,11 +106,11 @@ class InputSpec:
 
     @property
     def numpy_dtype(self) -> np.dtype:
-        return DTYPES[self.dtype][1]
+        return dtype_table()[self.dtype][1]
 
     @property
     def dtype_name(self) -> str:
-        return DTYPES.get(self.dtype, (f"dtype {self.dtype}", None))[0]
+        return dtype_name(self.dtype)
 
     def describe(self) -> str:
         dims = (
@@ -132,7 +151,7 @@ def _flatten(value, out: list) -> None:
 
 def _leaf(value, spec: InputSpec, where: str):
     kind = spec.dtype_name
-    if spec.dtype == 7:  # DT_STRING
+    if kind == "DT_STRING":
         if isinstance(value, str):
             return value.encode("utf-8")
         if isinstance(value, dict) and set(value) == {"b64"} and isinstance(value["b64"], str):
@@ -141,7 +160,7 @@ def _leaf(value, spec: InputSpec, where: str):
             except (binascii.Error, ValueError) as err:
                 raise invalid(f"{where}: invalid base64 in {{'b64': ...}}: {err}") from err
         raise invalid(f"{where}: expected a string or {{'b64': ...}} for {kind}, got {_json_kind(value)}")
-    if spec.dtype == 10:  # DT_BOOL
+    if kind == "DT_BOOL":
         if isinstance(value, bool):
             return value
         raise invalid(f"{where}: expected true/false for {kind}, got {_json_kind(value)}")

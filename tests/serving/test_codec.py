@@ -68,3 +68,52 @@ def test_response_shapes():
         "predictions": [{"a": 1, "b_bytes": {"b64": "AA=="}}, {"a": 2, "b_bytes": {"b64": "eA=="}}]
     }
     assert format_predict_response(two, False)["outputs"]["a"] == [1, 2]
+
+
+def test_dtype_table_is_tensorflows_enum_mapping():
+    from towerflow.serving.tensor_codec import dtype_name, dtype_table
+
+    # The enum values of tensorflow/core/framework/types.proto, written out here as the expected data.
+    expected = {
+        1: ("DT_FLOAT", np.float32),
+        2: ("DT_DOUBLE", np.float64),
+        3: ("DT_INT32", np.int32),
+        4: ("DT_UINT8", np.uint8),
+        5: ("DT_INT16", np.int16),
+        6: ("DT_INT8", np.int8),
+        7: ("DT_STRING", object),
+        9: ("DT_INT64", np.int64),
+        10: ("DT_BOOL", np.bool_),
+        19: ("DT_HALF", np.float16),
+        22: ("DT_UINT32", np.uint32),
+        23: ("DT_UINT64", np.uint64),
+    }
+    table = dtype_table()
+    for enum, (name, numpy_type) in expected.items():
+        assert table[enum] == (name, np.dtype(numpy_type))
+    # No numpy/JSON form: quantized, bfloat16, resource, variant. Named by number, like values outside types.proto.
+    for enum in (11, 14, 20, 21, 999):
+        assert enum not in table
+    assert dtype_name(20) == "dtype 20" and dtype_name(1) == "DT_FLOAT"
+    assert InputSpec("x", 19, (None,)).describe() == "DT_HALF [-1]"
+
+
+def test_codec_and_rest_client_import_without_tensorflow():
+    """The REST client (and the codec's errors) must work where TensorFlow is not installed."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import towerflow.serving.client, towerflow.serving.tensor_codec; "
+        "sys.exit(1 if 'tensorflow' in sys.modules else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+def test_uint_and_half_inputs_convert():
+    specs = {"a": InputSpec("a", 22, (None,)), "h": InputSpec("h", 19, (None,))}
+    arrays, _ = parse_predict_request({"inputs": {"a": [0, 2**32 - 1], "h": [0.5, 1.0]}}, specs, "s")
+    assert arrays["a"].dtype == np.uint32 and arrays["a"].tolist() == [0, 2**32 - 1]
+    assert arrays["h"].dtype == np.float16
+    with pytest.raises(ServingError, match="out of range for DT_UINT32"):
+        parse_predict_request({"inputs": {"a": [-1], "h": [0.5]}}, specs, "s")

@@ -146,3 +146,72 @@ def test_stop_event_ends_cli_serve(tiny_models, tmp_path, capsys):
     thread.join(30)
     out = capsys.readouterr().out
     assert "REST http://127.0.0.1:" in out and "'tiny': [1]" in out and "Server stopped" in out
+
+
+def test_grpc_handlers_turn_failures_into_status_codes(tiny_models, tmp_path, monkeypatch):
+    """Every gRPC method ends a failed call with the failure's status and keeps serving."""
+    from tensorflow_serving.apis import get_model_metadata_pb2
+
+    from towerflow.serving.client import GrpcClient
+    from towerflow.serving.tensor_codec import ServingError
+
+    repo.push(tmp_path, "tiny", tiny_models[1])
+    options = ServerOptions(model_config_file=str(tmp_path / repo.CONFIG_FILE), port=0, rest_api_port=0)
+    with ModelServer(options) as server:
+        client = GrpcClient(server.grpc_target, timeout=10, retries=0)
+        try:
+            with pytest.raises(ServingError) as err:
+                client.status("nope")
+            assert err.value.code == "NOT_FOUND" and "nope" in err.value.message
+            with pytest.raises(ServingError) as err:
+                client.metadata("tiny", version=7)
+            assert err.value.code == "NOT_FOUND"
+            request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["other"])
+            request.model_spec.name = "tiny"
+            with pytest.raises(ServingError) as err:
+                client._call(client._predict.GetModelMetadata, request)
+            assert err.value.code == "INVALID_ARGUMENT" and "signature_def" in err.value.message
+            # A bug (not a bad request) in any handler: INTERNAL with the exception's type and message.
+            monkeypatch.setattr(server.manager, "resolve", lambda *a: {}["no such key"])
+            with pytest.raises(ServingError) as err:
+                client.predict("tiny", {"x": [1.0]})
+            assert err.value.code == "INTERNAL" and err.value.message == "KeyError: 'no such key'"
+            with pytest.raises(ServingError) as err:
+                client.metadata("tiny")
+            assert err.value.code == "INTERNAL"
+            monkeypatch.undo()
+            assert client.predict("tiny", {"x": [1.0]})["y"].tolist() == [2.5]
+            assert [s.version for s in client.status("tiny").model_version_status] == [1]
+        finally:
+            client.close()
+
+
+def test_grpc_status_for_a_code_grpc_does_not_know_is_internal():
+    import grpc
+
+    from towerflow.serving.model_server import _grpc_handler
+    from towerflow.serving.tensor_codec import ServingError
+
+    class Context:  # records what grpc's ServicerContext.abort receives, and raises as it does
+        def abort(self, code, details):
+            self.aborted = (code, details)
+            raise RuntimeError("aborted")
+
+    class Servicer:
+        @_grpc_handler
+        def Method(self, request, context):  # noqa: N802
+            if request == "odd":
+                raise ServingError("NOT_A_CODE", "odd failure")
+            if request == "bad":
+                raise ServingError("FAILED_PRECONDITION", "not ready")
+            return "response"
+
+    context = Context()
+    assert Servicer().Method("ok", context) == "response" and not hasattr(context, "aborted")
+    with pytest.raises(RuntimeError, match="aborted"):
+        Servicer().Method("odd", context)
+    assert context.aborted == (grpc.StatusCode.INTERNAL, "odd failure")
+    with pytest.raises(RuntimeError, match="aborted"):
+        Servicer().Method("bad", context)
+    assert context.aborted == (grpc.StatusCode.FAILED_PRECONDITION, "not ready")
+    assert Servicer.Method.__name__ == "Method"
