@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "serving_commands",
     "lineage_commands",
     "features_commands",
+    "abtest_commands",
 )
 
 

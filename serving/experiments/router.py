@@ -57,6 +57,7 @@ class ExperimentRouter:
         canary_available: Callable[[], bool] | None = None,
         shadow_workers: int = 1,
         shadow_queue: int = 64,
+        client_errors: tuple[type[BaseException], ...] = (),
     ):
         missing = sorted(config.sources() - set(sources))
         if missing:
@@ -65,6 +66,7 @@ class ExperimentRouter:
                 f"it provides {sorted(sources)}"
             )
         self.config, self.sources = config, dict(sources)
+        self._client_errors = client_errors  # the request's fault (a 400): re-raised, not held against a source
         self.log, self.watcher = log_sink, watcher
         self._canary_available = canary_available or (lambda: CANARY in self.sources)
         self._shadow_pool = ThreadPoolExecutor(max_workers=shadow_workers, thread_name_prefix="shadow")
@@ -106,6 +108,8 @@ class ExperimentRouter:
         try:
             response = self.sources[source](request)
             error = None
+        except self._client_errors:
+            raise
         except Exception as err:  # noqa: BLE001 - a failing source is observed, then answered by stable
             response, error = None, err
         latency = (time.perf_counter() - started) * 1000.0
