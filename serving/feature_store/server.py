@@ -12,6 +12,7 @@ an acknowledged event survives a crash of the server rests on it.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -49,6 +50,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_cluster_port() -> int:
+    """A free port p <= 55535 whose cluster bus port p + 10000 is free too (Redis Cluster's rule)."""
+    for _ in range(200):
+        port = random.randint(20000, 55535)
+        if _bindable(port) and _bindable(port + 10000):
+            return port
+    raise RuntimeError("found no free port pair for a Redis Cluster node")
+
+
 @dataclass
 class LocalRedisConfig:
     """A redis-server process on loopback with its data directory."""
@@ -75,7 +94,7 @@ class LocalRedis:
 
     def __init__(self, config: LocalRedisConfig):
         self.config = config
-        self.port = config.port or free_port()
+        self.port = config.port or (free_cluster_port() if config.cluster else free_port())
         self.process: subprocess.Popen | None = None
         Path(config.data_dir).mkdir(parents=True, exist_ok=True)
 

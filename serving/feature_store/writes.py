@@ -64,6 +64,13 @@ def _check_id(value, what: str, max_length: int) -> str:
 class WritesMixin:
     """record_event / delete_user of FeatureStore (needs self.client, self.config, self._load_active)."""
 
+    def _script(self, text: str):
+        """The script registered once per client (EVALSHA, reloaded by redis-py if the server lost it)."""
+        scripts = self.__dict__.setdefault("_scripts", {})
+        if text not in scripts:
+            scripts[text] = self.client.register_script(text)
+        return scripts[text]
+
     def _validate(self, user_id, item_id, event_type, rating, timestamp, event_id) -> tuple[float, int]:
         cfg = self.config
         _check_id(user_id, "user_id", cfg.max_id_length)
@@ -121,18 +128,18 @@ class WritesMixin:
         day_keys = [k.day_events(day), k.day_counts(day)] + [
             k.day_counts(day, s) for s in keys.segments_of(bucket, gender)
         ]
+        day_member = keys.day_member(item_id, bucket, gender, eid)
         with unavailable_on_redis_errors():
             pipe = self.client.pipeline(transaction=False)
             pipe.zadd(k.item_times(item_id), {eid: timestamp})
-            pipe.eval(_DAY_UPDATE, len(day_keys), *day_keys, timestamp, keys.day_member(item_id, bucket, gender, eid),
-                      item_id, 1)  # fmt: skip
             pipe.zadd(k.days, {str(day): day})
             pipe.execute()
+            # Scripts run one by one: Redis Cluster pipelines do not carry EVAL.
+            self._script(_DAY_UPDATE)(keys=day_keys, args=[timestamp, day_member, item_id, 1])
             # Last, in the user's slot: marks the event id as recorded (see the module docstring).
             user_keys = [k.history(user_id), k.event_ids(user_id), k.user_embeddings(user_id)]
-            added = self.client.eval(
-                _USER_ADD, 3, *user_keys, timestamp, keys.event_member(item_id, rating, eid), event_id or ""
-            )
+            member = keys.event_member(item_id, rating, eid)
+            added = self._script(_USER_ADD)(keys=user_keys, args=[timestamp, member, event_id or ""])
         result.update(event_id=eid, duplicate=not added)
         if added and self.event_log is not None:
             self.event_log.append(
@@ -169,6 +176,7 @@ class WritesMixin:
                 found = found or age is not None or bool(events)
                 bucket = keys.age_bucket(int(age)) if age is not None else 0
                 gender = gender.decode() if gender is not None else ""
+                day_update = self._script(_DAY_UPDATE)
                 pipe = self.client.pipeline(transaction=False)
                 for member, score in events:
                     item_id, _, eid = keys.parse_event_member(member)
@@ -176,8 +184,9 @@ class WritesMixin:
                     day_keys = [k.day_events(day), k.day_counts(day)]
                     day_keys += [k.day_counts(day, s) for s in keys.segments_of(bucket, gender)]
                     pipe.zrem(k.item_times(item_id), eid)
-                    pipe.eval(_DAY_UPDATE, len(day_keys), *day_keys, int(score),
-                              keys.day_member(item_id, bucket, gender, eid), item_id, -1)  # fmt: skip
+                    day_update(
+                        keys=day_keys, args=[int(score), keys.day_member(item_id, bucket, gender, eid), item_id, -1]
+                    )
                 for key in k.user_keys(user_id):
                     pipe.delete(key)
                 pipe.execute()
