@@ -93,30 +93,33 @@ class LimitsMiddleware:
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
             return await self._too_large(scope, receive, send)
-        seen = 0
-        limit = self.max_body_bytes
+        if length is None and scope["method"] in ("POST", "PUT", "PATCH"):
+            # a streamed body: read it here, up to the limit, then hand it on whole
+            chunks, size, more = [], 0, True
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return
+                chunks.append(message.get("body", b""))
+                size += len(chunks[-1])
+                more = message.get("more_body", False)
+                if size > self.max_body_bytes:
+                    return await self._too_large(scope, receive, send)
+            body, sent = b"".join(chunks), False
 
-        async def limited_receive():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise _BodyTooLargeError
-            return message
+            async def replay():
+                nonlocal sent
+                if sent:
+                    return await receive()
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
 
-        try:
-            await self.app(scope, limited_receive, send)
-        except _BodyTooLargeError:
-            await self._too_large(scope, receive, send)
+            return await self.app(scope, replay, send)
+        return await self.app(scope, receive, send)
 
     async def _too_large(self, scope, receive, send):
         response = JSONResponse({"error": f"request body over {self.max_body_bytes} bytes"}, status_code=413)
         await response(scope, receive, send)
-
-
-class _BodyTooLargeError(Exception):
-    pass
 
 
 def bearer_guard(token: str | None):

@@ -106,13 +106,29 @@ class StandInWatcher:
         pass
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    server = LocalRedis(LocalRedisConfig(data_dir=str(tmp_path_factory.mktemp("redis")), appendfsync="no")).start()
+def start_world_redis(data_dir: str, appendfsync: str = "no") -> LocalRedis:
+    """A redis-server holding the tiny world, materialized."""
+    server = LocalRedis(LocalRedisConfig(data_dir=data_dir, appendfsync=appendfsync)).start()
     client = connect(server.url)
     materialize(client, MaterializeConfig(source="unit"), user_rows(), item_rows(), event_rows())
     client.close()
+    return server
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    server = start_world_redis(str(tmp_path_factory.mktemp("redis")))
     yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    """A redis-server of this test only (to kill): (LocalRedis, FeatureStore)."""
+    server = start_world_redis(str(tmp_path / "redis"), appendfsync="always")
+    client = connect(server.url, None)
+    yield server, FeatureStore(client, StoreConfig())
+    client.close()
     server.stop()
 
 
@@ -133,10 +149,10 @@ def make_recommender(store, index):
     """make_recommender(config=None, weight=0.5) -> (Recommender, StandInModels)."""
     made = []
 
-    def make(config: ServiceConfig | None = None, weight: float = 0.5, served: bool = True):
+    def make(config: ServiceConfig | None = None, weight: float = 0.5, served: bool = True, on_store=None):
         models = StandInModels()
         watcher = StandInWatcher(ServedVersion(1, 1, index, weight, {}) if served else None, models)
-        recommender = Recommender(store, watcher, config or ServiceConfig(), ServiceMetrics())
+        recommender = Recommender(on_store or store, watcher, config or ServiceConfig(), ServiceMetrics())
         recommender.refresh_popular()
         made.append(recommender)
         return recommender, models
