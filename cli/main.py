@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "lineage_commands",
     "features_commands",
     "abtest_commands",
+    "service_commands",
 )
 
 

@@ -1,0 +1,132 @@
+"""`towerflow service`: the recommender service over a run directory's pushed models and feature store.
+
+    towerflow service --run-dir runs/local                               # everything embedded, on loopback
+    towerflow service --run-dir runs/local --model-server 127.0.0.1:8500 --redis-url redis://127.0.0.1:6379/0
+    towerflow service --run-dir runs/local --config service.yaml --token-file ~/.towerflow-token --port 8080
+
+Without --model-server the embedded TF-Serving-protocol server is started on
+free loopback ports over <run-dir>/serving (as `towerflow serve` does); without
+--redis-url the run's embedded feature store is opened (`open_store`) and, if
+it holds no materialization yet, loaded from the run's ingestion first. The
+API token comes from --token-file or TOWERFLOW_API_TOKEN; without one the
+state-changing endpoints refuse. Ctrl-C stops the service and everything it
+started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from pathlib import Path
+
+
+def _serving_root(run_dir: Path) -> Path:
+    from towerflow.serving.model_repository import CONFIG_FILE
+
+    root = run_dir / "serving"
+    if not (root / CONFIG_FILE).is_file():
+        raise FileNotFoundError(
+            f"no pushed models in {root} ({CONFIG_FILE} missing); run `towerflow run --output-dir {run_dir}` first"
+        )
+    return root
+
+
+def _redis_url_of(store) -> str:
+    kwargs = store.client.connection_pool.connection_kwargs
+    return f"redis://{kwargs.get('host', '127.0.0.1')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+
+
+def _ensure_materialized(store, run_dir: Path) -> None:
+    """Loads the store from the run's ingestion if it holds no feature set yet (`towerflow features materialize`)."""
+    from towerflow.cli import features_commands
+    from towerflow.serving.feature_store import NotMaterialized
+
+    try:
+        print(f"Feature store: feature set {store.feature_set_id}")
+        return
+    except NotMaterialized:
+        pass
+    print("Feature store is empty: materializing it from the run's ingestion")
+    features_commands._materialize(
+        argparse.Namespace(
+            run_dir=str(run_dir), as_of=None, batch_size=20_000, redis_url=_redis_url_of(store),
+            redis_cluster=None, serving_root=None,
+        )
+    )  # fmt: skip
+
+
+def _service(args) -> None:
+    import uvicorn
+
+    from towerflow.serving.feature_store import open_store
+    from towerflow.serving.recommender.app import create_app, read_token
+    from towerflow.serving.recommender.config import load_config
+    from towerflow.serving.recommender.runner import build_recommender
+
+    run_dir = Path(args.run_dir).resolve()
+    serving_root = _serving_root(run_dir)
+    config = load_config(args.config)
+    token = read_token(args.token_file)
+    with contextlib.ExitStack() as stack:
+        grpc_target, rest_url = args.model_server, args.model_server_rest
+        if not grpc_target and not rest_url:
+            from towerflow.serving.model_repository import CONFIG_FILE
+            from towerflow.serving.model_server import ModelServer, ServerOptions
+
+            options = ServerOptions(model_config_file=str(serving_root / CONFIG_FILE), port=0, rest_api_port=0)
+            server = stack.enter_context(ModelServer(options))
+            grpc_target, rest_url = server.grpc_target, server.rest_url
+            print(f"Embedded model server: gRPC {grpc_target}, REST {rest_url}")
+        store = stack.enter_context(open_store(run_dir=str(run_dir), redis_url=args.redis_url))
+        _ensure_materialized(store, run_dir)
+        recommender = build_recommender(store, serving_root, grpc_target, rest_url, config)
+        stack.callback(recommender.close)
+        served = recommender.watcher.current
+        app = create_app(recommender, token)
+        models = served.versions if served else f"not loaded yet ({recommender.watcher.last_error})"
+        auth = "set" if token else "NOT set: state-changing endpoints refuse"
+        print(
+            f"Recommender service on http://{args.host}:{args.port} -- models {models}, "
+            f"feature set {store.feature_set_id}, token {auth}"
+            f"\n  curl -s -X POST http://{args.host}:{args.port}/v1/recommend -H 'Content-Type: application/json' "
+            """-d '{"user_id": "42", "k": 10}'\n(Ctrl-C stops)"""
+        )
+        sys.stdout.flush()
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    print("Recommender service stopped")
+
+
+def add_commands(subparsers) -> None:
+    """Registers `service` on the `towerflow` subparsers."""
+    service = subparsers.add_parser("service", help="run the recommender service (HTTP API) over a run's models")
+    service.add_argument("--run-dir", required=True, help="the `towerflow run --output-dir` directory")
+    service.add_argument(
+        "--model-server", default=None, help="TF Serving gRPC host:port (default: start the embedded server)"
+    )
+    service.add_argument("--model-server-rest", default=None, help="its REST URL (for retrieval.protocol: rest)")
+    service.add_argument("--redis-url", default=None, help="external Redis (default: the run's embedded store)")
+    service.add_argument("--host", default="127.0.0.1", help="bind address (loopback unless told otherwise)")
+    service.add_argument("--port", type=int, default=8080)
+    service.add_argument("--config", default=None, help="service YAML (serving/recommender/config.py)")
+    service.add_argument("--token-file", default=None, help="API token file (else TOWERFLOW_API_TOKEN)")
+    service.set_defaults(func=_service)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry point with the `towerflow` CLI's error convention."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    parser = argparse.ArgumentParser(prog="towerflow")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"towerflow {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
