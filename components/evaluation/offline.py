@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from towerflow.components.evaluation.protocol import EvalReport, EvalSet, PopularityRecommender, evaluate
+from towerflow.components.evaluation.baselines import validation_frame
+from towerflow.components.evaluation.protocol import EvalReport, EvalSet, PopularityRecommender, Recommend, evaluate
+from towerflow.components.evaluation.slices import AGE_BUCKETS, UNKNOWN, age_bucket, user_slicings  # noqa: F401
 from towerflow.models import features as F
 from towerflow.models.two_tower import TwoTowerConfig
 
@@ -113,9 +115,7 @@ class OfflineData:
 
         For choosing settings (e.g. the re-ranking weight) without looking at the test window.
         """
-        frame = self.frame[self.frame["split"] != "test"].copy()
-        frame.loc[frame["split"] == "eval", "split"] = "test"
-        return OfflineData(frame, self.users, self.catalog)
+        return OfflineData(validation_frame(self.frame), self.users, self.catalog)
 
 
 def _pad(lists: Sequence[Sequence[str]]) -> np.ndarray:
@@ -310,6 +310,10 @@ def tune_rerank_weight(
     return max(scores, key=lambda w: (scores[w], -w)), scores
 
 
+# factory(data, retrieval, ranker_dir, as_of) -> recommend(user_ids, k, exclude): the full-pipeline hook
+FullPipelineFactory = Callable[["OfflineData", TwoTowerRecommender, str, int], Recommend]
+
+
 def evaluate_models(
     data: OfflineData,
     two_tower_dir: str | None,
@@ -318,23 +322,39 @@ def evaluate_models(
     rerank_depth: int = 100,
     rerank_scores: Sequence[str] = (DEFAULT_RERANK_SCORE,),
     weight: float = DEFAULT_RERANK_WEIGHT,
+    baselines: Mapping[str, Recommend] | None = None,
+    full_pipeline: FullPipelineFactory | None = None,
+    slicings: Mapping[str, Mapping[str, str]] | None = None,
 ) -> dict[str, EvalReport]:
-    """Reports for popularity, two-tower and two-tower + DCN (those whose models are given)."""
+    """The one evaluation path (ModelEvaluator, benchmarks, notebooks): every recommender scored on
+    the test split by `protocol.evaluate`, keeping per-user metric vectors.
+
+    Reports, in order: each of `baselines` (name -> recommender; default: all-time popularity,
+    `{}` for none), "two_tower" (exact retrieval), "two_tower+dcn" (the top `rerank_depth` re-ranked
+    by the first of `rerank_scores`; "+dcn:<score>" for the others), "full_pipeline" (with a
+    factory) -- those whose models are given. `slicings` adds user slices (`user_slicings`).
+    """
     eval_set = data.eval_set()
     as_of = int(np.ceil(eval_set.cutoff))
     genres = {item: g for item, g in data.catalog[F.ITEM_GENRES].items()}
-    popularity = PopularityRecommender(data.frame[data.frame["split"] != "test"], catalog=eval_set.catalog)
-    reports = {"popularity": evaluate(popularity, eval_set, ks, item_genres=genres)}
+
+    def run(recommend) -> EvalReport:
+        return evaluate_sliced(recommend, eval_set, ks, item_genres=genres, slicings=slicings)
+
+    if baselines is None:
+        baselines = {"popularity": PopularityRecommender(data.frame[data.frame["split"] != "test"], eval_set.catalog)}
+    reports = {name: run(recommend) for name, recommend in baselines.items()}
     if two_tower_dir:
         retrieval = TwoTowerRecommender(two_tower_dir, data, as_of)
-        reports["two_tower"] = evaluate(retrieval, eval_set, ks, item_genres=genres)
+        reports["two_tower"] = run(retrieval)
         if ranker_dir:
             for i, score in enumerate(rerank_scores):
                 reranked = RerankedRecommender(
                     retrieval, ranker_dir, data, as_of, depth=rerank_depth, score=score, weight=weight
                 )
-                name = "two_tower+dcn" if i == 0 else f"+dcn:{score}"
-                reports[name] = evaluate(reranked, eval_set, ks, item_genres=genres)
+                reports["two_tower+dcn" if i == 0 else f"+dcn:{score}"] = run(reranked)
+        if full_pipeline is not None:
+            reports["full_pipeline"] = run(full_pipeline(data, retrieval, ranker_dir, as_of))
     return reports
 
 
@@ -359,34 +379,6 @@ def comparison_table(reports: Mapping[str, EvalReport], metrics: Sequence[str] =
 
 
 # --------------------------------------------------------------------------- user slices (ModelEvaluator)
-
-# MovieLens-1M's age codes are the lower bounds of these buckets, so raw ages (ML-100K) and codes
-# (ML-1M) land in the same buckets.
-AGE_BUCKETS = ((1, 18, "<18"), (18, 25, "18-24"), (25, 35, "25-34"), (35, 45, "35-44"), (45, 50, "45-49"))
-AGE_BUCKETS += ((50, 56, "50-55"), (56, 10_000, "56+"))
-UNKNOWN = "unknown"
-
-
-def age_bucket(age) -> str:
-    """ "<18", "18-24", ..., "56+"; "unknown" for a missing or non-positive age."""
-    try:
-        value = int(age)
-    except (TypeError, ValueError):
-        return UNKNOWN
-    for low, high, label in AGE_BUCKETS:
-        if low <= value < high:
-            return label
-    return UNKNOWN
-
-
-def user_slicings(users: pd.DataFrame) -> dict[str, dict[str, str]]:
-    """Slicing name -> {user_id: slice label}: "gender" -> "gender=F", "age" -> "age=25-34".
-
-    `users` is `OfflineData.users` (index user_id). Empty genders and unknown ages get "=unknown".
-    """
-    gender = {str(u): f"gender={g or UNKNOWN}" for u, g in users[F.USER_GENDER].fillna("").items()}
-    age = {str(u): f"age={age_bucket(a)}" for u, a in users[F.USER_AGE].items()}
-    return {"gender": gender, "age": age}
 
 
 class RecordedRecommender:
@@ -425,4 +417,5 @@ def evaluate_sliced(
             if name not in report.metrics:
                 report.metrics[name] = values
                 report.n_users[name] = extra.n_users[name]
+                report.masks[name] = extra.masks[name]
     return report

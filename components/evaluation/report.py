@@ -3,9 +3,12 @@
 `render_html(result)` turns the evaluation result (the dict ModelEvaluator writes
 as `model_evaluation.json`, see components/evaluation/model_evaluator.py) into
 one HTML page with no external resources: the verdict and its reasons, the
-guarded checks, a headline table per model, Recall@K curves per slice (one
-line per model, the baseline's dashed), beyond-accuracy metrics, every metric
-of every slice, and the ANN recall-vs-latency frontier of a ScaNN sweep.
+guarded checks, a headline table per model, the non-neural baselines with the
+settings the eval window chose, every model against the best baseline (and
+the last blessed model) with paired bootstrap 95% CIs and p-values for all,
+warm and cold users, Recall@K curves per slice (one line per model, the
+baseline's dashed), beyond-accuracy metrics, every metric of every slice, and
+the ANN recall-vs-latency frontier of a ScaNN sweep.
 `format_summary(result)` is the few lines `towerflow report` prints.
 
 No plotting library: the charts are small SVG documents built from strings.
@@ -287,6 +290,89 @@ def _checks_table(result: dict) -> str:
     return _table(["model", "metric", "against", "value", "reference", "needs", ""], rows)
 
 
+def _pm(value, digits: int = 4, percent: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:+.{digits - 3}%}" if percent else f"{value:+.{digits}f}"
+
+
+def _interval(c: dict, prefix: str, percent: bool = False) -> str:
+    low, high = c.get(f"{prefix}ci_low"), c.get(f"{prefix}ci_high")
+    if low is None or high is None or (isinstance(low, float) and math.isnan(low)):
+        return "–"
+    return f"[{_pm(low, percent=percent)}, {_pm(high, percent=percent)}]"
+
+
+def _comparison_rows(comparisons: Sequence[dict], with_verdict: bool) -> list[list[str]]:
+    rows = []
+    for c in comparisons:
+        row = [
+            _esc(c["model"]),
+            _esc(c["against"]),
+            _esc(f"{c.get('slice', 'all')}:{c['metric']}"),
+            str(c.get("n", "")),
+            _fmt(c.get("mean")),
+            _fmt(c.get("reference_mean")),
+            f"{_pm(c.get('difference'))} {_interval(c, '')}",
+            f"{_pm(c.get('lift'), percent=True)} {_interval(c, 'lift_', percent=True)}",
+            _fmt(c.get("p_value"), 3),
+        ]
+        if with_verdict:
+            row.append('<span class="ok">pass</span>' if c["passed"] else '<span class="bad">FAIL</span>')
+        rows.append(row)
+    return rows
+
+
+COMPARISON_HEADER = [
+    "model",
+    "against",
+    "metric",
+    "users",
+    "value",
+    "reference",
+    "difference [95% CI]",
+    "lift [95% CI]",
+]
+
+
+def _gate_comparisons_table(result: dict) -> str:
+    comparisons = result.get("gate_comparisons") or []
+    if not comparisons:
+        return ""
+    return _table([*COMPARISON_HEADER, "p", ""], _comparison_rows(comparisons, with_verdict=True))
+
+
+def _baselines_section(result: dict) -> str:
+    baselines = result.get("baselines") or {}
+    if not baselines:
+        return "<p>No baselines were evaluated.</p>"
+    best = (result.get("best_baseline") or {}).get("name")
+    columns = [(s, m) for m in ("recall@100", "ndcg@10", "hit_rate@10") for s in ("all", "warm", "cold")]
+    rows = []
+    for name, b in baselines.items():
+        chosen = ", ".join(f"{k}: {v:.4f}" for k, v in (b.get("selection") or {}).items()) or "–"
+        label = f"<b>{_esc(b.get('describe', name))}</b> (best)" if name == best else _esc(b.get("describe", name))
+        values = [_fmt(b["metrics"].get(s, {}).get(m)) for s, m in columns]
+        rows.append([label, *values, _esc(chosen)])
+    header = ["baseline", *(f"{s} {m}" for s, m in columns), "eval-window NDCG@10 per setting"]
+    notes = (
+        "Settings chosen on the eval window with train-only fits, then refit on train+eval; "
+        "the best baseline is the one with the highest test NDCG@10 over all users."
+    )
+    if best and (result.get("best_baseline") or {}).get("fallback_file"):
+        notes += (
+            f" The models are not blessed: {result['best_baseline']['fallback_file']} holds {best}'s ranked lists "
+            "(refit on every interaction) for the service to serve instead."
+        )
+    comparisons = result.get("comparisons") or []
+    table = _table([*COMPARISON_HEADER, "p"], _comparison_rows(comparisons, with_verdict=False))
+    return (
+        _table(header, rows, cls="wide")
+        + f"<p>{_esc(notes)}</p>"
+        + ("<h3>Paired comparisons (bootstrap 95% CI, permutation p-value)</h3>" + table if comparisons else "")
+    )
+
+
 def _headline_table(result: dict) -> str:
     reports = _all_reports(result)
     metrics = [m for m in HEADLINE if all(m in r["metrics"]["all"] for r in reports.values())]
@@ -381,8 +467,11 @@ def render_html(result: dict) -> str:
         "<h2>Gate</h2>",
         f"<p>{_esc(result.get('gate_description', ''))}</p>",
         _checks_table(result),
+        _gate_comparisons_table(result),
         "<h2>Headline (all test users)</h2>",
         _headline_table(result),
+        "<h2>Baselines</h2>",
+        _baselines_section(result),
         "<h2>Recall@K per slice</h2>",
         '<div class="charts">' + "".join(recall_curves_svg(result, s) for s in slices) + "</div>",
         "<h2>Beyond accuracy (at the largest K)</h2>",
@@ -406,4 +495,13 @@ def format_summary(result: dict, metrics: Sequence[str] = ("recall@100", "ndcg@1
     for name, report in reports.items():
         values = report["metrics"]["all"]
         lines.append("  " + name.ljust(width) + "".join(f"{_fmt(values.get(m)):>13}" for m in metrics))
+    for name, b in (result.get("baselines") or {}).items():
+        if name not in reports:
+            values = b["metrics"]["all"]
+            lines.append("  " + name.ljust(width) + "".join(f"{_fmt(values.get(m)):>13}" for m in metrics))
+    best = result.get("best_baseline")
+    if best:
+        lines.append(f"  best baseline: {best['describe']} ({best['metric']} {_fmt(best['value'])})")
+        if best.get("fallback_file"):
+            lines.append(f"  serve instead of the models: {best['fallback_file']} next to the report")
     return "\n".join(lines)

@@ -19,6 +19,9 @@ IndexEvaluator(index, examples) -> blessing (standard ModelBlessing)
   the exported brute-force one. Blesses (custom property `blessed` = 1, and a
   BLESSED file, as TFX's Evaluator does) only if every threshold holds; the
   figures are properties of the blessing and `index_evaluation.json` in it.
+  With `frontier_queries` > 0 it also sweeps ScaNN query settings on the
+  index's embeddings (components/index/frontier.py) and stores the
+  recall-vs-latency frontier under "frontier" in `index_evaluation.json`.
 
 This module must not use `from __future__ import annotations`: TFX reads the
 component signatures' annotations at import time.
@@ -44,6 +47,7 @@ from tfx.types import standard_artifacts
 from tfx.utils import path_utils
 
 from towerflow.components.index import export as index_export
+from towerflow.components.index.frontier import ann_frontier
 from towerflow.components.index.scann_index import (
     BRUTE_FORCE_BELOW,
     LEAVES_TO_SEARCH_FRACTION,
@@ -266,8 +270,13 @@ def evaluate_index(
     latency_k: int = 10,
     savedmodel_queries: int = 256,
     seed: int = 0,
+    frontier_queries: int = 0,
 ) -> dict:
-    """ANN quality and speed of a RetrievalIndex artifact on queries from `split`."""
+    """ANN quality and speed of a RetrievalIndex artifact on queries from `split`.
+
+    With `frontier_queries` > 0 the result also holds "frontier": `ann_frontier` over the index's
+    embeddings with the first `frontier_queries` queries, the index itself as the served point.
+    """
     import tensorflow as tf
 
     index = ScannIndex.load(os.path.join(index_uri, INDEX_DIR))
@@ -310,6 +319,9 @@ def evaluate_index(
     scann_ids = scann_model.signatures[retrieve](examples=head)[index_export.ITEM_IDS].numpy()
     k10 = min(10, brute_ids.shape[1])
     metrics[f"savedmodel_recall_at_{k10}"] = recall_at_k(scann_ids.tolist(), brute_ids.tolist(), k10)
+    if frontier_queries > 0:
+        frontier = ann_frontier(index.ids, index.embeddings, queries[:frontier_queries], k=latency_k, served=index)
+        metrics["frontier"] = dict(frontier, source="served index")
     return metrics
 
 
@@ -355,10 +367,12 @@ def IndexEvaluator(  # noqa: N802 - TFX names components like classes
     min_recall_at_100: Parameter[float] = 0.9,
     max_p99_latency_ms: Parameter[float] = 10.0,
     seed: Parameter[int] = 0,
+    frontier_queries: Parameter[int] = 200,
 ):
     """Measures ScaNN against brute force on sampled `split` queries and blesses the index if it is good enough.
 
-    `ks` is a comma-separated list of K for recall@K (10 and 100 are the guarded ones).
+    `ks` is a comma-separated list of K for recall@K (10 and 100 are the guarded ones);
+    `frontier_queries` queries (0 = none) sweep the ScaNN query settings for the recall/latency frontier.
     """
     metrics = evaluate_index(
         index.uri,
@@ -368,7 +382,9 @@ def IndexEvaluator(  # noqa: N802 - TFX names components like classes
         latency_queries=latency_queries,
         ks=tuple(int(k) for k in ks.split(",") if k.strip()),
         seed=seed,
+        frontier_queries=frontier_queries,
     )
+    frontier = metrics.pop("frontier", None)
     blessed, failures = bless(metrics, min_recall_at_10, min_recall_at_100, max_p99_latency_ms)
     thresholds = {
         "min_recall_at_10": min_recall_at_10,
@@ -376,6 +392,8 @@ def IndexEvaluator(  # noqa: N802 - TFX names components like classes
         "max_p99_latency_ms": max_p99_latency_ms,
     }
     report = {"blessed": blessed, "failures": failures, "thresholds": thresholds, "metrics": metrics}
+    if frontier is not None:
+        report["frontier"] = frontier
     os.makedirs(blessing.uri, exist_ok=True)
     with open(os.path.join(blessing.uri, EVALUATION_FILE), "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2)
@@ -413,5 +431,12 @@ def format_evaluation(report: dict) -> str:
         f"brute force {m['brute_force_latency_p50_ms']:.3f}/{m['brute_force_latency_p99_ms']:.3f} ms",
         f"  batched: ScaNN {m['scann_batch_qps']:,.0f} QPS, brute force {m['brute_force_batch_qps']:,.0f} QPS",
     ]
+    frontier = report.get("frontier")
+    if frontier:
+        best = [frontier["points"][i] for i in frontier["frontier"]]
+        lines.append(
+            f"  recall/latency frontier ({len(frontier['points'])} ScaNN settings): "
+            + ", ".join(f"{p['recall']:.3f} @ {p['p50_ms']:.3f} ms" for p in best)
+        )
     lines += [f"  failed: {failure}" for failure in report["failures"]]
     return "\n".join(lines)
