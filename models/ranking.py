@@ -50,6 +50,9 @@ LIKED_OUTPUT = "liked_probability"
 INTERACTION_OUTPUT = "interaction_score"
 # Item-side transformed features that move together when an item is swapped in as a negative.
 CANDIDATE_SIDE_FEATURES = E.CANDIDATE_ID_FEATURES + F.ITEM_POPULARITY_XF
+# Losses are summed and divided by the global batch (`_per_example`): the mean on one replica, and what a
+# distribution strategy sums over replicas. Keras refuses its mean reduction inside a strategy.
+SUM = tf.keras.losses.Reduction.SUM
 
 
 @dataclass
@@ -137,16 +140,16 @@ class DCNRankingModel(tfrs.Model):
         self.liked_head = tf.keras.layers.Dense(1, name="liked_head")
         self.interaction_head = tf.keras.layers.Dense(1, name="interaction_head")
         self.rating_task = tfrs.tasks.Ranking(
-            loss=tf.keras.losses.MeanSquaredError(),
+            loss=tf.keras.losses.MeanSquaredError(reduction=SUM),
             metrics=[tf.keras.metrics.RootMeanSquaredError(name="rating_rmse")],
         )
         self.liked_task = tfrs.tasks.Ranking(
-            loss=tf.keras.losses.BinaryCrossentropy(from_logits=True),
+            loss=tf.keras.losses.BinaryCrossentropy(from_logits=True, reduction=SUM),
             metrics=[tf.keras.metrics.AUC(from_logits=True, name="liked_auc")],
         )
         # Sampled softmax; the metric is the positive's share of top-1 among 1 + num_negatives candidates.
         self.interaction_task = tfrs.tasks.Ranking(
-            loss=tf.keras.losses.CategoricalCrossentropy(from_logits=True),
+            loss=tf.keras.losses.CategoricalCrossentropy(from_logits=True, reduction=SUM),
             metrics=[tf.keras.metrics.CategoricalAccuracy(name="interaction_top1")],
         )
 
@@ -203,25 +206,31 @@ class DCNRankingModel(tfrs.Model):
         mask = tf.concat([tf.zeros_like(hits[:, :1]), hits], axis=1)
         return logits - log_q, mask
 
+    @staticmethod
+    def _per_example(loss_sum: tf.Tensor, rows: tf.Tensor) -> tf.Tensor:
+        replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+        return loss_sum / tf.cast(rows * replicas, loss_sum.dtype)
+
     def compute_loss(self, features: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         trunk = self._trunk(features)
+        rows = tf.shape(trunk)[0]
         loss = tf.constant(0.0)
         if self.config.rating_weight:
             rating_loss = self.rating_task(
                 labels=tf.reshape(tf.cast(features[F.RATING_XF], tf.float32), [-1, 1]),
                 predictions=self.rating_head(trunk),
             )
-            loss += self.config.rating_weight * rating_loss
+            loss += self.config.rating_weight * self._per_example(rating_loss, rows)
         if self.config.liked_weight:
             liked_loss = self.liked_task(
                 labels=tf.reshape(tf.cast(features[F.LIKED_XF], tf.float32), [-1, 1]),
                 predictions=self.liked_head(trunk),
             )
-            loss += self.config.liked_weight * liked_loss
+            loss += self.config.liked_weight * self._per_example(liked_loss, rows)
         if self.config.interaction_weight:
             logits, hits = self.interaction_logits(features, trunk)
             logits = tf.where(hits, tf.fill(tf.shape(logits), logits.dtype.min), logits)
             labels = tf.one_hot(tf.zeros(tf.shape(logits)[0], tf.int32), tf.shape(logits)[1])
             interaction_loss = self.interaction_task(labels=labels, predictions=logits)
-            loss += self.config.interaction_weight * interaction_loss
+            loss += self.config.interaction_weight * self._per_example(interaction_loss, rows)
         return loss

@@ -25,8 +25,8 @@ import tensorflow as tf
 import tensorflow_transform as tft
 from absl import logging
 
+from towerflow.models import distribution, export
 from towerflow.models import embeddings as E
-from towerflow.models import export
 from towerflow.models import features as F
 from towerflow.models.preprocessing import table_sizes_from_transform_output
 from towerflow.models.ranking import DCNRankingModel, RankingConfig
@@ -157,30 +157,82 @@ class _Progress(tf.keras.callbacks.Callback):
         print(f"{self._name} epoch {epoch + 1}: {seconds:.1f}s, {rate:,.0f} examples/s, {shown}", flush=True)
 
 
-def _fit(model, fn_args, batch_size: int, epochs: int, name: str, seed: int, bucket_hours: float = 0.0):
+def _fit(
+    model,
+    fn_args,
+    batch_size: int,
+    epochs: int,
+    name: str,
+    seed: int,
+    dist: distribution.Distribution,
+    bucket_hours: float = 0.0,
+):
+    """Trains on the train files, validates on the eval files (not under parameter_server: the chief
+    only coordinates there). `batch_size` is per replica and micro-batch (`Distribution.global_batch_size`)."""
     tft_output = tft.TFTransformOutput(fn_args.transform_output)
     if bucket_hours:
-        train = time_local_input_fn(fn_args.train_files, tft_output, batch_size, bucket_hours, seed=seed)
-        # A fixed seed: the same validation batches every epoch.
-        evaluation = time_local_input_fn(fn_args.eval_files, tft_output, batch_size, bucket_hours, seed=0)
+
+        def make_train(batch):
+            return time_local_input_fn(fn_args.train_files, tft_output, batch, bucket_hours, seed=seed)
+
+        def make_eval(batch):
+            # A fixed seed: the same validation batches every epoch.
+            return time_local_input_fn(fn_args.eval_files, tft_output, batch, bucket_hours, seed=0)
+
     else:
-        train = input_fn(fn_args.train_files, tft_output, batch_size, shuffle=True, seed=seed)
-        evaluation = input_fn(fn_args.eval_files, tft_output, batch_size, shuffle=False)
-    callbacks = [_Progress(name, batch_size)]
+
+        def make_train(batch):
+            return input_fn(fn_args.train_files, tft_output, batch, shuffle=True, seed=seed)
+
+        def make_eval(batch):
+            return input_fn(fn_args.eval_files, tft_output, batch, shuffle=False)
+
+    distribution.enable_gradient_accumulation(model, dist.config.gradient_accumulation_steps)
+    train = distribution.training_input(dist, make_train, batch_size)
+    evaluation = None
+    if not dist.is_parameter_server:
+        eval_batch = dist.global_batch_size(batch_size) // dist.config.gradient_accumulation_steps
+        evaluation = distribution.training_input(dist, make_eval, eval_batch)
+    callbacks = distribution.checkpoint_callbacks(dist, getattr(fn_args, "model_run_dir", None), name)
+    callbacks.append(_Progress(name, dist.global_batch_size(batch_size)))
     if getattr(fn_args, "model_run_dir", None):
         callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"))
-    history = model.fit(train, validation_data=evaluation, epochs=epochs, callbacks=callbacks, verbose=0)
+    history = model.fit(
+        train,
+        validation_data=evaluation,
+        epochs=epochs,
+        steps_per_epoch=distribution.steps_per_epoch(dist, make_train, batch_size),
+        callbacks=callbacks,
+        verbose=0,
+    )
     return tft_output, history
 
 
-def _write_training_summary(path: str, config, history) -> None:
+def _write_training_summary(path: str, config, history, dist: distribution.Distribution, model) -> None:
     summary = {
         "config": dataclasses.asdict(config),
         "history": {k: [float(x) for x in v] for k, v in history.history.items()},
     }
+    if dist.config.distributed:
+        summary["distribution"] = {
+            "config": dataclasses.asdict(dist.config),
+            "cluster": dist.role.cluster,
+            "replicas": dist.strategy.num_replicas_in_sync,
+            "steps": int(model.optimizer.iterations.numpy()),
+            "variable_placement": distribution.variable_placement(model),
+        }
     tf.io.gfile.makedirs(path)
     with tf.io.gfile.GFile(os.path.join(path, "training_summary.json"), "w") as f:
         f.write(json.dumps(summary, indent=2, sort_keys=True))
+
+
+def _export_and_summarize(dist: distribution.Distribution, export_fn, fn_args, config, history, model) -> None:
+    """Every worker exports (TensorFlow expects all to take part); only the chief's copy is kept."""
+    path = dist.output_dir(fn_args.serving_model_dir)
+    export_fn(path)
+    dist.discard(fn_args.serving_model_dir, path)
+    if dist.is_chief:
+        _write_training_summary(fn_args.model_run_dir or fn_args.serving_model_dir, config, history, dist, model)
 
 
 def build_two_tower(
@@ -213,6 +265,10 @@ def export_ranking(model: DCNRankingModel, tft_output: tft.TFTransformOutput, pa
 
 def run_two_tower(fn_args) -> None:
     """TFX Trainer run_fn of the two-tower retrieval model."""
+    # First: a multi-worker strategy must exist before any TensorFlow op runs.
+    dist = distribution.start(fn_args.custom_config)
+    if dist is None:
+        return  # a parameter-server cluster's worker or ps task; it served until stopped
     config = _config(fn_args.custom_config, "two_tower", TwoTowerConfig)
     seed = int((fn_args.custom_config or {}).get("seed", 0))
     tf.keras.utils.set_random_seed(seed)
@@ -226,23 +282,24 @@ def run_two_tower(fn_args) -> None:
         ]
         recency = RecencyWeighting.from_timestamps(np.concatenate(timestamps), config.recency_half_life_days)
         print(f"two_tower recency weighting: {recency}", flush=True)
-    with E.strategy_for_hardware().scope():
+    with dist.strategy.scope():
         model = build_two_tower(config, tft_output, catalog, recency)
-    _, history = _fit(model, fn_args, config.batch_size, config.epochs, "two_tower", seed)
-    export_two_tower(model, tft_output, fn_args.serving_model_dir)
-    _write_training_summary(fn_args.model_run_dir or fn_args.serving_model_dir, config, history)
+    _, history = _fit(model, fn_args, config.batch_size, config.epochs, "two_tower", seed, dist)
+    _export_and_summarize(dist, lambda path: export_two_tower(model, tft_output, path), fn_args, config, history, model)
 
 
 def run_ranking(fn_args) -> None:
     """TFX Trainer run_fn of the DCN ranking model."""
+    dist = distribution.start(fn_args.custom_config)
+    if dist is None:
+        return  # a parameter-server cluster's worker or ps task; it served until stopped
     config = _config(fn_args.custom_config, "ranking", RankingConfig)
     seed = int((fn_args.custom_config or {}).get("seed", 0))
     tf.keras.utils.set_random_seed(seed)
     tft_output = tft.TFTransformOutput(fn_args.transform_output)
-    with E.strategy_for_hardware().scope():
+    with dist.strategy.scope():
         model = DCNRankingModel(config, table_sizes_from_transform_output(tft_output))
         model.compile()
     bucket_hours = config.time_bucket_hours if config.interaction_weight else 0.0
-    _, history = _fit(model, fn_args, config.batch_size, config.epochs, "ranking", seed, bucket_hours)
-    export_ranking(model, tft_output, fn_args.serving_model_dir)
-    _write_training_summary(fn_args.model_run_dir or fn_args.serving_model_dir, config, history)
+    _, history = _fit(model, fn_args, config.batch_size, config.epochs, "ranking", seed, dist, bucket_hours)
+    _export_and_summarize(dist, lambda path: export_ranking(model, tft_output, path), fn_args, config, history, model)
