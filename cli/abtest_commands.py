@@ -26,7 +26,7 @@ import concurrent.futures
 import json
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 SERVICE_ARMS = ("popularity", "stable", "canary")
@@ -41,6 +41,7 @@ class ArmResult:
     fallbacks: int = 0
     model_versions: dict | None = None
     served_by: str = "service"
+    top_scores: list[float] = field(default_factory=list)  # scores of each list's first 10 items
 
 
 def _parse_arm(value: str) -> str:
@@ -91,6 +92,7 @@ def replay_service_arm(url: str, arm: str, users: list[str], as_of: int, k: int,
                 body = future.result()
                 i = futures[future]
                 result.lists[i] = [item["item_id"] for item in body["items"]]
+                result.top_scores += [item["score"] for item in body["items"][:10]]
                 result.fallbacks += body.get("fallback") is not None
                 result.model_versions = result.model_versions or body.get("model_versions")
                 if done % 50 == 0 or done == len(users):
@@ -220,9 +222,26 @@ def run_abtest(args) -> dict:
     return report
 
 
+def write_score_reference(args, path: str) -> None:
+    """The stable version's top-10 scores on every test user at the cut-off: the canary watcher's PSI reference."""
+    from towerflow.serving.experiments.stats import ScoreReference
+
+    eval_set, _, as_of = load_protocol(args.run_dir)
+    stable = replay_service_arm(
+        args.service.rstrip("/"), "stable", list(eval_set.user_ids), as_of, 10, args.concurrency
+    )
+    source = f"stable {stable.model_versions} on {len(eval_set)} test users of {args.run_dir} as of {as_of}"
+    reference = ScoreReference.from_scores(stable.top_scores, source=source)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(reference.to_dict(), indent=2) + "\n", encoding="utf-8")
+    print(f"Score reference ({len(stable.top_scores)} scores, {len(reference.fractions)} bins) written to {path}")
+
+
 def _abtest(args) -> None:
     report = run_abtest(args)
     print(report["text"])
+    if args.score_reference:
+        write_score_reference(args, args.score_reference)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(report, indent=2, default=float) + "\n", encoding="utf-8")
@@ -243,4 +262,9 @@ def add_commands(subparsers) -> None:
     ab.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples")
     ab.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     ab.add_argument("--output", default=None, help="also write the report as JSON here")
+    ab.add_argument(
+        "--score-reference",
+        default=None,
+        help="also write stable's score distribution on the test window here (canary.score_reference)",
+    )
     ab.set_defaults(func=_abtest)

@@ -14,6 +14,7 @@
         max_error_rate_increase: 0.02    # canary error rate - stable error rate
         max_p99_ratio: 2.0               # canary p99 latency / stable p99 latency
         max_psi: 0.25                    # PSI of canary scores vs the offline evaluation's score distribution
+        score_reference: runs/local/score_reference.json   # that distribution (`towerflow abtest --score-reference`)
       tests:
         - name: ranker-v4
           salt: ranker-v4-2026-11        # a new salt re-shuffles users; two experiments never share one
@@ -130,9 +131,12 @@ class CanaryConfig:
     max_p99_ratio: float = 2.0
     max_psi: float = 0.25
     models: tuple[str, ...] = ("two_tower", "ranker")
+    score_reference: str | None = None  # JSON {edges, fractions}; None: the stable version's evaluation.json
 
     def __post_init__(self):
         _check_share("canary.share", self.share, allow_one=True)
+        if self.score_reference is not None and (not isinstance(self.score_reference, str) or not self.score_reference):
+            raise ValueError(f"canary.score_reference must be a file path, got {self.score_reference!r}")
         _check_name("canary.salt", self.salt)
         object.__setattr__(self, "window_seconds", _check_positive("canary.window_seconds", self.window_seconds))
         interval = _check_positive("canary.check_interval_seconds", self.check_interval_seconds)

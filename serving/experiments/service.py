@@ -23,6 +23,7 @@ removed before the base recommender sees the request.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -38,7 +39,7 @@ from towerflow.serving.experiments.event_log import ExperimentLog
 from towerflow.serving.experiments.router import ExperimentRouter, UnknownSourceError
 from towerflow.serving.experiments.stats import ScoreReference
 from towerflow.serving.recommender.recommender import BadRequestError, Recommender
-from towerflow.serving.recommender.served import TWO_TOWER, VersionWatcher
+from towerflow.serving.recommender.served import RANKER, TWO_TOWER, VersionWatcher, read_evaluation
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +190,31 @@ class Experiments:
             self.log.close()
 
 
+def score_reference(config: ExperimentsConfig, serving_root: str | Path) -> ScoreReference | None:
+    """The canary's PSI reference: `canary.score_reference`, else a `score_distribution` in the evaluation
+    pushed with the stable ranker or two-tower; None (PSI not checked) when neither exists."""
+    if config.canary is None:
+        return None
+    if config.canary.score_reference:
+        path = Path(config.canary.score_reference)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"canary.score_reference {path} does not exist (`towerflow abtest --score-reference`)"
+            )
+        return ScoreReference.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    for model in (RANKER, TWO_TOWER):
+        try:
+            state = model_repository.model_state(serving_root, model)
+        except ValueError:
+            continue
+        version = state.labels.get(STABLE, state.default_version)
+        evaluation = read_evaluation(Path(state.base_path) / str(version)) if version else {}
+        if evaluation.get("score_distribution"):
+            return ScoreReference.from_dict(evaluation["score_distribution"])
+    log.warning("no score reference for the canary watcher: the score-distribution (PSI) check is off")
+    return None
+
+
 def attach(
     base: Recommender,
     config: ExperimentsConfig,
@@ -226,6 +252,7 @@ def attach(
     sink = ExperimentLog(directory, config.log) if directory else None
     canary_watcher = None
     if config.canary is not None:
+        reference = reference or score_reference(config, serving_root)
         canary_watcher = CanaryWatcher(config.canary, serving_root, reference, metadata_path)
         if start:
             canary_watcher.start()

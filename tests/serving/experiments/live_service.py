@@ -1,0 +1,113 @@
+"""A real recommender service over a pipeline run, for the experiments, abtest and web e2e tests.
+
+embedded model server (gRPC, loopback) on a serving root + a real redis-server
+materialized as of the test cut-off with `towerflow features materialize` +
+the Recommender pinned to `stable`, wrapped by the experiments, with the web
+router, served by uvicorn on a free loopback port. Everything is stopped on exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+TOKEN = "experiments-test-token"
+
+
+@dataclass
+class LiveService:
+    url: str
+    token: str
+    store: object
+    recommender: object
+    experiments: object
+    serving_root: Path
+    metadata_path: str
+    log_dir: Path
+
+
+def fresh_serving_root(source_root: Path, target: Path) -> Path:
+    """A serving root of our own holding the source root's stable versions as version 1 (pushes mutate roots)."""
+    from towerflow.serving import model_repository
+
+    for model in ("two_tower", "ranker"):
+        state = model_repository.model_state(source_root, model)
+        version = state.labels.get("stable", state.default_version)
+        model_repository.push(target, model, Path(state.base_path) / str(version))
+    return target
+
+
+@contextlib.contextmanager
+def live_service(
+    run_dir: Path,
+    serving_root: Path,
+    work: Path,
+    experiments: dict | None = None,
+    reference=None,
+    metadata_path: str | None = None,
+):
+    from towerflow.cli.main import main as towerflow_main
+    from towerflow.serving.experiments.config import from_dict
+    from towerflow.serving.experiments.service import attach, stable_watcher
+    from towerflow.serving.feature_store import FeatureStore, StoreConfig
+    from towerflow.serving.feature_store.server import LocalRedis, LocalRedisConfig, connect
+    from towerflow.serving.model_repository import CONFIG_FILE
+    from towerflow.serving.model_server import ModelServer, ServerOptions
+    from towerflow.serving.recommender.app import create_app
+    from towerflow.serving.recommender.config import ServiceConfig
+    from towerflow.serving.recommender.metrics import ServiceMetrics
+    from towerflow.serving.recommender.recommender import Recommender
+    from towerflow.serving.recommender.runner import ServiceServer
+    from towerflow.serving.recommender.served import ModelClient
+    from towerflow.serving.web import create_router, example_users
+    from towerflow.serving.web.lineage import LineageSummary
+
+    work.mkdir(parents=True, exist_ok=True)
+    metadata_path = metadata_path or str(run_dir / "metadata.sqlite")
+    with contextlib.ExitStack() as stack:
+        options = ServerOptions(
+            model_config_file=str(serving_root / CONFIG_FILE),
+            port=0,
+            rest_api_port=0,
+            file_system_poll_wait_seconds=0.5,
+        )
+        model_server = stack.enter_context(ModelServer(options))
+        redis_server = LocalRedis(LocalRedisConfig(data_dir=str(work / "redis"), appendfsync="no")).start()
+        stack.callback(redis_server.stop)
+        events = work / "events_root"
+        code = towerflow_main(
+            ["features", "materialize", "--run-dir", str(run_dir), "--as-of", "test-cutoff"]
+            + ["--redis-url", redis_server.url, "--serving-root", str(events)]
+        )
+        assert code == 0, "materialize failed"
+        client = connect(redis_server.url)
+        stack.callback(client.close)
+        store = FeatureStore(client, StoreConfig(events_dir=str(events / "events")))
+        config = ServiceConfig()
+        model_client = ModelClient(grpc_target=model_server.grpc_target)
+
+        def catalog() -> list[dict]:
+            return [item for item in store.items(store.all_item_ids()) if item]
+
+        watcher = stable_watcher(serving_root, model_client, config.ranking.default_weight, catalog=catalog)
+        recommender = Recommender(store, watcher, config, ServiceMetrics())
+        assert watcher.refresh(), watcher.last_error
+        recommender.start()
+        stack.callback(recommender.close)
+        log_dir = work / "experiment_logs"
+        wired = attach(recommender, from_dict(experiments), serving_root, log_dir, metadata_path, reference)
+        stack.callback(wired.close)
+        candidates = [str(u) for u in range(1, 944)]
+        examples = example_users(store, candidates)
+        web = create_router(LineageSummary(metadata_path, serving_root), TOKEN, examples=examples)
+        server = stack.enter_context(ServiceServer(create_app(wired.recommender, TOKEN, routers=[web])))
+        yield LiveService(server.url, TOKEN, store, recommender, wired, serving_root, metadata_path, log_dir)
+
+
+def copy_metadata(run_dir: Path, target: Path) -> str:
+    """A writable copy of the run's MLMD file (the canary test records a rollback into it)."""
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(run_dir / "metadata.sqlite", target / "metadata.sqlite")
+    return str(target / "metadata.sqlite")
