@@ -1,41 +1,83 @@
-"""`towerflow evaluate`: the offline protocol on a pipeline run's test split.
+"""`towerflow evaluate`: what the pipeline's ModelEvaluator measured on a run's test split.
 
-towerflow evaluate --output-dir runs/local
+    towerflow evaluate --output-dir runs/local
+
+Reads the newest ModelEvaluator output (`ModelEvaluator.blessing` in the run's MLMD store) instead
+of scoring the models again, so a run is evaluated once: the verdict and why, every baseline and
+model on the headline metrics for all, warm and cold users, and each model against the best baseline
+with its paired bootstrap 95% CI and p-value. Writes the evaluation JSON to --report.
 """
 
 from __future__ import annotations
 
-import json
-import os
+import math
+import shutil
 from pathlib import Path
+
+EVALUATOR_OUTPUT = "ModelEvaluator.blessing"
+METRICS = ("recall@100", "ndcg@10", "hit_rate@10")
+SLICES = ("all", "warm", "cold")
+
+
+def _cell(value) -> str:
+    return f"{value:>12.4f}" if isinstance(value, float) and math.isfinite(value) else f"{'-':>12}"
+
+
+def format_evaluation(result: dict) -> str:
+    """The headline table (every baseline and model, all/warm/cold) and the comparisons with the best baseline."""
+    lines = [f"Model {'BLESSED' if result['blessed'] else 'NOT blessed'}"]
+    lines += [f"  {reason}" for reason in result["reasons"]]
+    reports = {name: b for name, b in (result.get("baselines") or {}).items()}
+    reports.update({name: r for name, r in result["reports"].items() if name not in reports})
+    width = max(len(n) for n in reports) + 2
+    lines.append("")
+    lines.append(f"{'':<{width}}{'slice':<7}{'users':>6}" + "".join(f"{m:>12}" for m in METRICS))
+    for name, report in reports.items():
+        for slice_name in SLICES:
+            values = report["metrics"].get(slice_name, {})
+            n = report["n_users"].get(slice_name, "")
+            lines.append(f"{name:<{width}}{slice_name:<7}{n!s:>6}" + "".join(_cell(values.get(m)) for m in METRICS))
+    best = result.get("best_baseline")
+    if best:
+        lines.append("")
+        lines.append(f"Against the best baseline, {best['describe']} (paired bootstrap 95% CI, permutation p):")
+        for c in result.get("comparisons", []):
+            if c["against"] != best["name"] or c.get("n", 0) == 0:
+                continue
+            lift = "" if c["lift"] is None else f" ({c['lift']:+.1%})"
+            ci = "" if c["ci_low"] is None else f" [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]"
+            p = "" if c["p_value"] is None else f" p={c['p_value']:.3g}"
+            lines.append(f"  {c['model']:<16}{c['slice']:<6}{c['metric']:<13}{c['difference']:+.4f}{lift}{ci}{p}")
+        if best.get("fallback_file"):
+            lines.append(f"Not blessed: serve {best['describe']} from {best['fallback_file']} next to the evaluation.")
+    return "\n".join(lines)
 
 
 def _evaluate(args) -> None:
-    from towerflow.components.evaluation.offline import OfflineData, comparison_table, evaluate_models
+    from towerflow.components.evaluation.model_evaluator import EVALUATION_FILE, read_result
     from towerflow.pipeline.mlmd import latest_artifacts
 
     out = Path(args.output_dir).resolve()
-    artifacts = latest_artifacts(str(out / "metadata.sqlite"))
-    missing = [k for k in ("Ingestion.examples", "Ingestion.item_catalog") if k not in artifacts]
-    if missing:
-        raise ValueError(f"the run in {out} has no {', '.join(missing)}; run `towerflow run` first")
-    model_dirs = {
-        name: os.path.join(artifacts[key], "Format-Serving") if key in artifacts else None
-        for name, key in (("two_tower", "TwoTowerTrainer.model"), ("ranker", "RankingTrainer.model"))
-    }
-    print(f"Evaluating on the test split of {artifacts['Ingestion.examples']}")
-    data = OfflineData.from_artifacts(artifacts["Ingestion.examples"], artifacts["Ingestion.item_catalog"])
-    reports = evaluate_models(data, model_dirs["two_tower"], model_dirs["ranker"], rerank_depth=args.rerank_depth)
-    print(comparison_table(reports))
+    metadata = out / "metadata.sqlite"
+    if not metadata.is_file():
+        raise FileNotFoundError(f"no ML Metadata store at {metadata}; run `towerflow run` first")
+    artifacts = latest_artifacts(str(metadata))
+    if EVALUATOR_OUTPUT not in artifacts:
+        raise ValueError(f"the run in {out} has no {EVALUATOR_OUTPUT}; run `towerflow run` with the Trainers first")
+    evaluation_dir = artifacts[EVALUATOR_OUTPUT]
+    result = read_result(evaluation_dir)
+    print(f"Evaluation of {result['models']['two_tower']} on {result['data']['test_users']} test users")
+    print(format_evaluation(result))
     report_path = Path(args.report or out / "evaluation.json")
     report_path.parent.mkdir(parents=True, exist_ok=True)
-    report_path.write_text(json.dumps({"models": model_dirs, **{k: r.to_dict() for k, r in reports.items()}}, indent=2))
-    print(f"Full report (every metric, K and slice): {report_path}")
+    shutil.copyfile(Path(evaluation_dir, EVALUATION_FILE), report_path)
+    print(f"Full evaluation (every metric, K, slice, baseline and comparison): {report_path}")
 
 
 def add_commands(commands) -> None:
-    ev = commands.add_parser("evaluate", help="score popularity, two-tower and two-tower+DCN on the test split")
+    ev = commands.add_parser("evaluate", help="the ModelEvaluator's verdict, baselines and models on the test split")
     ev.add_argument("--output-dir", default="runs/local", help="the --output-dir of `towerflow run`")
-    ev.add_argument("--rerank-depth", type=int, default=100, help="retrieved candidates the ranker re-orders")
-    ev.add_argument("--report", default=None, help="JSON report path (default: <output-dir>/evaluation.json)")
+    ev.add_argument(
+        "--report", default=None, help="copy the evaluation JSON here (default: <output-dir>/evaluation.json)"
+    )
     ev.set_defaults(func=_evaluate)

@@ -1,16 +1,45 @@
 """`towerflow report` and the baseline wiring: a tiny TFX pipeline run twice, the second time with a broken model."""
 
 import argparse
+import json
 import os
+import sys
 
 import pytest
 
-from towerflow.cli import report_commands
+from towerflow.cli import evaluate_commands, report_commands
+
+# The ModelEvaluator tests' fake models and tiny world (tests/components/evaluation/eval_fakes.py).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "components", "evaluation"))
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory) -> dict[str, str]:
+    import eval_fakes
+
+    root = tmp_path_factory.mktemp("models")
+    eval_fakes.save_fake_two_tower(str(root / "good" / "Format-Serving"))
+    eval_fakes.save_broken_two_tower(str(root / "broken" / "Format-Serving"))
+    eval_fakes.save_fake_ranker(str(root / "ranker" / "Format-Serving"))
+    return {name: str(root / name) for name in ("good", "broken", "ranker")}
+
+
+@pytest.fixture(scope="module")
+def artifact_dirs(model_dirs, tmp_path_factory) -> dict[str, str]:
+    import eval_fakes
+
+    world = eval_fakes.make_world(os.path.join(model_dirs["good"], "Format-Serving"))
+    root = tmp_path_factory.mktemp("artifacts")
+    dirs = {"examples": str(root / "examples"), "catalog": str(root / "item_catalog")}
+    eval_fakes.write_artifacts(world, dirs["examples"], dirs["catalog"])
+    return dirs
 
 
 def _parse(argv):
     parser = argparse.ArgumentParser()
-    report_commands.add_commands(parser.add_subparsers(dest="command", required=True))
+    commands = parser.add_subparsers(dest="command", required=True)
+    report_commands.add_commands(commands)
+    evaluate_commands.add_commands(commands)
     return parser.parse_args(argv)
 
 
@@ -26,6 +55,13 @@ def test_report_command_clear_errors(tmp_path):
             _parse(["report", "--output-dir", str(tmp_path / "missing")])
         )
     args = _parse(["report", "--output-dir", str(tmp_path)])
+    with pytest.raises(FileNotFoundError, match="towerflow run"):
+        args.func(args)
+
+
+def test_evaluate_command_reads_the_store_and_says_what_is_missing(tmp_path):
+    args = _parse(["evaluate", "--output-dir", str(tmp_path)])
+    assert args.report is None and callable(args.func)
     with pytest.raises(FileNotFoundError, match="towerflow run"):
         args.func(args)
 
@@ -97,3 +133,12 @@ def test_pipeline_blesses_then_rejects_a_regression_and_report_finds_it(model_di
     assert out[0] == os.path.join(second_dir, "model_evaluation.html")
     assert out[1] == "Model NOT blessed"
     assert any(line.strip().startswith("baseline:two_tower") for line in out)
+
+    # `towerflow evaluate` shows the same evaluation from the store, without scoring anything again
+    report = tmp_path / "evaluation.json"
+    args = _parse(["evaluate", "--output-dir", str(tmp_path), "--report", str(report)])
+    args.func(args)
+    out = capsys.readouterr().out
+    assert "Model NOT blessed" in out and "Against the best baseline" in out
+    assert all(name in out for name in ("recent_popularity", "segment_popularity", "item_knn", "ease"))
+    assert json.loads(report.read_text()) == second
