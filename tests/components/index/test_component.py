@@ -58,6 +58,18 @@ def test_good_index_is_blessed(built_index, examples_dir):
     assert blessed, failures
 
 
+def test_index_evaluator_records_the_frontier_of_the_served_index(built_index, examples_dir):
+    metrics = C.evaluate_index(built_index[0], examples_dir, num_queries=20, latency_queries=10, frontier_queries=15)
+    frontier = metrics.pop("frontier")
+    assert frontier["source"] == "served index" and frontier["num_items"] == 60 and frontier["num_queries"] == 15
+    assert frontier["served"]["recall"] == 1.0  # the served 60-item index scores exactly
+    assert frontier["frontier"] and frontier["points"]
+    assert C.bless(metrics)[0]  # the frontier does not change the verdict's figures
+    report = {"blessed": True, "failures": [], "metrics": metrics, "frontier": frontier}
+    assert "recall/latency frontier" in C.format_evaluation(report)
+    assert "frontier" not in C.evaluate_index(built_index[0], examples_dir, num_queries=5, latency_queries=5)
+
+
 def test_broken_index_is_not_blessed(built_index, examples_dir, tmp_path):
     # A searcher built on shuffled rows: ids and embeddings on disk are right, what ScaNN returns is not.
     uri = str(tmp_path / "broken")
