@@ -192,17 +192,25 @@ class Recommender:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def ready(self) -> dict:
-        """What /readyz reports: models loaded and store reachable."""
+        """What /readyz reports: models loaded and the model server and the store reachable."""
         served = self.watcher.current if self.watcher else None
         try:
             store_ok = bool(self.store.ping())
         except Exception:  # noqa: BLE001 - readiness reports, never raises
             store_ok = False
+        model_error = self.watcher.last_error if self.watcher else "no model server configured"
+        models_ok = False
+        if served is not None:
+            try:
+                models_ok = served.two_tower in self.watcher.client.available_versions("two_tower", timeout=1.0)
+            except Exception as err:  # noqa: BLE001
+                model_error = str(err)
         return {
-            "ready": served is not None and store_ok,
+            "ready": models_ok and store_ok,
             "models": served.versions if served else None,
+            "model_server": models_ok,
             "store": store_ok,
-            "model_error": self.watcher.last_error if self.watcher else "no model server configured",
+            "model_error": None if models_ok else model_error,
         }
 
     # ------------------------------------------------------------------ the request

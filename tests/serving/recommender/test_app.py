@@ -171,7 +171,7 @@ def test_redis_killed_mid_run(service, own_redis, world):
     """Kill redis-server under load: recommend keeps answering 200 with `fallback`; events get 503, and the
     same event retried once Redis is back is stored."""
     server, store = own_redis
-    url, recommender, _ = service(store=store)
+    url, recommender, _ = service(ServiceConfig.from_dict({"limits": {"rate_per_second": 10_000}}), store=store)
     results, stop = [], threading.Event()
 
     def load():
