@@ -256,3 +256,24 @@ def test_metrics_endpoint_and_real_prometheus(service, tmp_path, world):
         process.terminate()
         process.wait(30)
         log.close()
+
+
+def test_dashboard_and_scrape_config_name_real_metrics(service, world):
+    """Every metric the Grafana dashboard queries is one the service exports; the scrape config is valid."""
+    import json
+    import re
+    from pathlib import Path
+
+    deploy = Path(__file__).resolve().parents[3] / "deploy"
+    dashboard = json.loads((deploy / "grafana" / "recommender.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    wanted = {re.sub(r"_(bucket|sum|count)$", "", m) for e in exprs for m in re.findall(r"towerflow_\w+", e)}
+    url, _, _ = service()
+    httpx.post(f"{url}/v1/recommend", json={"user_id": "warm", "k": 3, "context": {"timestamp": world.AS_OF}})
+    exported = httpx.get(f"{url}/metrics").text
+    missing = [m for m in sorted(wanted) if m not in exported]
+    assert not missing, missing
+    promtool = shutil.which("promtool")
+    if promtool:
+        check = subprocess.run([promtool, "check", "config", str(deploy / "prometheus.yml")], capture_output=True)
+        assert check.returncode == 0, check.stdout + check.stderr

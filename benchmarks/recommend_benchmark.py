@@ -1,0 +1,376 @@
+"""Load benchmark of the recommender service: latency per stage and end to end, requests/s, on loopback.
+
+    flock /tmp/towerflow-heavy.lock python benchmarks/recommend_benchmark.py --run-dir runs/local
+    flock /tmp/towerflow-heavy.lock python benchmarks/recommend_benchmark.py --synthetic --items 1000000 \\
+        --users 1000000 --out benchmarks/results/recommend.md --append
+
+Everything runs as it would in production, each in its own process on this
+machine: redis-server (the feature store), the embedded TF-Serving-protocol
+model server, and `towerflow service` (FastAPI + uvicorn); the load generator
+(this process, httpx, one thread per concurrent client) shares the same cores.
+
+ml-100k: the pushed models of a `towerflow run` directory, the store
+materialized from its ingestion. Synthetic: a 1M-item catalog and 1M users
+with stand-in models of the same signatures (query_tower / candidate_tower /
+ranker on raw features; embeddings from hashed ids, 64-d), the ScaNN index
+over the candidate tower's 1M embeddings pushed with the two-tower as the
+pipeline's pushers do, and a store materialized with a Zipf-distributed event
+log. Requests name random users (so the query-embedding cache mostly misses)
+and no timestamp (now). Bounded: `--requests` per concurrency level, at most
+`--seconds` each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+from machine import cores, cpu_model, memory_gib  # noqa: E402 - benchmarks/ is on sys.path when run as a script
+
+REPO = Path(__file__).resolve().parents[1]
+TOWERFLOW = [sys.executable, "-m", "towerflow.cli.main"]
+STAGES = ("features", "retrieval", "ranking", "reranking", "exploration", "total")
+GENRES = ("Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary", "Drama", "Fantasy",
+          "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western")  # fmt: skip
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{what} not ready at {url} after {timeout:.0f}s")
+
+
+# --------------------------------------------------------------------------- synthetic world
+
+
+def build_stand_in_models(root: Path, dim: int = 64) -> tuple[str, str]:
+    """SavedModels with the pipeline's serving signatures; embeddings from hashed ids (unit norm)."""
+    import tensorflow as tf
+
+    from towerflow.models import features
+    from towerflow.models.run_fns import RANKER_FEATURES
+
+    specs = {}
+    for key in RANKER_FEATURES:
+        dtype = (
+            tf.int64 if key in features.INT_FEATURES else tf.float32 if key in features.FLOAT_FEATURES else tf.string
+        )
+        specs[key] = tf.TensorSpec([None, None] if key in features.LIST_FEATURES else [None], dtype, name=key)
+
+    class Towers(tf.Module):
+        def __init__(self):
+            super().__init__()
+            rng = np.random.default_rng(0)
+            self.table = tf.Variable(rng.standard_normal((1 << 16, dim)).astype(np.float32))
+
+        def embed(self, ids):
+            v = tf.gather(self.table, tf.strings.to_hash_bucket_fast(ids, 1 << 16))
+            return tf.math.l2_normalize(v, axis=-1)
+
+        def query(self, f):
+            hist = tf.reduce_mean(self.embed(f[features.HIST_ITEM_IDS]), axis=1)
+            hist = tf.where(tf.math.is_finite(hist), hist, 0.0)
+            return tf.math.l2_normalize(self.embed(f[features.USER_ID]) + 0.5 * hist, axis=-1)
+
+    towers = Towers()
+    query_keys = {k: specs[k] for k in features.QUERY_FEATURES}
+    cand_keys = {k: specs[k] for k in features.CANDIDATE_FEATURES}
+
+    @tf.function(input_signature=[query_keys])
+    def query_tower(f):
+        return {"embedding": towers.query(f)}
+
+    @tf.function(input_signature=[cand_keys])
+    def candidate_tower(f):
+        return {"embedding": towers.embed(f[features.ITEM_ID])}
+
+    @tf.function(input_signature=[dict(specs)])
+    def ranker(f):
+        dot = tf.reduce_sum(towers.query(f) * towers.embed(f[features.ITEM_ID]), axis=-1)
+        pop = tf.math.log1p(tf.cast(f[features.ITEM_RECENT_COUNT], tf.float32))
+        score = 3.0 * dot + 0.1 * pop
+        return {"interaction_score": score, "rating": 3.0 + score, "liked_probability": tf.sigmoid(score)}
+
+    two_tower, ranker_dir = str(root / "two_tower_model"), str(root / "ranker_model")
+    tf.saved_model.save(towers, two_tower, signatures={
+        "serving_default": query_tower.get_concrete_function(), "query_tower": query_tower.get_concrete_function(),
+        "candidate_tower": candidate_tower.get_concrete_function()})  # fmt: skip
+    tf.saved_model.save(towers, ranker_dir, signatures={
+        "serving_default": ranker.get_concrete_function(), "ranker": ranker.get_concrete_function()})  # fmt: skip
+    return two_tower, ranker_dir
+
+
+def synthetic_world(root: Path, items: int, users: int, events: int, redis_url: str, seed: int = 0) -> dict:
+    """Stand-in models + index pushed into <root>/serving; the store materialized. Returns timings."""
+    import json
+
+    import tensorflow as tf
+
+    from towerflow.components.index.scann_index import ScannIndex
+    from towerflow.models import features
+    from towerflow.serving import model_repository
+    from towerflow.serving.feature_store.materialize import MaterializeConfig, materialize
+    from towerflow.serving.feature_store.server import connect
+
+    took = {}
+    rng = np.random.default_rng(seed)
+    item_ids = np.array([f"m{n}" for n in range(items)])
+    started = time.time()
+    two_tower, ranker_dir = build_stand_in_models(root)
+    model = tf.saved_model.load(two_tower)
+    candidate = model.signatures["candidate_tower"]
+    parts = []
+    for s in range(0, items, 65536):
+        chunk = item_ids[s : s + 65536]
+        parts.append(candidate(
+            item_id=tf.constant(chunk), item_title=tf.constant([""] * len(chunk)),
+            item_genres=tf.constant([[""]] * len(chunk)), item_release_year=tf.zeros([len(chunk)], tf.int64),
+        )["embedding"].numpy())  # fmt: skip
+    embeddings = np.concatenate(parts)
+    index = ScannIndex.build(item_ids, embeddings)
+    index.save(str(root / "index"))
+    (root / "evaluation.json").write_text(json.dumps({"rerank_weight": 0.25, "rerank_depth": 100}))
+    serving = root / "serving"
+    model_repository.push(serving, "two_tower", two_tower, extras={"index": root / "index"})
+    model_repository.push(serving, "ranker", ranker_dir, extras={"evaluation.json": root / "evaluation.json"})
+    took["models_and_index_s"] = time.time() - started
+
+    started = time.time()
+    now = int(time.time())
+    genre_of = rng.integers(0, len(GENRES), size=(items, 2))
+    item_rows = (
+        {features.ITEM_ID: item_ids[n], features.ITEM_TITLE: f"Item {n}",
+         features.ITEM_GENRES: sorted({GENRES[genre_of[n, 0]], GENRES[genre_of[n, 1]]}),
+         features.ITEM_RELEASE_YEAR: 1950 + n % 75}
+        for n in range(items)
+    )  # fmt: skip
+    ages = rng.integers(15, 70, size=users)
+    user_rows = (
+        {features.USER_ID: f"u{n}", features.USER_AGE: int(ages[n]), features.USER_GENDER: "FM"[n % 2],
+         features.USER_OCCUPATION: "other", features.USER_ZIP: f"{n % 100000:05d}"}
+        for n in range(users)
+    )  # fmt: skip
+    weights = 1.0 / np.arange(1, items + 1) ** 0.9
+    weights /= weights.sum()
+
+    def event_rows():
+        done = 0
+        while done < events:
+            n = min(200_000, events - done)
+            us = rng.integers(0, users, size=n)
+            its = rng.choice(items, size=n, p=weights)
+            ts = now - rng.integers(60, 60 * 86400, size=n)
+            for j in range(n):
+                yield f"u{us[j]}", item_ids[its[j]], 4.0, int(ts[j]), f"e{done + j}"
+            done += n
+
+    client = connect(redis_url)
+    summary = materialize(client, MaterializeConfig(source="synthetic", require_known_items=False),
+                          user_rows, item_rows, event_rows())  # fmt: skip
+    client.close()
+    took["materialize_s"] = time.time() - started
+    took["materialized"] = summary.format()
+    return took
+
+
+# --------------------------------------------------------------------------- the load
+
+
+def run_level(url: str, users: list[str], concurrency: int, requests: int, seconds: float, k: int, seed: int):
+    """`requests` recommend calls from `concurrency` client threads; per-request e2e ms and stage ms."""
+    rng = np.random.default_rng(seed + concurrency)
+    order = [users[i] for i in rng.integers(0, len(users), size=requests)]
+    lock, nxt = threading.Lock(), [0]
+    e2e, stages, errors, fallbacks = [], {s: [] for s in STAGES}, [], 0
+    deadline = time.monotonic() + seconds
+
+    def worker():
+        nonlocal fallbacks
+        with httpx.Client(timeout=30) as client:
+            while time.monotonic() < deadline:
+                with lock:
+                    if nxt[0] >= len(order):
+                        return
+                    user = order[nxt[0]]
+                    nxt[0] += 1
+                t0 = time.perf_counter()
+                try:
+                    r = client.post(f"{url}/v1/recommend", json={"user_id": user, "k": k})
+                except httpx.HTTPError as err:
+                    errors.append(str(err))
+                    continue
+                ms = (time.perf_counter() - t0) * 1000
+                if r.status_code != 200:
+                    errors.append(f"HTTP {r.status_code}: {r.text[:200]}")
+                    continue
+                body = r.json()
+                with lock:
+                    e2e.append(ms)
+                    for s in STAGES:
+                        stages[s].append(body["timings_ms"].get(s, 0.0))
+                    fallbacks += body["fallback"] is not None
+
+    started = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        for f in [pool.submit(worker) for _ in range(concurrency)]:
+            f.result()
+    elapsed = time.perf_counter() - started
+    return {"e2e": np.array(e2e), "stages": {s: np.array(v) for s, v in stages.items()}, "errors": errors,
+            "fallbacks": fallbacks, "rps": len(e2e) / elapsed, "n": len(e2e)}  # fmt: skip
+
+
+def pct(values: np.ndarray, q: float) -> float:
+    return float(np.percentile(values, q)) if len(values) else float("nan")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-dir", help="a `towerflow run` directory (ml-100k)")
+    parser.add_argument("--synthetic", action="store_true", help="the synthetic catalog instead")
+    parser.add_argument("--items", type=int, default=1_000_000)
+    parser.add_argument("--users", type=int, default=1_000_000)
+    parser.add_argument("--events", type=int, default=3_000_000)
+    parser.add_argument("--concurrency", default="1,4,16")
+    parser.add_argument("--requests", type=int, default=600, help="per concurrency level")
+    parser.add_argument("--seconds", type=float, default=60.0, help="at most, per concurrency level")
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--config", default=None, help="service YAML")
+    parser.add_argument("--out", help="write (or with --append, add to) this Markdown file")
+    parser.add_argument("--append", action="store_true")
+    args = parser.parse_args(argv)
+    if bool(args.run_dir) == bool(args.synthetic):
+        parser.error("give --run-dir or --synthetic")
+
+    from towerflow.serving.feature_store.server import LocalRedis, LocalRedisConfig
+
+    lines: list[str] = []
+
+    def emit(text: str = "") -> None:
+        print(text, flush=True)
+        lines.append(text)
+
+    procs: list[subprocess.Popen] = []
+    tmp = Path(tempfile.mkdtemp(prefix="recommend-bench-"))
+    redis_server = LocalRedis(LocalRedisConfig(data_dir=str(tmp / "redis"), appendfsync="everysec")).start()
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TOWERFLOW_API_TOKEN": ""}
+    try:
+        if args.synthetic:
+            name = f"synthetic, {args.items:,} items, {args.users:,} users, {args.events:,} events"
+            print(f"Building the synthetic world ({name}) ...", flush=True)
+            setup = synthetic_world(tmp, args.items, args.users, args.events, redis_server.url)
+            serving_root, users = tmp / "serving", [f"u{n}" for n in range(args.users)]
+            run_dir = tmp
+        else:
+            name = "ml-100k"
+            run_dir = Path(args.run_dir).resolve()
+            serving_root = run_dir / "serving"
+            started = time.time()
+            subprocess.run([*TOWERFLOW, "features", "materialize", "--run-dir", str(run_dir),
+                            "--redis-url", redis_server.url], check=True, env=env, cwd=REPO)  # fmt: skip
+            setup = {"materialize_s": round(time.time() - started, 1)}
+            users = [str(u) for u in range(1, 944)]  # ml-100k's user ids
+        grpc_port, rest_port, service_port = free_port(), free_port(), free_port()
+        log = open(tmp / "model_server.log", "w")
+        procs.append(subprocess.Popen(
+            [*TOWERFLOW, "serve", "--serving-root", str(serving_root), "--backend", "embedded",
+             "--port", str(grpc_port), "--rest-api-port", str(rest_port)],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO))  # fmt: skip
+        wait_http(f"http://127.0.0.1:{rest_port}/v1/models/ranker", 300, "model server")
+        service_cmd = [*TOWERFLOW, "service", "--run-dir", str(run_dir), "--model-server", f"127.0.0.1:{grpc_port}",
+                       "--redis-url", redis_server.url, "--port", str(service_port)]  # fmt: skip
+        if args.config:
+            service_cmd += ["--config", args.config]
+        log = open(tmp / "service.log", "w")
+        procs.append(subprocess.Popen(service_cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO))
+        url = f"http://127.0.0.1:{service_port}"
+        wait_http(f"{url}/readyz", 600, "recommender service")
+
+        emit(f"## {name}")
+        emit()
+        emit(f"Machine: {cpu_model()}, {cores()} cores, {memory_gib()}; {platform.platform()}; "
+             f"Python {platform.python_version()}. Loopback; redis-server, model server, service and this "
+             f"load generator each a process on the same cores.")  # fmt: skip
+        emit(f"Set-up: {setup}")
+        emit(f"Requests: k={args.k}, random users, no timestamp (now), explore on; {args.requests} per level "
+             f"(at most {args.seconds:.0f}s).")  # fmt: skip
+        emit()
+        emit("| concurrency | req/s | errors | fallbacks | e2e p50 | e2e p95 | e2e p99 | "
+             + " | ".join(f"{s} p50/p95/p99" for s in STAGES[:-1]) + " |")  # fmt: skip
+        emit("|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * (len(STAGES) - 1))
+        results = {}
+        for c in [int(x) for x in args.concurrency.split(",")]:
+            run_level(url, users, c, min(50, args.requests), 20, args.k, seed=99)  # warm-up, not counted
+            r = run_level(url, users, c, args.requests, args.seconds, args.k, seed=0)
+            results[c] = r
+            cells = [f"{pct(r['stages'][s], 50):.1f}/{pct(r['stages'][s], 95):.1f}/{pct(r['stages'][s], 99):.1f}"
+                     for s in STAGES[:-1]]  # fmt: skip
+            emit(f"| {c} | {r['rps']:.1f} | {len(r['errors'])} | {r['fallbacks']} | {pct(r['e2e'], 50):.1f} | "
+                 f"{pct(r['e2e'], 95):.1f} | {pct(r['e2e'], 99):.1f} | " + " | ".join(cells) + " |")  # fmt: skip
+            if r["errors"]:
+                print("first errors:", r["errors"][:3], flush=True)
+        emit()
+        target = 50.0 if args.synthetic else 25.0
+        if 4 in results:
+            p99 = pct(results[4]["e2e"], 99)
+            verdict = "MET" if p99 < target else f"MISSED by {p99 - target:.1f} ms ({p99 / target:.2f}x)"
+            emit(f"Target: e2e p99 < {target:.0f} ms at concurrency 4: {p99:.1f} ms, {verdict}. "
+                 f"Errors at all levels: {sum(len(r['errors']) for r in results.values())}.")  # fmt: skip
+        metrics = httpx.get(f"{url}/metrics").text
+        hits = sum(float(line.split()[-1]) for line in metrics.splitlines()
+                   if line.startswith('towerflow_embedding_cache_total{result="hit"}'))  # fmt: skip
+        misses = sum(float(line.split()[-1]) for line in metrics.splitlines()
+                     if line.startswith('towerflow_embedding_cache_total{result="miss"}'))  # fmt: skip
+        emit(f"Query-embedding cache hit ratio over the run: {hits / max(1.0, hits + misses):.2f}")
+        emit()
+    finally:
+        for p in reversed(procs):
+            p.send_signal(signal.SIGINT)
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        redis_server.stop()
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        text = "\n".join(lines) + "\n"
+        if args.append and out.exists():
+            text = out.read_text() + "\n" + text
+        elif not args.append:
+            text = "# Recommender service load benchmark\n\n" + text
+        out.write_text(text)
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
