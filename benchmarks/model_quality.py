@@ -1,13 +1,28 @@
-"""Model quality on the DESIGN.md protocol, mean over seeds, from an existing pipeline run.
+"""Model quality against the strongest baselines, over rolling-origin folds and seeds, with statistics.
 
-Re-trains the two-tower and DCN models with the pipeline's own run_fns on the
-run's Transform output (so only training varies between seeds), exports them,
-and scores popularity, two-tower and two-tower + DCN re-ranking of the top 100
-on the test split with `components.evaluation.offline`.
+Rolling origin: fold i of n has its test window at the timestamp quantiles
+[1 - 0.1 (n - i), 1 - 0.1 (n - i - 1)) of the whole log -- for --folds 3 the windows start at the
+0.7, 0.8 and 0.9 quantiles -- with its own eval window (the 0.1 before it) and training data
+before that. Each fold is a real pipeline run (`towerflow run`) on the log truncated at the end
+of its test window, with split fractions that put the cut-offs at those global quantiles; the
+last fold is exactly the project's protocol (train < q0.8 <= eval < q0.9 <= test). So nothing a
+fold's models or baselines see comes from after its test window's start.
 
-    .venv/bin/python benchmarks/model_quality.py --output-dir runs/local --seeds 0 1 2 --tune-weight
+Per fold and seed the two-tower and the DCN ranker are re-trained with the pipeline's own run_fns
+on the fold run's Transform output (fit on train+eval, as the pipeline's Trainers do; their
+settings were chosen on the eval window earlier), exported, and scored through their serving
+signatures. The baselines (components/evaluation/baselines.py) choose their settings on the eval
+window with train-only fits, then refit on train+eval. Everything is scored by the same protocol
+code (`components.evaluation.lineup`), keeping per-user metric vectors; each model is compared
+with the best baseline (highest NDCG@10 over all test users on that fold) by a paired bootstrap
+95% CI of the difference and a paired permutation p-value, per fold and pooled over folds (users
+of different folds are different test cases; a model's value for a user is its mean over seeds).
 
-Prints per-seed and mean tables and writes <output-dir>/quality/quality.json.
+    flock /tmp/towerflow-heavy.lock .venv/bin/python benchmarks/model_quality.py --folds 3 --seeds 0 1 2
+
+Steps are cached under --work-dir (fold runs, trained models), so a second invocation only
+re-scores; --train-only stops after training. Prints per-fold and pooled tables; writes
+<work-dir>/quality.json and (with --results) benchmarks/results/model_quality.md.
 """
 
 from __future__ import annotations
@@ -15,7 +30,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,138 +40,381 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
-from tfx.components.trainer.fn_args_utils import FnArgs  # noqa: E402
+import pandas as pd  # noqa: E402
+from machine import cores, cpu_model, memory_gib  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 
-from towerflow.components.evaluation.offline import (  # noqa: E402
-    DEFAULT_RERANK_SCORE,
-    DEFAULT_RERANK_WEIGHT,
-    HEADLINE_METRICS,
-    OfflineData,
-    comparison_table,
-    evaluate_models,
-    tune_rerank_weight,
-)
-from towerflow.models import run_fns  # noqa: E402
-from towerflow.pipeline.config import PipelineConfig  # noqa: E402
-from towerflow.pipeline.mlmd import latest_artifacts  # noqa: E402
-
-SLICES = ("all", "warm", "cold")
+WINDOW = 0.1  # width of each eval and test window, as a fraction of the whole log
+INTER_SUFFIX = ".inter"
 
 
-def _fn_args(
-    transform_uri: str, examples_uri: str, out: Path, key: str, config: dict, seed: int, train_splits=("train",)
-) -> FnArgs:
+# --------------------------------------------------------------------------- folds
+
+
+def fold_quantiles(folds: int, window: float = WINDOW) -> list[tuple[float, float, float]]:
+    """(eval start, test start, test end) quantiles of each fold, oldest first; the last ends at 1."""
+    if not 1 <= folds <= int(round(1 / window)) - 2:
+        raise ValueError(f"--folds must be between 1 and {int(round(1 / window)) - 2}, got {folds}")
+    out = []
+    for i in range(folds):
+        test_end = 1.0 - window * (folds - 1 - i)
+        out.append((round(test_end - 2 * window, 6), round(test_end - window, 6), round(test_end, 6)))
+    return out
+
+
+def _inter_file(data_dir: Path) -> Path:
+    files = sorted(data_dir.glob(f"*{INTER_SUFFIX}"))
+    if len(files) != 1:
+        raise ValueError(f"expected one RecBole {INTER_SUFFIX} file in {data_dir}, found {[f.name for f in files]}")
+    return files[0]
+
+
+def prepare_fold_data(data_dir: Path, target: Path, quantiles: tuple[float, float, float]) -> tuple[float, float]:
+    """Copies the dataset into `target` truncated before the test-end quantile of the WHOLE log and
+    returns the (train, eval) fractions that put the fold's cut-offs at the global quantiles.
+
+    np.quantile at fraction f of n sorted values sits at position f (n - 1); the truncated log is a
+    prefix of the sorted whole, so position p of the whole is fraction p / (m - 1) of the prefix.
+    """
+    inter = _inter_file(data_dir)
+    frame = pd.read_csv(inter, sep="\t", dtype=str)
+    ts_col = next(c for c in frame.columns if c.startswith("timestamp"))
+    ts = frame[ts_col].astype(float).to_numpy()
+    n = len(ts)
+    eval_q, test_q, end_q = quantiles
+    end = np.quantile(ts, end_q) if end_q < 1.0 else np.inf
+    keep = ts < end if end_q < 1.0 else np.ones(n, dtype=bool)
+    m = int(keep.sum())
+    fractions = (round(eval_q * (n - 1) / (m - 1), 12), round(test_q * (n - 1) / (m - 1), 12))
+    target.mkdir(parents=True, exist_ok=True)
+    frame[keep].to_csv(target / inter.name, sep="\t", index=False)
+    for other in data_dir.iterdir():
+        if other.is_file() and other != inter and other.suffix in (".user", ".item"):
+            shutil.copy(other, target / other.name)
+    expected = np.quantile(ts, [eval_q, test_q])
+    got = np.quantile(ts[keep], fractions)
+    if not np.allclose(expected, got):
+        raise RuntimeError(f"fold cut-offs {got} do not reproduce the global quantiles {expected}")
+    return fractions
+
+
+def fold_run(data_dir: Path, fold_dir: Path, quantiles, pipeline_epochs: int) -> Path:
+    """The fold's pipeline run directory (made with `towerflow run` unless it already holds one)."""
+    from towerflow.pipeline.mlmd import latest_artifacts
+
+    run_dir = fold_dir / "run"
+    metadata = run_dir / "metadata.sqlite"
+    if metadata.is_file() and "Transform.transform_graph" in latest_artifacts(str(metadata)):
+        return run_dir
+    fractions = prepare_fold_data(data_dir, fold_dir / "data", quantiles)
+    towerflow = Path(sys.executable).with_name("towerflow")
+    cmd = [
+        str(towerflow),
+        "run",
+        "--data-dir",
+        str(fold_dir / "data"),
+        "--output-dir",
+        str(run_dir),
+        "--train-fraction",
+        repr(fractions[0]),
+        "--eval-fraction",
+        repr(fractions[1]),
+        "--no-push",
+        # The fold run's own Trainers only have to produce the Transform output the benchmark
+        # re-trains from; one epoch keeps them cheap.
+        "--epochs",
+        str(pipeline_epochs),
+    ]
+    print("  $ " + " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    return run_dir
+
+
+def _fn_args(artifacts: dict, out: Path, key: str, config: dict, seed: int, train_splits):
+    from tfx.components.trainer.fn_args_utils import FnArgs
+
+    examples = artifacts["Transform.transformed_examples"]
     return FnArgs(
-        train_files=[os.path.join(examples_uri, f"Split-{split}", "*.gz") for split in train_splits],
-        eval_files=[os.path.join(examples_uri, "Split-eval", "*.gz")],
-        transform_output=transform_uri,
-        transform_graph_path=transform_uri,
+        train_files=[os.path.join(examples, f"Split-{split}", "*.gz") for split in train_splits],
+        eval_files=[os.path.join(examples, "Split-eval", "*.gz")],
+        transform_output=artifacts["Transform.transform_graph"],
+        transform_graph_path=artifacts["Transform.transform_graph"],
         serving_model_dir=str(out / "serving"),
         model_run_dir=str(out / "logs"),
         custom_config={key: config, "seed": seed},
     )
 
 
+def train_seed(artifacts: dict, out: Path, seed: int, args) -> tuple[str, str | None]:
+    """(two-tower dir, ranker dir) for one seed, trained unless already exported."""
+    from towerflow.models import run_fns
+    from towerflow.pipeline.config import PipelineConfig
+
+    splits = tuple(args.train_splits or PipelineConfig.train_splits)
+    dirs = []
+    jobs = [("two_tower", json.loads(args.two_tower), run_fns.run_two_tower)]
+    if not args.skip_ranking:
+        jobs.append(("ranking", json.loads(args.ranking), run_fns.run_ranking))
+    for key, config, fn in jobs:
+        fn_args = _fn_args(artifacts, out / key, key, config, seed, splits)
+        if not Path(fn_args.serving_model_dir, "saved_model.pb").is_file():
+            started = time.time()
+            fn(fn_args)
+            print(f"  trained {key} seed {seed} in {time.time() - started:.0f}s", flush=True)
+        dirs.append(fn_args.serving_model_dir)
+    return dirs[0], dirs[1] if len(dirs) > 1 else None
+
+
+# --------------------------------------------------------------------------- scoring
+
+METRICS = ("recall@100", "ndcg@10", "hit_rate@10")
+SLICES = ("all", "warm", "cold")
+MODELS = ("two_tower", "two_tower+dcn")
+SELECTION_METRIC = "ndcg@10"
+
+
+def _scored(report) -> dict:
+    """Per-user vectors (metric -> array) and slice masks of one EvalReport."""
+    return {"values": {m: report.per_user[m] for m in METRICS}, "masks": {s: report.masks[s] for s in SLICES}}
+
+
+def _mean(entry: dict, metric: str, slice_name: str) -> float:
+    values = entry["values"][metric][entry["masks"][slice_name]]
+    return float(np.nanmean(values)) if len(values) else float("nan")
+
+
+def _compare(entry: dict, reference: dict, resamples: int) -> dict:
+    from towerflow.components.evaluation.statistics import paired_comparison
+
+    return {
+        f"{s}:{m}": paired_comparison(
+            entry["values"][m][entry["masks"][s]], reference["values"][m][reference["masks"][s]], resamples
+        )
+        for m in METRICS
+        for s in SLICES
+    }
+
+
+def score_fold(fold: dict, args) -> dict:
+    """Baselines (chosen on the eval window, refit on train+eval) and every seed's models on one fold's test window."""
+    from towerflow.components.evaluation import baselines as baseline_models
+    from towerflow.components.evaluation.offline import OfflineData, evaluate_models
+
+    artifacts = fold["artifacts"]
+    data = OfflineData.from_artifacts(artifacts["Ingestion.examples"], artifacts["Ingestion.item_catalog"])
+    eval_set = data.eval_set()
+    fitted = baseline_models.select(data.frame, data.users, data.catalog.index)
+    ks = (10, 100)
+    entries, per_seed, settings = {}, {}, {}
+    reports = evaluate_models(data, None, None, ks=ks, baselines={n: b.recommend for n, b in fitted.items()})
+    for name, report in reports.items():
+        entries[name] = _scored(report)
+        settings[name] = {"describe": fitted[name].describe(), "selection": fitted[name].selection}
+    for seed, (two_tower_dir, ranker_dir) in fold["models"].items():
+        reports = evaluate_models(data, two_tower_dir, ranker_dir, ks=ks, rerank_depth=args.rerank_depth, baselines={})
+        for name, report in reports.items():
+            per_seed.setdefault(name, {})[seed] = _scored(report)
+    for name, seeds in per_seed.items():  # a model's value for a user: its mean over seeds
+        first = next(iter(seeds.values()))
+        entries[name] = {
+            "values": {m: np.mean([e["values"][m] for e in seeds.values()], axis=0) for m in METRICS},
+            "masks": first["masks"],
+        }
+    best = max(fitted, key=lambda n: _mean(entries[n], SELECTION_METRIC, "all"))
+    comparisons = {name: _compare(entries[name], entries[best], args.bootstrap) for name in entries if name != best}
+    return dict(
+        index=fold["index"],
+        quantiles=fold["quantiles"],
+        users=len(eval_set),
+        warm=eval_set.n_warm,
+        cold=eval_set.n_cold,
+        test_cutoff=eval_set.cutoff,
+        baselines=list(fitted),
+        settings=settings,
+        best=best,
+        entries=entries,
+        per_seed={
+            name: {
+                str(seed): {f"{s}:{m}": _mean(e, m, s) for m in METRICS for s in SLICES} for seed, e in seeds.items()
+            }
+            for name, seeds in per_seed.items()
+        },
+        comparisons=comparisons,
+    )
+
+
+def pool(folds: list[dict], args) -> dict:
+    """Every fold's test users together: per-user vectors concatenated, best baseline by pooled NDCG@10."""
+    names = [n for n in folds[0]["entries"] if all(n in f["entries"] for f in folds)]
+    entries = {
+        name: {
+            "values": {m: np.concatenate([f["entries"][name]["values"][m] for f in folds]) for m in METRICS},
+            "masks": {s: np.concatenate([f["entries"][name]["masks"][s] for f in folds]) for s in SLICES},
+        }
+        for name in names
+    }
+    baselines = [n for n in folds[0]["baselines"] if n in entries]
+    best = max(baselines, key=lambda n: _mean(entries[n], SELECTION_METRIC, "all"))
+    comparisons = {name: _compare(entries[name], entries[best], args.bootstrap) for name in entries if name != best}
+    return dict(
+        users=sum(f["users"] for f in folds),
+        warm=sum(f["warm"] for f in folds),
+        cold=sum(f["cold"] for f in folds),
+        baselines=baselines,
+        best=best,
+        entries=entries,
+        comparisons=comparisons,
+    )
+
+
+def _cell(scored: dict, name: str, metric: str, slice_name: str) -> str:
+    value = _mean(scored["entries"][name], metric, slice_name)
+    c = scored["comparisons"].get(name, {}).get(f"{slice_name}:{metric}")
+    if c is None:
+        return f"**{value:.3f}**" if name == scored["best"] else f"{value:.3f}"
+    if np.isnan(c["lift"]):
+        return f"{value:.3f}"
+    return f"{value:.3f} ({c['lift']:+.1%} [{c['lift_ci_low']:+.1%}, {c['lift_ci_high']:+.1%}], p={c['p_value']:.2g})"
+
+
+def table(scored: dict) -> str:
+    """Markdown: every baseline and model, all/warm/cold, vs the best baseline (lift [95% CI], p)."""
+    header = "| recommender | slice | " + " | ".join(METRICS) + " |"
+    lines = [header, "|---|---|" + "---:|" * len(METRICS)]
+    for name in scored["entries"]:
+        label = f"{name} (best baseline)" if name == scored["best"] else name
+        for s in SLICES:
+            cells = " | ".join(_cell(scored, name, m, s) for m in METRICS)
+            lines.append(f"| {label} | {s} | {cells} |")
+    return "\n".join(lines)
+
+
+def goal_check(pooled: dict, model: str = "two_tower+dcn", target: float = 0.10) -> list[str]:
+    """The issue's goals for the full pipeline, pooled over folds: >= +10% and p < 0.05 on NDCG@10 and
+    Recall@100 for all and warm users; not significantly below for cold users."""
+    lines = []
+    for s in SLICES:
+        for m in ("ndcg@10", "recall@100"):
+            c = pooled["comparisons"][model][f"{s}:{m}"]
+            if s == "cold":
+                ok = not (c["ci_high"] < 0 and c["p_value"] < 0.05)
+                goal = "not significantly below"
+            else:
+                ok = c["lift"] >= target and c["p_value"] < 0.05
+                goal = f">= {target:+.0%}, p < 0.05"
+            miss = "" if ok or s == "cold" else f"; misses by {target - c['lift']:.1%} points"
+            lines.append(
+                f"{model} {s} {m}: {c['lift']:+.1%} [{c['lift_ci_low']:+.1%}, {c['lift_ci_high']:+.1%}] "
+                f"p={c['p_value']:.2g} vs {pooled['best']} -- goal {goal}: {'MET' if ok else 'NOT met'}{miss}"
+            )
+    return lines
+
+
+def score_folds(folds: list[dict], args) -> dict:
+    scored = []
+    for fold in folds:
+        started = time.time()
+        result = score_fold(fold, args)
+        scored.append(result)
+        q = result["quantiles"]
+        print(
+            f"\nfold {result['index']}: test q{q[1]:g}..q{q[2]:g}, {result['users']} test users "
+            f"({result['warm']} warm, {result['cold']} cold), best baseline {result['best']} "
+            f"[{time.time() - started:.0f}s]"
+        )
+        for s in result["settings"].values():
+            print(f"  {s['describe']}: eval-window NDCG@10 {s['selection'] or '-'}")
+        print(table(result))
+    pooled = pool(scored, args)
+    print(f"\npooled over {len(scored)} folds: {pooled['users']} test users, best baseline {pooled['best']}")
+    print(table(pooled))
+    goals = goal_check(pooled) if "two_tower+dcn" in pooled["comparisons"] else []
+    print("\n".join(goals))
+    return dict(folds=scored, pooled=pooled, goals=goals, seeds=args.seeds)
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return [_jsonable(v) for v in value.tolist()]
+    if isinstance(value, float | np.floating):
+        return None if np.isnan(value) else float(value)
+    if isinstance(value, np.integer | np.bool_):
+        return value.item()
+    return value
+
+
+def write_outputs(result: dict, json_path: Path, results_md: str | None) -> None:
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(_jsonable(result)))
+    print(f"\nwrote {json_path}")
+    if not results_md:
+        return
+    parts = [f"Machine: {result['machine']}; seeds {result['seeds']}; {result['seconds'] / 60:.0f} min.\n"]
+    for fold in result["folds"]:
+        q = fold["quantiles"]
+        parts.append(
+            f"### Fold {fold['index']}: test window q{q[1]:g}..q{q[2]:g} ({fold['users']} users: "
+            f"{fold['warm']} warm, {fold['cold']} cold); best baseline {fold['best']}\n"
+        )
+        parts.append(
+            "Settings chosen on the eval window: " + "; ".join(s["describe"] for s in fold["settings"].values()) + "\n"
+        )
+        parts.append(table(fold) + "\n")
+    pooled = result["pooled"]
+    parts.append(
+        f"### Pooled over folds ({pooled['users']} users: {pooled['warm']} warm, {pooled['cold']} cold); "
+        f"best baseline {pooled['best']}\n"
+    )
+    parts.append(table(pooled) + "\n")
+    parts.append("Goals (pooled):\n\n" + "\n".join(f"- {g}" for g in result["goals"]) + "\n")
+    Path(results_md).write_text("\n".join(parts))
+    print(f"wrote {results_md}")
+
+
+# --------------------------------------------------------------------------- main
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output-dir", default="runs/local")
+    parser.add_argument("--data-dir", default="data/ml-100k", help="the RecBole-format dataset the folds cut")
+    parser.add_argument("--work-dir", default="runs/quality", help="fold runs, trained models and quality.json")
+    parser.add_argument("--folds", type=int, default=3, help="rolling-origin folds (test windows at 0.7/0.8/0.9)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--two-tower", default="{}", help="JSON TwoTowerConfig overrides")
     parser.add_argument("--ranking", default="{}", help="JSON RankingConfig overrides")
-    parser.add_argument(
-        "--train-splits",
-        nargs="+",
-        default=list(PipelineConfig.train_splits),
-        help="splits the models fit on (default: the pipeline's, train eval); use 'train' to choose settings",
-    )
-    parser.add_argument(
-        "--window",
-        choices=("test", "eval"),
-        default="test",
-        help="score on the test window, or on the eval window (for choosing settings without the test)",
-    )
-    parser.add_argument("--rerank-depth", type=int, default=100)
+    parser.add_argument("--train-splits", nargs="+", default=None, help="default: the pipeline's (train eval)")
     parser.add_argument("--skip-ranking", action="store_true", help="train and score retrieval only")
-    parser.add_argument(
-        "--tune-weight", action="store_true", help="choose the re-ranking weight on the eval window per seed"
-    )
-    parser.add_argument(
-        "--rerank-scores",
-        nargs="+",
-        default=[DEFAULT_RERANK_SCORE],
-        help="ranker outputs or combinations to order by; the first is the one reported as two_tower+dcn",
-    )
+    parser.add_argument("--rerank-depth", type=int, default=100)
+    parser.add_argument("--pipeline-epochs", type=int, default=1, help="epochs of each fold run's own Trainers")
+    parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap / permutation resamples")
+    parser.add_argument("--train-only", action="store_true", help="prepare the folds and train, do not score")
+    parser.add_argument("--results", default=None, help="also write the markdown results table here")
     args = parser.parse_args(argv)
 
-    print(f"machine: {platform.platform()}, {os.cpu_count()} cores, Python {sys.version.split()[0]}")
-    artifacts = latest_artifacts(os.path.join(args.output_dir, "metadata.sqlite"))
-    transform_uri = artifacts["Transform.transform_graph"]
-    transformed = artifacts["Transform.transformed_examples"]
-    data = OfflineData.from_artifacts(artifacts["Ingestion.examples"], artifacts["Ingestion.item_catalog"])
-    if "eval" in args.train_splits and (args.tune_weight or args.window == "eval"):
-        parser.error("--tune-weight and --window eval choose settings on the eval window: use --train-splits train")
-    if args.window == "eval":
-        if args.tune_weight:
-            parser.error("--tune-weight already uses the eval window; it cannot be combined with --window eval")
-        data = data.validation_view()
-        print("scoring the EVAL window (test rows dropped)")
-    two_tower_cfg, ranking_cfg = json.loads(args.two_tower), json.loads(args.ranking)
-    root = Path(args.output_dir) / "quality"
-    per_seed, tuned = [], []
-    for seed in args.seeds:
-        started = time.time()
-        out = root / f"seed{seed}"
-        splits = args.train_splits
-        tt = _fn_args(transform_uri, transformed, out / "two_tower", "two_tower", two_tower_cfg, seed, splits)
-        rk = _fn_args(transform_uri, transformed, out / "ranking", "ranking", ranking_cfg, seed, splits)
-        run_fns.run_two_tower(tt)
-        ranker_dir = None
-        if not args.skip_ranking:
-            run_fns.run_ranking(rk)
-            ranker_dir = rk.serving_model_dir
-        weight = DEFAULT_RERANK_WEIGHT
-        if args.tune_weight and ranker_dir:
-            weight, by_weight = tune_rerank_weight(data, tt.serving_model_dir, ranker_dir, score=args.rerank_scores[0])
-            shown = ", ".join(f"{w:g}: {v:.4f}" for w, v in by_weight.items())
-            print(f"seed {seed}: eval-window NDCG@10 by re-ranking weight {{{shown}}} -> {weight:g}")
-            tuned.append(weight)
-        reports = evaluate_models(
-            data,
-            tt.serving_model_dir,
-            ranker_dir,
-            rerank_depth=args.rerank_depth,
-            rerank_scores=args.rerank_scores,
-            weight=weight,
-        )
-        print(f"\nseed {seed} ({time.time() - started:.0f}s)\n{comparison_table(reports)}")
-        per_seed.append({name: r.to_dict() for name, r in reports.items()})
+    from towerflow.pipeline.mlmd import latest_artifacts
 
-    models = list(per_seed[0])
-    print(f"\nmean over seeds {args.seeds}")
-    print(f"{'model':<16}{'slice':<7}" + "".join(f"{m:>13}" for m in HEADLINE_METRICS))
-    mean = {}
-    for model in models:
-        for slice_name in SLICES:
-            values = [np.mean([s[model]["metrics"][slice_name][m] for s in per_seed]) for m in HEADLINE_METRICS]
-            mean.setdefault(model, {})[slice_name] = dict(zip(HEADLINE_METRICS, values))
-            print(f"{model:<16}{slice_name:<7}" + "".join(f"{v:>13.3f}" for v in values))
-    base = mean["popularity"]
-    for model in models[1:]:
-        lifts = {s: {m: mean[model][s][m] / base[s][m] - 1 for m in ("recall@100", "ndcg@10")} for s in SLICES}
-        shown = "; ".join(f"{s}: R@100 {v['recall@100']:+.1%}, NDCG@10 {v['ndcg@10']:+.1%}" for s, v in lifts.items())
-        print(f"{model} vs popularity: {shown}")
-    root.mkdir(parents=True, exist_ok=True)
-    result = {
-        "seeds": args.seeds,
-        "rerank_scores": args.rerank_scores,
-        "tuned_weights": tuned,
-        "two_tower": two_tower_cfg,
-        "ranking": ranking_cfg,
-        "mean": mean,
-        "per_seed": per_seed,
-    }
-    (root / "quality.json").write_text(json.dumps(result, indent=2))
-    print(f"\nwrote {root / 'quality.json'}")
+    print(f"machine: {cpu_model()}, {cores()} cores, {memory_gib()}, Python {sys.version.split()[0]}", flush=True)
+    started = time.time()
+    work = Path(args.work_dir)
+    folds = []
+    for i, quantiles in enumerate(fold_quantiles(args.folds)):
+        fold_dir = work / f"fold{i}"
+        print(f"fold {i}: eval from q{quantiles[0]:g}, test q{quantiles[1]:g}..q{quantiles[2]:g}", flush=True)
+        run_dir = fold_run(Path(args.data_dir), fold_dir, quantiles, args.pipeline_epochs)
+        artifacts = latest_artifacts(str(run_dir / "metadata.sqlite"))
+        models = {seed: train_seed(artifacts, fold_dir / f"seed{seed}", seed, args) for seed in args.seeds}
+        folds.append(dict(index=i, quantiles=quantiles, artifacts=artifacts, models=models))
+    if args.train_only:
+        print(f"trained {len(folds)} folds x seeds {args.seeds} under {work} in {time.time() - started:.0f}s")
+        return 0
+
+    result = score_folds(folds, args)
+    result["machine"] = f"{cpu_model()}, {cores()} cores, {memory_gib()}"
+    result["seconds"] = time.time() - started
+    write_outputs(result, work / "quality.json", args.results)
     return 0
 
 
