@@ -16,6 +16,8 @@ import re
 import time
 import uuid
 
+from redis.cluster import RedisCluster
+
 from towerflow.serving.feature_store import keys
 from towerflow.serving.feature_store.errors import InvalidEvent, unavailable_on_redis_errors
 
@@ -51,6 +53,23 @@ return 1
 """
 
 
+def script_runner(client, pipe, cache: dict):
+    """See WritesMixin._script_runner; `cache` keeps one registered Script per text (EVALSHA)."""
+    cluster = isinstance(client, RedisCluster)
+
+    def run(text: str, script_keys: list, args: list):
+        if text not in cache:
+            cache[text] = client.register_script(text)
+        if not cluster:
+            cache[text](keys=script_keys, args=args, client=pipe)
+            return None
+        if len(pipe):
+            pipe.execute()
+        return cache[text](keys=script_keys, args=args)
+
+    return run
+
+
 def _check_id(value, what: str, max_length: int) -> str:
     if not isinstance(value, str) or not value:
         raise InvalidEvent(f"{what} must be a non-empty string, got {value!r}")
@@ -64,12 +83,12 @@ def _check_id(value, what: str, max_length: int) -> str:
 class WritesMixin:
     """record_event / delete_user of FeatureStore (needs self.client, self.config, self._load_active)."""
 
-    def _script(self, text: str):
-        """The script registered once per client (EVALSHA, reloaded by redis-py if the server lost it)."""
-        scripts = self.__dict__.setdefault("_scripts", {})
-        if text not in scripts:
-            scripts[text] = self.client.register_script(text)
-        return scripts[text]
+    def _script_runner(self, pipe):
+        """run(script, keys, args): queued in `pipe` on a standalone Redis (one round trip and, with
+        appendfsync always, one fsync for the whole update), run at once on a cluster, whose pipelines
+        do not carry EVAL (then the pipeline's own commands are sent first). Returns the reply, or None
+        when queued."""
+        return script_runner(self.client, pipe, self.__dict__.setdefault("_scripts", {}))
 
     def _validate(self, user_id, item_id, event_type, rating, timestamp, event_id) -> tuple[float, int]:
         cfg = self.config
@@ -133,13 +152,14 @@ class WritesMixin:
             pipe = self.client.pipeline(transaction=False)
             pipe.zadd(k.item_times(item_id), {eid: timestamp})
             pipe.zadd(k.days, {str(day): day})
-            pipe.execute()
-            # Scripts run one by one: Redis Cluster pipelines do not carry EVAL.
-            self._script(_DAY_UPDATE)(keys=day_keys, args=[timestamp, day_member, item_id, 1])
+            runner = self._script_runner(pipe)
+            runner(_DAY_UPDATE, day_keys, [timestamp, day_member, item_id, 1])
             # Last, in the user's slot: marks the event id as recorded (see the module docstring).
             user_keys = [k.history(user_id), k.event_ids(user_id), k.user_embeddings(user_id)]
             member = keys.event_member(item_id, rating, eid)
-            added = self._script(_USER_ADD)(keys=user_keys, args=[timestamp, member, event_id or ""])
+            added = runner(_USER_ADD, user_keys, [timestamp, member, event_id or ""])
+            if added is None:  # queued in the pipeline: its last reply is the user step's
+                added = pipe.execute()[-1]
         result.update(event_id=eid, duplicate=not added)
         if added and self.event_log is not None:
             self.event_log.append(
@@ -176,16 +196,16 @@ class WritesMixin:
                 found = found or age is not None or bool(events)
                 bucket = keys.age_bucket(int(age)) if age is not None else 0
                 gender = gender.decode() if gender is not None else ""
-                day_update = self._script(_DAY_UPDATE)
                 pipe = self.client.pipeline(transaction=False)
+                runner = self._script_runner(pipe)
                 for member, score in events:
                     item_id, _, eid = keys.parse_event_member(member)
                     day = keys.day_of(int(score))
                     day_keys = [k.day_events(day), k.day_counts(day)]
                     day_keys += [k.day_counts(day, s) for s in keys.segments_of(bucket, gender)]
                     pipe.zrem(k.item_times(item_id), eid)
-                    day_update(
-                        keys=day_keys, args=[int(score), keys.day_member(item_id, bucket, gender, eid), item_id, -1]
+                    runner(
+                        _DAY_UPDATE, day_keys, [int(score), keys.day_member(item_id, bucket, gender, eid), item_id, -1]
                     )
                 for key in k.user_keys(user_id):
                     pipe.delete(key)
