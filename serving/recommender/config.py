@@ -41,6 +41,9 @@ class RetrievalConfig:
     protocol: str = GRPC  # how the query tower is called: TF Serving gRPC, or REST
     cache_ttl_seconds: float = 300.0  # per-user query-embedding cache (dropped by the user's next event)
     version_poll_seconds: float = 1.0  # how often the served model versions are checked
+    # The ScaNN search runs as a short SCHED_FIFO section so other processes cannot preempt it (its p99
+    # was a scheduler slice, not search work: serving/recommender/search.py); needs CAP_SYS_NICE.
+    realtime_search: bool = True
 
     def __post_init__(self):
         if not isinstance(self.top_n, int) or not 1 <= self.top_n <= 10_000:
@@ -49,6 +52,8 @@ class RetrievalConfig:
             raise ValueError(f"retrieval.protocol must be {GRPC!r} or {REST!r}, got {self.protocol!r}")
         _positive("retrieval.cache_ttl_seconds", self.cache_ttl_seconds)
         _positive("retrieval.version_poll_seconds", self.version_poll_seconds)
+        if not isinstance(self.realtime_search, bool):
+            raise ValueError(f"retrieval.realtime_search must be true or false, got {self.realtime_search!r}")
 
 
 @dataclass

@@ -45,6 +45,7 @@ from towerflow.serving.recommender.config import ServiceConfig
 from towerflow.serving.recommender.metrics import ServiceMetrics
 from towerflow.serving.recommender.reranking import POPULARITY, Candidate
 from towerflow.serving.recommender.rules import RulesHolder
+from towerflow.serving.recommender.search import search_top_n
 from towerflow.serving.recommender.served import ModelUnavailableError, ServedVersion, VersionWatcher, columns
 
 log = logging.getLogger(__name__)
@@ -341,12 +342,10 @@ class Recommender:
         banned = state.seen | set(request.exclude) | set(rules.blocked)
         rows = [r for r in (index.row_of(i) for i in banned) if r is not None]
         top_n = min(self.config.retrieval.top_n, index.num_items)
-        idx, scores = index.search(query[None, :], top_n, exclude=[rows])
+        idx, scores = search_top_n(index, query, top_n, rows, self.config.retrieval.realtime_search)
         temperature = self.temperature
         out = []
-        for row, score in zip(idx[0], scores[0]):
-            if row < 0:
-                continue
+        for row, score in zip(idx, scores):
             logit = float(score) / temperature
             out.append(Candidate(str(index.ids[row]), logit, stage_scores={"retrieval": logit}))
         if state.user_state == COLD and self.config.cold_start.popularity_candidates:
