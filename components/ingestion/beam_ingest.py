@@ -24,16 +24,16 @@ from collections.abc import Iterable, Sequence
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
 import tensorflow as tf
 
-from towerflow.components.ingestion import readers
+from towerflow.components.ingestion import point_in_time, readers
 from towerflow.components.ingestion.deletions import DeletedUsers
 from towerflow.components.ingestion.splits import (
     GLOBAL_TIME,
     LEAVE_LAST_N,
     SPLITS,
     SplitConfig,
-    assign_split_global_time,
     assign_splits_leave_last_n,
 )
 from towerflow.models import features as F
@@ -95,36 +95,30 @@ def _drop_deleted(rows, deleted_users: DeletedUsers, table: str):
 
 
 class _ExactQuantiles(beam.CombineFn):
-    """Exact timestamp quantiles (numpy's linear interpolation), as DESIGN.md defines the split.
+    """Exact timestamp quantiles (numpy's linear interpolation): the global_time split cut-offs.
 
-    Accumulates timestamps as int64 arrays (8 bytes per interaction), which is
-    fine for tens of millions of rows on one worker.
+    Inputs are int64 arrays of timestamps (one per item group), kept as they
+    come: 8 bytes per interaction, fine for tens of millions of rows on one worker.
     """
 
     def __init__(self, fractions: Sequence[float]):
         self._fractions = list(fractions)
 
     def create_accumulator(self):
-        return ([], [])  # (timestamps not yet packed, packed int64 arrays)
+        return []
 
-    def add_input(self, acc, ts):
-        pending, packed = acc
-        pending.append(ts)
-        if len(pending) >= 65536:
-            packed.append(np.asarray(pending, dtype=np.int64))
-            pending.clear()
+    def add_input(self, acc, timestamps):
+        acc.append(np.asarray(timestamps, dtype=np.int64))
         return acc
 
     def merge_accumulators(self, accs):
-        pending, packed = [], []
-        for p, k in accs:
-            pending.extend(p)
-            packed.extend(k)
-        return (pending, packed)
+        return [array for acc in accs for array in acc]
+
+    def compact(self, acc):
+        return [np.concatenate(acc)] if len(acc) > 1 else acc
 
     def extract_output(self, acc):
-        pending, packed = acc
-        timestamps = np.concatenate(packed + [np.asarray(pending, dtype=np.int64)])
+        timestamps = np.concatenate(acc) if acc else np.zeros(0, dtype=np.int64)
         if timestamps.size == 0:
             return None
         return [float(q) for q in np.quantile(timestamps, self._fractions)]
@@ -151,39 +145,62 @@ def _user_feature_dict(user: readers.User | None) -> dict:
 
 
 class _JoinItem(beam.DoFn):
-    """Attaches item features and the item's point-in-time popularity (`F.item_features_at`)."""
+    """One item's interactions: item features plus the point-in-time popularity of each, in one numpy pass.
+
+    The values are `F.item_features_at`'s (see point_in_time.item_popularity).
+    Emits (user_id, joined row) per interaction and, on the `timestamps`
+    output, the item's timestamps as one array (the split cut-offs' input).
+    """
 
     UNKNOWN_ITEM = "unknown_item"
+    TIMESTAMPS = "timestamps"
 
     def __init__(self, require_known_items: bool):
         self._require_known = require_known_items
 
     def process(self, element):
         item_id, grouped = element
-        items = list(grouped["items"])
-        interactions = sorted(grouped["interactions"], key=lambda r: (r.timestamp, r.user_id))
+        interactions = list(grouped["interactions"])  # (user_id, timestamp, rating)
         if not interactions:
             return
+        timestamps = np.fromiter((r[1] for r in interactions), dtype=np.int64, count=len(interactions))
+        yield beam.pvalue.TaggedOutput(self.TIMESTAMPS, timestamps)
+        items = list(grouped["items"])
         item = items[0] if items else None
         if item is None and self._require_known:
-            for row in interactions:
+            for user_id, ts, rating in interactions:
                 yield beam.pvalue.TaggedOutput(
                     self.UNKNOWN_ITEM,
                     {
                         "table": "interactions",
                         "reason": f"item id {item_id!r} is not in the item table",
-                        "line": f"{row.user_id},{row.item_id},{row.rating},{row.timestamp}",
+                        "line": f"{user_id},{item_id},{rating},{ts}",
                     },
                 )
             return
-        item_features = _item_feature_dict(item)
-        timestamps = [r.timestamp for r in interactions]
-        for row in interactions:
-            yield row.user_id, (row, F.item_features_at(timestamps, row.timestamp), item_features)
+        title, genres, year = (item.title, item.genres, item.release_year) if item is not None else ("", (), 0)
+        popularity = point_in_time.item_popularity(timestamps)
+        prior = popularity[F.ITEM_PRIOR_COUNT].tolist()
+        recent = popularity[F.ITEM_RECENT_COUNT].tolist()
+        days_first = popularity[F.ITEM_DAYS_SINCE_FIRST].tolist()
+        for k, (user_id, ts, rating) in enumerate(interactions):
+            # a flat tuple of primitives: Beam's fast coder shuffles it without pickling
+            yield user_id, (ts, item_id, rating, prior[k], recent[k], days_first[k], title, genres, year)
+
+
+# Positions in the joined row _JoinItem emits.
+_TS, _ITEM, _RATING, _PRIOR, _RECENT, _DAYS_FIRST, _TITLE, _GENRES, _YEAR = range(9)
 
 
 class _BuildUserExamples(beam.DoFn):
-    """Builds every example of one user with the shared history function."""
+    """Every example of one user: one sort, numpy over the group, one batched tf.Example encoding per split.
+
+    History features are `F.history_features`' (see point_in_time.user_history);
+    emits serialized examples on the split outputs and (split, count) pairs on
+    `counts`.
+    """
+
+    COUNTS = "counts"
 
     def __init__(self, split: SplitConfig, history_length: int):
         self._split = split
@@ -194,29 +211,76 @@ class _BuildUserExamples(beam.DoFn):
         joined = list(grouped["interactions"])
         if not joined:
             return
+        yield beam.pvalue.TaggedOutput(self.COUNTS, ("num_users", 1))
         users = list(grouped["users"])
         user_features = _user_feature_dict(users[0] if users else None)
-        # The deterministic order used everywhere: (timestamp, item_id).
-        joined.sort(key=lambda j: (j[0].timestamp, j[0].item_id))
-        history = F.UserHistory([F.Event(j[0].timestamp, j[0].item_id, j[0].rating) for j in joined])
+        n = len(joined)
+        timestamps = np.fromiter((j[_TS] for j in joined), dtype=np.int64, count=n)
+        item_ids = [j[_ITEM] for j in joined]
+        ratings = np.fromiter((j[_RATING] for j in joined), dtype=np.float64, count=n)
+        # The deterministic order used everywhere: (timestamp, item_id, rating), as F.Event sorts.
+        order = point_in_time.user_order(timestamps, item_ids, ratings)
+        joined = [joined[k] for k in order]
+        timestamps, ratings = timestamps[order], ratings[order]
+        item_ids = [item_ids[k] for k in order]
+        history, offsets, indices = point_in_time.user_history(timestamps, item_ids, ratings, self._history_length)
+
         if self._split.strategy == LEAVE_LAST_N:
-            labels = assign_splits_leave_last_n(len(joined), self._split.leave_last_n)
+            labels = np.asarray(assign_splits_leave_last_n(n, self._split.leave_last_n))
         else:
-            labels = [assign_split_global_time(j[0].timestamp, cutoffs) for j in joined]
-        for (row, item_popularity, item_features), split in zip(joined, labels):
-            example = {
-                F.USER_ID: row.user_id,
-                F.ITEM_ID: row.item_id,
-                F.RATING: float(row.rating),
-                F.TIMESTAMP: int(row.timestamp),
-                F.LIKED: int(row.rating >= F.LIKED_THRESHOLD),
-                **item_popularity,
-                **user_features,
-                **item_features,
-                **history.features(row.timestamp, self._history_length),
-                **F.context_features(row.timestamp),
+            # assign_split_global_time over the whole group: train < cutoffs[0] <= eval < cutoffs[1] <= test
+            labels = np.where(timestamps < cutoffs[0], "train", np.where(timestamps < cutoffs[1], "eval", "test"))
+        columns = {
+            F.USER_ID: [user_id] * n,
+            F.ITEM_ID: item_ids,
+            F.RATING: ratings,
+            F.TIMESTAMP: timestamps,
+            F.LIKED: (ratings >= F.LIKED_THRESHOLD).astype(np.int64),
+            F.ITEM_PRIOR_COUNT: [j[_PRIOR] for j in joined],
+            F.ITEM_RECENT_COUNT: [j[_RECENT] for j in joined],
+            F.ITEM_DAYS_SINCE_FIRST: [j[_DAYS_FIRST] for j in joined],
+            **{key: [value] * n for key, value in user_features.items()},
+            F.ITEM_TITLE: [j[_TITLE] for j in joined],
+            F.ITEM_RELEASE_YEAR: [j[_YEAR] for j in joined],
+            **history,
+            **point_in_time.context(timestamps),
+        }
+        genres = [list(j[_GENRES]) for j in joined]
+        item_array = pa.array(item_ids, type=pa.string())
+        for split in SPLITS:
+            rows = np.flatnonzero(labels == split)
+            if rows.size == 0:
+                continue
+            yield beam.pvalue.TaggedOutput(self.COUNTS, (f"split:{split}", int(rows.size)))
+            whole = rows.size == n
+            encoded = {
+                key: point_in_time.list_column(key, values if whole else _take(values, rows))
+                for key, values in columns.items()
             }
-            yield beam.pvalue.TaggedOutput(split, example)
+            encoded[F.ITEM_GENRES] = point_in_time.list_column(
+                F.ITEM_GENRES, genres if whole else [genres[k] for k in rows]
+            )
+            hist_offsets, hist_rows = (offsets, indices) if whole else _select_lists(offsets, indices, rows)
+            encoded[F.HIST_ITEM_IDS] = point_in_time.list_column(
+                F.HIST_ITEM_IDS, item_array.take(pa.array(hist_rows, type=pa.int64())), hist_offsets
+            )
+            for serialized in point_in_time.encode_examples(encoded):
+                yield beam.pvalue.TaggedOutput(split, serialized)
+
+
+def _take(values, rows: np.ndarray):
+    if isinstance(values, np.ndarray):
+        return values[rows]
+    return [values[k] for k in rows]
+
+
+def _select_lists(offsets: np.ndarray, flat: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows `rows` of a list column given as (offsets, flat values): new offsets and values."""
+    starts = offsets[rows]
+    lengths = offsets[rows + 1] - starts
+    new_offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
+    positions = np.arange(new_offsets[-1], dtype=np.int64) - np.repeat(new_offsets[:-1] - starts, lengths)
+    return new_offsets, flat[positions]
 
 
 def to_tf_example(features: dict) -> tf.train.Example:
@@ -334,7 +398,8 @@ def build_ingestion(
         keyed_users = pipeline | "NoUsers" >> beam.Create([])
 
     by_item = {
-        "interactions": interactions | "KeyByItem" >> beam.Map(lambda r: (r.item_id, r)),
+        "interactions": interactions
+        | "KeyByItem" >> beam.Map(lambda r: (r.item_id, (r.user_id, r.timestamp, r.rating))),
         "items": keyed_items,
     }
     item_joined = (
@@ -342,46 +407,29 @@ def build_ingestion(
         | "GroupByItem" >> beam.CoGroupByKey()
         | "JoinItems"
         >> beam.ParDo(_JoinItem(require_known_items=specs["items"] is not None)).with_outputs(
-            _JoinItem.UNKNOWN_ITEM, main="joined"
+            _JoinItem.UNKNOWN_ITEM, _JoinItem.TIMESTAMPS, main="joined"
         )
     )
     malformed.append(item_joined[_JoinItem.UNKNOWN_ITEM])
 
     cutoffs = None
     if split.strategy == GLOBAL_TIME:
-        cutoffs = (
-            interactions
-            | "Timestamps" >> beam.Map(lambda r: r.timestamp)
-            | "Cutoffs" >> beam.CombineGlobally(_ExactQuantiles(split.fractions))
+        # every parsed interaction's timestamp (unknown items' too), one array per item
+        cutoffs = item_joined[_JoinItem.TIMESTAMPS] | "Cutoffs" >> beam.CombineGlobally(
+            _ExactQuantiles(split.fractions)
         )
     by_user = {"interactions": item_joined.joined, "users": keyed_users}
     grouped = by_user | "GroupByUser" >> beam.CoGroupByKey()
     build = _BuildUserExamples(split, history_length)
-    if cutoffs is not None:
-        examples = grouped | "BuildExamples" >> beam.ParDo(
-            build, cutoffs=beam.pvalue.AsSingleton(cutoffs)
-        ).with_outputs(*SPLITS)
-    else:
-        examples = grouped | "BuildExamples" >> beam.ParDo(build).with_outputs(*SPLITS)
+    side = {"cutoffs": beam.pvalue.AsSingleton(cutoffs)} if cutoffs is not None else {}
+    examples = grouped | "BuildExamples" >> beam.ParDo(build, **side).with_outputs(_BuildUserExamples.COUNTS, *SPLITS)
+    # one (key, n) pair per user and split instead of one per example
+    counts.append(examples[_BuildUserExamples.COUNTS])
 
     for name in SPLITS:
-        split_examples = examples[name]
-        counts.append(_count(split_examples, f"Split{name}", lambda _, n=name: f"split:{n}"))
-        _ = (
-            split_examples
-            | f"Serialize{name}" >> beam.Map(_serialize)
-            | f"Write{name}"
-            >> beam.io.WriteToTFRecord(
-                os.path.join(examples_uri, f"Split-{name}", EXAMPLES_PREFIX), file_name_suffix=".gz"
-            )
+        _ = examples[name] | f"Write{name}" >> beam.io.WriteToTFRecord(
+            os.path.join(examples_uri, f"Split-{name}", EXAMPLES_PREFIX), file_name_suffix=".gz"
         )
-    counts.append(
-        _count(
-            grouped | "UsersWithRows" >> beam.Filter(lambda kv: any(True for _ in kv[1]["interactions"])),
-            "Users",
-            lambda _: "num_users",
-        )
-    )
 
     # The catalog is the item table when there is one, else the items seen in logs.
     if specs["items"] is not None:
