@@ -29,6 +29,7 @@ depending on the schema.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -57,6 +58,58 @@ ITEM_TITLE_TOKEN_TABLE = "item_title_token"
 ITEM_YEAR_BUCKET_TABLE = "item_year_bucket"
 CTX_HOUR_TABLE = "ctx_hour"
 CTX_DAY_OF_WEEK_TABLE = "ctx_day_of_week"
+
+# The Transform custom_config key that holds VocabularyLimits.settings().
+VOCABULARY_CONFIG_KEY = "vocabulary"
+
+
+@dataclass(frozen=True)
+class VocabularyLimits:
+    """Bounds on the id vocabularies, so a catalog of millions of items keeps its embedding tables bounded.
+
+    `*_top_k` keeps the most frequent values (None: all); `*_min_count` drops
+    values seen fewer times in the analysed (training) data. Values left out
+    share the OOV bucket, exactly like values never seen in training; the
+    feature contract (PAD_ID, ids shifted by one, OOV after the vocabulary) is
+    unchanged. The defaults bound nothing, which is today's behaviour.
+    Applies to user ids, item ids (candidate and history share the
+    vocabulary, and the log-Q frequency file follows it) and title tokens.
+    """
+
+    user_top_k: int | None = None
+    user_min_count: int = 1
+    item_top_k: int | None = None
+    item_min_count: int = 1
+    title_token_top_k: int | None = None
+
+    def __post_init__(self):
+        for name in ("user_top_k", "item_top_k", "title_token_top_k"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+        for name in ("user_min_count", "item_min_count"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+    @classmethod
+    def from_custom_config(cls, custom_config: Mapping | None) -> VocabularyLimits:
+        """The limits in Transform's custom_config (under VOCABULARY_CONFIG_KEY), defaults when absent."""
+        settings = dict((custom_config or {}).get(VOCABULARY_CONFIG_KEY) or {})
+        unknown = sorted(set(settings) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown vocabulary settings {unknown}; known: {sorted(cls.__dataclass_fields__)}")
+        return cls(**settings)
+
+    def settings(self) -> dict:
+        """JSON-ready, for Transform's custom_config[VOCABULARY_CONFIG_KEY]."""
+        return asdict(self)
+
+    @staticmethod
+    def _threshold(min_count: int) -> int | None:
+        # tf.Transform keeps values with frequency >= threshold; 1 keeps everything, like no threshold.
+        return min_count if min_count > 1 else None
+
 
 # Which vocabulary file sizes which table.
 TABLE_VOCABULARIES = {
@@ -135,9 +188,15 @@ def _apply_vocab(x, vocab):
     return _shift_past_padding(tft.apply_vocabulary(x, vocab, num_oov_buckets=F.NUM_OOV_BUCKETS))
 
 
-def _vocab_ids(x, vocab_filename: str) -> tf.Tensor:
+def _vocab_ids(x, vocab_filename: str, top_k: int | None = None, min_count: int = 1) -> tf.Tensor:
     return _shift_past_padding(
-        tft.compute_and_apply_vocabulary(x, num_oov_buckets=F.NUM_OOV_BUCKETS, vocab_filename=vocab_filename)
+        tft.compute_and_apply_vocabulary(
+            x,
+            num_oov_buckets=F.NUM_OOV_BUCKETS,
+            vocab_filename=vocab_filename,
+            top_k=top_k,
+            frequency_threshold=VocabularyLimits._threshold(min_count),
+        )
     )
 
 
@@ -172,12 +231,18 @@ def _item_frequency_lookup(x: tf.Tensor, vocab_path: tf.Tensor):
     return table.lookup(x), table.size()
 
 
-def _item_log_frequency(item_ids: tf.Tensor) -> tf.Tensor:
-    frequency_vocab = tft.vocabulary(item_ids, vocab_filename=F.ITEM_FREQUENCY_VOCAB, store_frequency=True)
+def _item_log_frequency(item_ids: tf.Tensor, limits: VocabularyLimits) -> tf.Tensor:
+    frequency_vocab = tft.vocabulary(
+        item_ids,
+        vocab_filename=F.ITEM_FREQUENCY_VOCAB,
+        store_frequency=True,
+        top_k=limits.item_top_k,
+        frequency_threshold=VocabularyLimits._threshold(limits.item_min_count),
+    )
     counts = tft.apply_vocabulary(item_ids, frequency_vocab, lookup_fn=_item_frequency_lookup)
-    # Over the analyzed (training) data every item is in the file, so this is
-    # the smallest real count; unseen items at transform time get it too.
-    min_count = tft.min(counts, reduce_instance_dims=True)
+    # The smallest count in the file (items cut by the limits read 0 and are
+    # skipped); unseen and cut items at transform time get it.
+    min_count = tft.min(tf.where(counts > 0, counts, tf.int64.max), reduce_instance_dims=True)
     total = tft.size(item_ids)
     counts = tf.where(counts > 0, counts, min_count)
     return tf.math.log(tf.cast(counts, tf.float32) / tf.cast(total, tf.float32))
@@ -186,18 +251,30 @@ def _item_log_frequency(item_ids: tf.Tensor) -> tf.Tensor:
 # --- the entry point -----------------------------------------------------------
 
 
-def preprocessing_fn(inputs: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    """tf.Transform preprocessing_fn for the raw interaction examples."""
+def preprocessing_fn(inputs: Mapping[str, tf.Tensor], custom_config: Mapping | None = None) -> dict[str, tf.Tensor]:
+    """tf.Transform preprocessing_fn for the raw interaction examples.
+
+    TFX binds the Transform component's custom_config; its VOCABULARY_CONFIG_KEY
+    entry (VocabularyLimits.settings()) bounds the id vocabularies.
+    """
+    limits = VocabularyLimits.from_custom_config(custom_config)
     out: dict[str, tf.Tensor] = {}
 
     # Ids. One item vocabulary over the candidate ids, applied to history too.
-    out[F.USER_ID_XF] = _vocab_ids(_scalar(inputs[F.USER_ID], b""), F.USER_ID_VOCAB)
+    out[F.USER_ID_XF] = _vocab_ids(
+        _scalar(inputs[F.USER_ID], b""), F.USER_ID_VOCAB, limits.user_top_k, limits.user_min_count
+    )
     item_ids = _scalar(inputs[F.ITEM_ID], b"")
-    item_vocab = tft.vocabulary(item_ids, vocab_filename=F.ITEM_ID_VOCAB)
+    item_vocab = tft.vocabulary(
+        item_ids,
+        vocab_filename=F.ITEM_ID_VOCAB,
+        top_k=limits.item_top_k,
+        frequency_threshold=VocabularyLimits._threshold(limits.item_min_count),
+    )
     out[F.ITEM_ID_XF] = _apply_vocab(item_ids, item_vocab)
     history = _to_ragged(inputs[F.HIST_ITEM_IDS])
     out[F.HIST_ITEM_IDS_XF] = _pad_to_dense(_apply_vocab(history, item_vocab), F.HIST_MAX_LEN, keep="last")
-    out[F.ITEM_LOG_FREQUENCY_XF] = _item_log_frequency(item_ids)
+    out[F.ITEM_LOG_FREQUENCY_XF] = _item_log_frequency(item_ids, limits)
 
     # User categories.
     out[F.USER_GENDER_XF] = _vocab_ids(_scalar(inputs[F.USER_GENDER], b""), F.USER_GENDER_VOCAB)
@@ -209,7 +286,9 @@ def preprocessing_fn(inputs: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     # Item content.
     genres = _vocab_ids(_to_ragged(inputs[F.ITEM_GENRES]), F.ITEM_GENRE_VOCAB)
     out[F.ITEM_GENRES_XF] = _pad_to_dense(genres, F.GENRES_MAX_LEN)
-    tokens = _vocab_ids(title_tokens(_scalar(inputs[F.ITEM_TITLE], b"")), F.ITEM_TITLE_TOKEN_VOCAB)
+    tokens = _vocab_ids(
+        title_tokens(_scalar(inputs[F.ITEM_TITLE], b"")), F.ITEM_TITLE_TOKEN_VOCAB, limits.title_token_top_k
+    )
     out[F.ITEM_TITLE_TOKENS_XF] = _pad_to_dense(tokens, F.TITLE_MAX_TOKENS)
     out[F.ITEM_YEAR_BUCKET_XF] = _bucketize(_scalar(inputs[F.ITEM_RELEASE_YEAR], 0), YEAR_BOUNDARIES)
 

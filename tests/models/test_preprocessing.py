@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_transform as tft
 from tft_world import INTERACTIONS
 
 from towerflow.models import features as F
@@ -151,3 +152,44 @@ def test_raw_unknown_user_through_transform_and_query_tower(transformed):
     }
     embedding = model.query_model(tft_output.transform_features_layer()(raw)).numpy()
     assert embedding.shape == (1, 8) and np.all(np.isfinite(embedding))
+
+
+def test_vocabulary_limits_bound_the_id_vocabularies(tmp_path):
+    """top_k / min_count cut rare values into the OOV bucket; the contract (PAD_ID, shift, OOV row) holds."""
+    import functools
+
+    import tensorflow_transform.beam as tft_beam
+    from tft_world import instance, metadata
+
+    limits = preprocessing.VocabularyLimits(item_top_k=2, user_min_count=3)
+    fn = functools.partial(
+        preprocessing.preprocessing_fn, custom_config={preprocessing.VOCABULARY_CONFIG_KEY: limits.settings()}
+    )
+    train = [instance(*row) for row in INTERACTIONS]
+    with tft_beam.Context(temp_dir=str(tmp_path / "tmp")):
+        (rows, _), transform_fn = (train, metadata()) | tft_beam.AnalyzeAndTransformDataset(fn)
+        _ = transform_fn | tft_beam.WriteTransformFn(str(tmp_path / "out"))
+    tft_output = tft.TFTransformOutput(str(tmp_path / "out"))
+    # items by count: i1 4, i2 3, i3 2, i4 1 -> top 2 kept; users u1 5, u2 3, u3 2 -> u3 below 3
+    assert tft_output.vocabulary_by_name(F.ITEM_ID_VOCAB) == [b"i1", b"i2"]
+    assert tft_output.vocabulary_by_name(F.USER_ID_VOCAB) == [b"u1", b"u2"]
+    oov_item, oov_user = 1 + 2, 1 + 2
+    assert [r[F.ITEM_ID_XF] for r in rows] == [{"i1": 1, "i2": 2}.get(i, oov_item) for _, i, _ in INTERACTIONS]
+    assert [r[F.USER_ID_XF] for r in rows] == [1] * 5 + [2] * 3 + [oov_user] * 2
+    assert list(rows[4][F.HIST_ITEM_IDS_XF][:5]) == [1, 2, oov_item, oov_item, F.PAD_ID]
+    # cut items get the smallest count in the frequency file (i2's 3 of 10), never log(0)
+    i3 = [r for r, (_, i, _) in zip(rows, INTERACTIONS) if i == "i3"][0]
+    assert i3[F.ITEM_LOG_FREQUENCY_XF] == pytest.approx(math.log(3 / 10))
+    sizes = preprocessing.table_sizes_from_transform_output(tft_output)
+    assert sizes[preprocessing.ITEM_ID_TABLE] == 1 + 2 + F.NUM_OOV_BUCKETS
+
+
+def test_vocabulary_limits_are_validated():
+    assert preprocessing.VocabularyLimits.from_custom_config(None) == preprocessing.VocabularyLimits()
+    assert preprocessing.VocabularyLimits.from_custom_config({"code_fingerprint": "x"}).item_top_k is None
+    with pytest.raises(ValueError, match="item_top_k must be a positive integer"):
+        preprocessing.VocabularyLimits(item_top_k=0)
+    with pytest.raises(ValueError, match="user_min_count must be an integer >= 1"):
+        preprocessing.VocabularyLimits(user_min_count=0)
+    with pytest.raises(ValueError, match="unknown vocabulary settings"):
+        preprocessing.VocabularyLimits.from_custom_config({preprocessing.VOCABULARY_CONFIG_KEY: {"top_k": 5}})
