@@ -14,7 +14,8 @@ import math
 import shutil
 from pathlib import Path
 
-EVALUATOR_OUTPUT = "ModelEvaluator.blessing"
+from towerflow.cli.report_commands import latest_report_dir
+
 METRICS = ("recall@100", "ndcg@10", "hit_rate@10")
 SLICES = ("all", "warm", "cold")
 
@@ -55,16 +56,9 @@ def format_evaluation(result: dict) -> str:
 
 def _evaluate(args) -> None:
     from towerflow.components.evaluation.model_evaluator import EVALUATION_FILE, read_result
-    from towerflow.pipeline.mlmd import latest_artifacts
 
     out = Path(args.output_dir).resolve()
-    metadata = out / "metadata.sqlite"
-    if not metadata.is_file():
-        raise FileNotFoundError(f"no ML Metadata store at {metadata}; run `towerflow run` first")
-    artifacts = latest_artifacts(str(metadata))
-    if EVALUATOR_OUTPUT not in artifacts:
-        raise ValueError(f"the run in {out} has no {EVALUATOR_OUTPUT}; run `towerflow run` with the Trainers first")
-    evaluation_dir = artifacts[EVALUATOR_OUTPUT]
+    evaluation_dir = latest_report_dir(str(out / "metadata.sqlite"))
     result = read_result(evaluation_dir)
     print(f"Evaluation of {result['models']['two_tower']} on {result['data']['test_users']} test users")
     print(format_evaluation(result))

@@ -3,8 +3,8 @@
     towerflow report                          # path + summary of the newest report in runs/local
     towerflow report --output-dir runs/ml1m --open
 
-The newest report is the newest live artifact published by a ModelEvaluator execution (any node
-whose output directory holds model_evaluation.json) in `<output-dir>/metadata.sqlite`.
+The newest report is the newest `ModelEvaluator.blessing` artifact in `<output-dir>/metadata.sqlite`
+(the same lookup `towerflow evaluate` makes).
 `add_commands` registers the sub-command on the `towerflow` parser.
 """
 
@@ -13,34 +13,22 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+EVALUATOR_OUTPUT = "ModelEvaluator.blessing"
+
 
 def latest_report_dir(metadata_path: str) -> str:
     """The blessing directory of the newest ModelEvaluator output recorded in the MLMD store."""
-    from ml_metadata.proto import metadata_store_pb2
-
     from towerflow.components.evaluation.model_evaluator import EVALUATION_FILE
-    from towerflow.pipeline.mlmd import execution_nodes, open_store
+    from towerflow.pipeline.mlmd import latest_artifacts
 
     if not Path(metadata_path).is_file():
         raise FileNotFoundError(f"no ML Metadata store at {metadata_path}; run `towerflow run` first")
-    store = open_store(metadata_path)
-    nodes = execution_nodes(store)
-    outputs = [
-        e.artifact_id
-        for e in store.get_events_by_execution_ids(list(nodes))
-        if e.type == metadata_store_pb2.Event.OUTPUT
-    ]
-    artifacts = store.get_artifacts_by_id(sorted(set(outputs))) if outputs else []
-    candidates = [
-        a
-        for a in artifacts
-        if a.state == metadata_store_pb2.Artifact.LIVE and os.path.isfile(os.path.join(a.uri, EVALUATION_FILE))
-    ]
-    if not candidates:
+    uri = latest_artifacts(metadata_path).get(EVALUATOR_OUTPUT)
+    if not uri or not os.path.isfile(os.path.join(uri, EVALUATION_FILE)):
         raise FileNotFoundError(
             f"no ModelEvaluator report recorded in {metadata_path}; run the pipeline with the ModelEvaluator first"
         )
-    return max(candidates, key=lambda a: a.id).uri
+    return uri
 
 
 def _report(args) -> None:
