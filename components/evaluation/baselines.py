@@ -24,6 +24,7 @@ protocol scores. No TensorFlow.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -52,7 +53,9 @@ class BaselineGrids:
     knn_neighbors: tuple[int, ...] = (10, 25, 50, 100, 200, 0)
     ease_lambdas: tuple[float, ...] = (10, 50, 100, 250, 500, 1000, 2500)
     metric: str = "ndcg@10"
-    max_ease_items: int = 20_000  # EASE inverts an items x items matrix
+    # item_knn and ease hold dense items x items matrices (EASE inverts one): above this many catalog
+    # items they are left out (with a warning) rather than exhaust memory
+    max_item_matrix: int = 20_000
 
     def __post_init__(self):
         name, sep, k = self.metric.partition("@")
@@ -167,7 +170,7 @@ def _interaction_matrix(fit: FitInput) -> tuple[dict[str, int], np.ndarray]:
     index = {item: j for j, item in enumerate(fit.catalog)}
     pairs = pairs[pairs[F.ITEM_ID].isin(index)]
     users = {u: r for r, u in enumerate(pd.unique(pairs[F.USER_ID]))}
-    matrix = np.zeros((len(users), len(fit.catalog)), dtype=np.float64)
+    matrix = np.zeros((len(users), len(fit.catalog)), dtype=np.float32)  # counts < 2^24 stay exact
     matrix[pairs[F.USER_ID].map(users).to_numpy(), pairs[F.ITEM_ID].map(index).to_numpy()] = 1.0
     return users, matrix
 
@@ -181,7 +184,7 @@ class _HistoryRecommender(ScoredRecommender):
         self.weights = np.zeros((len(fit.catalog), len(fit.catalog)))
 
     def scores(self, user_ids):
-        rows = np.zeros((len(user_ids), len(self.catalog)))
+        rows = np.zeros((len(user_ids), len(self.catalog)), dtype=np.float32)
         known = [(i, self._users[str(u)]) for i, u in enumerate(user_ids) if str(u) in self._users]
         if known:
             rows[[i for i, _ in known]] = self._matrix[[r for _, r in known]]
@@ -194,7 +197,7 @@ class ItemKNN(_HistoryRecommender):
     def __init__(self, fit: FitInput, neighbors: int, fallback: RecentPopularity):
         super().__init__(fit, fallback)
         self.neighbors = int(neighbors)
-        cooc = self._matrix.T @ self._matrix
+        cooc = (self._matrix.T @ self._matrix).astype(np.float64)
         norms = np.sqrt(np.diag(cooc))
         with np.errstate(invalid="ignore", divide="ignore"):
             sim = np.where(np.outer(norms, norms) > 0, cooc / np.outer(norms, norms), 0.0)
@@ -203,7 +206,7 @@ class ItemKNN(_HistoryRecommender):
             # keep, for each target item (column), its `neighbors` most similar source items
             cutoff = -np.partition(-sim, self.neighbors - 1, axis=0)[self.neighbors - 1]
             sim = np.where(sim >= cutoff[None, :], sim, 0.0)
-        self.weights = sim
+        self.weights = sim.astype(np.float32)
 
 
 class Ease(_HistoryRecommender):
@@ -212,7 +215,7 @@ class Ease(_HistoryRecommender):
     def __init__(self, fit: FitInput, lam: float, fallback: RecentPopularity):
         super().__init__(fit, fallback)
         self.lam = float(lam)
-        gram = self._matrix.T @ self._matrix
+        gram = (self._matrix.T @ self._matrix).astype(np.float64)
         gram[np.diag_indices_from(gram)] += self.lam
         precision = np.linalg.inv(gram)
         weights = -precision / np.diag(precision)[None, :]
@@ -294,6 +297,12 @@ def select(
     if unknown:
         raise ValueError(f"unknown baselines {unknown}; choose from {BASELINES}")
     catalog = tuple(str(i) for i in catalog)
+    if len(catalog) > grids.max_item_matrix and {ITEM_KNN, EASE} & set(names):
+        warnings.warn(
+            f"{len(catalog)} catalog items > max_item_matrix {grids.max_item_matrix}: item_knn and ease left out",
+            stacklevel=2,
+        )
+        names = [n for n in names if n not in (ITEM_KNN, EASE)]
     val = validation_frame(frame)
     try:
         eval_set = EvalSet.from_frame(val, catalog=catalog)
@@ -313,11 +322,6 @@ def select(
         n, scores = _choose(list(grids.knn_neighbors), lambda n: ItemKNN(val_fit, n, fallback), eval_set, grids)
         chosen[ITEM_KNN] = ({"neighbors": float(n), "fallback_window_days": float(window)}, scores)
     if EASE in names:
-        if len(catalog) > grids.max_ease_items:
-            raise ValueError(
-                f"EASE needs a {len(catalog)} x {len(catalog)} matrix inverse; leave 'ease' out of the baselines "
-                f"above {grids.max_ease_items} items"
-            )
         lam, scores = _choose(list(grids.ease_lambdas), lambda v: Ease(val_fit, v, fallback), eval_set, grids)
         chosen[EASE] = ({"lambda": float(lam), "fallback_window_days": float(window)}, scores)
     return {

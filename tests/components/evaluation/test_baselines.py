@@ -132,3 +132,9 @@ def test_unknown_baseline_and_bad_grids():
         B.BaselineGrids(metric="ndcg")
     with pytest.raises(ValueError, match="ease_lambdas"):
         B.BaselineGrids(ease_lambdas=(0,))
+
+
+def test_item_matrix_baselines_are_left_out_of_large_catalogs():
+    with pytest.warns(UserWarning, match="item_knn and ease left out"):
+        fitted = B.select(_split_frame(), USERS, CATALOG, grids=B.BaselineGrids(max_item_matrix=3))
+    assert set(fitted) == {B.POPULARITY, B.RECENT_POPULARITY, B.SEGMENT_POPULARITY}
