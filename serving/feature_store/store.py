@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import redis
+from redis.cluster import RedisCluster
 
 from towerflow.models import features
 from towerflow.serving.feature_store import keys
@@ -66,12 +67,35 @@ class _Active:
     fetched: float = field(default_factory=time.monotonic)
 
 
-class _CompressedTimestamps(Sequence):
-    """An item's sorted timestamps before `as_of` without fetching them all: `n_old` copies of the first
-    timestamp (every interaction before the recent window) followed by the window's real timestamps.
+_ITEM_FIELDS = (features.ITEM_TITLE, features.ITEM_GENRES, features.ITEM_RELEASE_YEAR)
+# KEYS: (item hash, item timestamps) per item; ARGV: window start, as_of ("" "" = features only).
+# Returns per item: title, genres, year [, interactions before the window, in the window, first timestamp].
+_ITEMS_AT = """
+local out = {}
+for i = 1, #KEYS, 2 do
+  local f = redis.call('HMGET', KEYS[i], 'item_title', 'item_genres', 'item_release_year')
+  out[#out + 1] = f[1]
+  out[#out + 1] = f[2]
+  out[#out + 1] = f[3]
+  if ARGV[2] ~= '' then
+    out[#out + 1] = redis.call('ZCOUNT', KEYS[i + 1], '-inf', '(' .. ARGV[1])
+    out[#out + 1] = redis.call('ZCOUNT', KEYS[i + 1], ARGV[1], '(' .. ARGV[2])
+    local first = redis.call('ZRANGE', KEYS[i + 1], 0, 0, 'WITHSCORES')
+    out[#out + 1] = first[2] or false
+  end
+end
+return out
+"""
 
-    `features.item_features_at` only bisects and reads element 0, and on this sequence both give exactly
-    what they give on the full list, so the one function stays the only implementation.
+
+class _CompressedTimestamps(Sequence):
+    """An item's sorted timestamps before `as_of` without fetching them: `n_old` copies of the first
+    timestamp (the interactions before the recent window) followed by stand-ins for the window's ones.
+
+    `features.item_features_at` only bisects for `as_of` and the window start and reads element 0; on
+    this sequence all three give what they give on the real list (every element is < as_of, exactly
+    n_old are < the window start, element 0 is the first timestamp), so the one function stays the only
+    implementation.
     """
 
     def __init__(self, first: int, n_old: int, recent: list[int]):
@@ -199,50 +223,84 @@ class FeatureStore(WritesMixin):
 
     # --- items -------------------------------------------------------------------
 
+    def _item_state(self, item_ids: list[str], as_of: int | None) -> list[tuple]:
+        """Per item: (title, genres JSON, year) or None, then (before window, in window, first timestamp)
+        when `as_of` is given.
+
+        A standalone Redis answers with one script call for all items; a cluster cannot run a script
+        across slots, so there it is one pipeline (one round trip per node) of the same reads.
+        """
+        k, _ = self._keys()
+        window_start = None if as_of is None else as_of - int(features.RECENT_WINDOW_DAYS * features.SECONDS_PER_DAY)
+        with unavailable_on_redis_errors():
+            if not isinstance(self.client, RedisCluster):
+                script_keys = [name for i in item_ids for name in (k.item(i), k.item_times(i))]
+                args = ["", ""] if as_of is None else [window_start, as_of]
+                flat = self._read_script(keys=script_keys, args=args)
+            else:
+                pipe = self._pipeline()
+                for item_id in item_ids:
+                    pipe.hmget(k.item(item_id), _ITEM_FIELDS)
+                    if as_of is not None:
+                        times = k.item_times(item_id)
+                        pipe.zcount(times, "-inf", f"({window_start}")
+                        pipe.zcount(times, window_start, f"({as_of}")
+                        pipe.zrange(times, 0, 0, withscores=True)
+                replies = iter(pipe.execute())
+                flat = []
+                for _ in item_ids:
+                    flat.extend(next(replies))  # HMGET: title, genres, year
+                    if as_of is not None:
+                        n_old, n_recent, first = next(replies), next(replies), next(replies)
+                        flat.extend((n_old, n_recent, first[0][1] if first else None))
+        width = len(_ITEM_FIELDS) + (0 if as_of is None else 3)
+        return [tuple(flat[i * width : (i + 1) * width]) for i in range(len(item_ids))]
+
+    @property
+    def _read_script(self):
+        if "_items_script" not in self.__dict__:
+            self._items_script = self.client.register_script(_ITEMS_AT)
+        return self._items_script
+
     @staticmethod
-    def _item(item_id: str, raw: dict) -> dict | None:
-        if not raw:
+    def _item(item_id: str, title, genres, year) -> dict | None:
+        if title is None:
             return None
-        fields = {_text(k): _text(v) for k, v in raw.items()}
         return {
             features.ITEM_ID: item_id,
-            features.ITEM_TITLE: fields[features.ITEM_TITLE],
-            features.ITEM_GENRES: json.loads(fields[features.ITEM_GENRES]),
-            features.ITEM_RELEASE_YEAR: int(fields[features.ITEM_RELEASE_YEAR]),
+            features.ITEM_TITLE: _text(title),
+            features.ITEM_GENRES: json.loads(genres),
+            features.ITEM_RELEASE_YEAR: int(year),
         }
+
+    @staticmethod
+    def _popularity(n_old, n_recent, first, as_of: int) -> dict:
+        """`features.item_features_at` on a stand-in for the item's timestamps before `as_of` with the same
+        counts and first element (see _CompressedTimestamps)."""
+        first_ts = int(float(first)) if first else 0
+        n_old, n_recent = int(n_old), int(n_recent)
+        window = [first_ts] * n_recent if not n_old else [as_of - 1] * n_recent
+        return features.item_features_at(_CompressedTimestamps(first_ts, n_old, window), as_of)
 
     def items(self, item_ids: Iterable[str]) -> list[dict | None]:
         """Item features (id, title, genres, release year) per id; None for an id not in the catalog."""
         item_ids = list(item_ids)
-        k, _ = self._keys()
-        with unavailable_on_redis_errors():
-            pipe = self._pipeline()
-            for item_id in item_ids:
-                pipe.hgetall(k.item(item_id))
-            raws = pipe.execute()
-        return [self._item(i, raw) for i, raw in zip(item_ids, raws)]
+        return [self._item(i, *state) for i, state in zip(item_ids, self._item_state(item_ids, None))]
 
     def item_features_at(self, item_ids: Iterable[str], as_of: int) -> list[dict]:
-        """`features.item_features_at` per item at `as_of`, from three sorted-set reads per item."""
-        item_ids = list(item_ids)
-        as_of = int(as_of)
-        window_start = as_of - int(features.RECENT_WINDOW_DAYS * features.SECONDS_PER_DAY)
-        k, _ = self._keys()
-        with unavailable_on_redis_errors():
-            pipe = self._pipeline()
-            for item_id in item_ids:
-                key = k.item_times(item_id)
-                pipe.zcount(key, "-inf", f"({window_start}")
-                pipe.zrange(key, 0, 0, withscores=True)
-                pipe.zrangebyscore(key, window_start, f"({as_of}", withscores=True)
-            replies = pipe.execute()
-        out = []
-        for i in range(len(item_ids)):
-            n_old, first, recent = replies[3 * i : 3 * i + 3]
-            recent_ts = [int(score) for _, score in recent]
-            first_ts = int(first[0][1]) if first else 0
-            out.append(features.item_features_at(_CompressedTimestamps(first_ts, n_old, recent_ts), as_of))
-        return out
+        """`features.item_features_at` per item at `as_of` (only interactions strictly before it)."""
+        item_ids, as_of = list(item_ids), int(as_of)
+        return [self._popularity(*state[3:], as_of) for state in self._item_state(item_ids, as_of)]
+
+    def item_rows(self, item_ids: Iterable[str], as_of: int) -> list[dict | None]:
+        """What the ranker needs per candidate in one read: ITEM_FEATURES + the point-in-time popularity;
+        None for an id not in the catalog."""
+        item_ids, as_of = list(item_ids), int(as_of)
+        rows = []
+        for item_id, state in zip(item_ids, self._item_state(item_ids, as_of)):
+            item = self._item(item_id, *state[:3])
+            rows.append(None if item is None else {**item, **self._popularity(*state[3:], as_of)})
+        return rows
 
     def all_item_ids(self) -> list[str]:
         k, _ = self._keys()

@@ -66,6 +66,8 @@ def test_items_and_point_in_time_item_features(store, tiny):
     assert i2 == {"item_prior_count": 1, "item_recent_count": 0, "item_days_since_first": (20 * day + 91) / day}
     assert i3 == {"item_prior_count": 1, "item_recent_count": 1, "item_days_since_first": 101 / day}
     assert unknown == {"item_prior_count": 0, "item_recent_count": 0, "item_days_since_first": 0.0}
+    rows = store.item_rows(["i3", "zz"], at)
+    assert rows == [{**store.items(["i3"])[0], **i3}, None]
     # the same values the one function gives on the full timestamp list
     full = [tiny.T0 + 10, tiny.T0 + day + 5, tiny.T0 + 20 * day + 100]
     for t in (tiny.T0, tiny.T0 + 10, tiny.T0 + 11, tiny.T0 + 15 * day + 5, tiny.T0 + 15 * day + 6, at):
