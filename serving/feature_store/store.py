@@ -13,6 +13,7 @@ the interface, the reads and the embedding cache.
 from __future__ import annotations
 
 import json
+import re
 import struct
 import time
 from collections import Counter
@@ -32,7 +33,10 @@ from towerflow.serving.feature_store.writes import WritesMixin
 
 # What ingestion writes for a user without a users-table row (components/ingestion/beam_ingest.py).
 USER_DEFAULTS = {features.USER_AGE: -1, features.USER_GENDER: "", features.USER_OCCUPATION: "", features.USER_ZIP: ""}
-EMBEDDING_KINDS = ("query", "user", "item")  # query/user are keyed by user id, item by item id
+# Cached embeddings live beside their owner: kinds starting with "item" are keyed by item id, every other
+# kind ("query", "user", ...) by user id, so an event of the user invalidates them in the same script.
+ITEM_EMBEDDING_PREFIX = "item"
+_KIND = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 
 @dataclass
@@ -358,10 +362,10 @@ class FeatureStore(WritesMixin):
     # --- embedding cache ---------------------------------------------------------
 
     def _embedding_key(self, kind: str, key: str) -> str:
-        if kind not in EMBEDDING_KINDS:
-            raise ValueError(f"embedding kind must be one of {EMBEDDING_KINDS}, got {kind!r}")
+        if not isinstance(kind, str) or not _KIND.match(kind):
+            raise ValueError(f"embedding kind must be a lowercase name like 'query' or 'item', got {kind!r}")
         k, _ = self._keys()
-        return k.item_embeddings(key) if kind == "item" else k.user_embeddings(key)
+        return k.item_embeddings(key) if kind.startswith(ITEM_EMBEDDING_PREFIX) else k.user_embeddings(key)
 
     def get_cached_embedding(self, kind: str, key: str, version: int) -> np.ndarray | None:
         """The cached vector, or None when absent, expired or invalidated by an event."""

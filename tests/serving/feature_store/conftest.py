@@ -68,7 +68,10 @@ def tiny():
 
 @pytest.fixture(scope="session")
 def standalone_server(tmp_path_factory):
-    server = LocalRedis(LocalRedisConfig(data_dir=str(tmp_path_factory.mktemp("redis")))).start()
+    # appendfsync everysec keeps the many small writes of the tests fast; the durability test runs its own
+    # server with appendfsync always.
+    server = LocalRedis(LocalRedisConfig(data_dir=str(tmp_path_factory.mktemp("redis")), appendfsync="everysec"))
+    server.start()
     yield server
     server.stop()
 

@@ -177,7 +177,7 @@ def test_cached_embeddings_expire_and_events_invalidate_them(store, tiny):
     store.record_event("u1", "i2", "view")
     assert store.get_cached_embedding("query", "u1", 3) is None
     with pytest.raises(ValueError, match="embedding kind"):
-        store.get_cached_embedding("movie", "i1", 3)
+        store.get_cached_embedding("Movie Vectors", "i1", 3)
 
 
 def test_keys_of_one_user_or_item_share_a_cluster_slot(backend, tiny):
