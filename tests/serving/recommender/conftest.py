@@ -12,6 +12,8 @@ and it can be switched to fail like a stopped model server.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -20,7 +22,7 @@ from towerflow.models import features
 from towerflow.serving.feature_store import FeatureStore, StoreConfig
 from towerflow.serving.feature_store.materialize import MaterializeConfig, materialize
 from towerflow.serving.feature_store.server import LocalRedis, LocalRedisConfig, connect
-from towerflow.serving.recommender.config import ServiceConfig
+from towerflow.serving.recommender.config import BudgetsConfig, ServiceConfig
 from towerflow.serving.recommender.metrics import ServiceMetrics
 from towerflow.serving.recommender.recommender import Recommender
 from towerflow.serving.recommender.served import ModelUnavailableError, ServedVersion
@@ -152,7 +154,11 @@ def make_recommender(store, index):
     def make(config: ServiceConfig | None = None, weight: float = 0.5, served: bool = True, on_store=None):
         models = StandInModels()
         watcher = StandInWatcher(ServedVersion(1, 1, index, weight, {}) if served else None, models)
-        recommender = Recommender(on_store or store, watcher, config or ServiceConfig(), ServiceMetrics())
+        config = config or ServiceConfig()
+        if config.budgets_ms == BudgetsConfig():
+            # tests not about budgets get generous ones: a loaded machine must not turn them into fallback tests
+            config = dataclasses.replace(config, budgets_ms=BudgetsConfig(*[2000.0] * 5))
+        recommender = Recommender(on_store or store, watcher, config, ServiceMetrics())
         recommender.refresh_popular()
         made.append(recommender)
         return recommender, models
