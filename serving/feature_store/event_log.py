@@ -24,7 +24,6 @@ class EventLog:
         self.directory = Path(directory)
         self.fsync = fsync
         self._lock = threading.Lock()
-        self.directory.mkdir(parents=True, exist_ok=True)
 
     def path_for(self, when: dt.datetime) -> Path:
         return self.directory / f"events-{when:%Y%m%d}.jsonl"
@@ -32,7 +31,12 @@ class EventLog:
     def append(self, event: dict) -> None:
         now = dt.datetime.now(dt.UTC)
         line = json.dumps({**event, "recorded_at": now.isoformat(timespec="milliseconds")}, sort_keys=True)
-        with self._lock, open(self.path_for(now), "a", encoding="utf-8") as f:
+        with self._lock:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._write(self.path_for(now), line)
+
+    def _write(self, path: Path, line: str) -> None:
+        with open(path, "a", encoding="utf-8") as f:
             f.write(line + "\n")
             f.flush()
             if self.fsync:
