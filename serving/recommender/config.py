@@ -77,6 +77,9 @@ class RerankingConfig:
     diversity_depth: int = 50  # MMR picks from the best `diversity_depth` candidates
     freshness_days: float = 30.0  # an item first seen less than this long ago counts as new
     freshness_boost: float = 0.2  # added to its score
+    # Subtracted x log(1 + the item's interactions so far): favours the long tail, so lists differ more
+    # between users (catalog coverage); genre MMR alone makes each list varied but not the lists distinct.
+    novelty_weight: float = 0.0
     rules_file: str | None = None  # business rules YAML (serving/recommender/rules.py)
     rules_poll_seconds: float = 2.0  # the rules file is re-read when it changes
 
@@ -88,6 +91,8 @@ class RerankingConfig:
             raise ValueError(f"reranking.freshness_days must be >= 0, got {self.freshness_days!r}")
         if not (isinstance(self.freshness_boost, int | float) and math.isfinite(self.freshness_boost)):
             raise ValueError(f"reranking.freshness_boost must be a number, got {self.freshness_boost!r}")
+        if not (isinstance(self.novelty_weight, int | float) and self.novelty_weight >= 0):
+            raise ValueError(f"reranking.novelty_weight must be >= 0, got {self.novelty_weight!r}")
         _positive("reranking.rules_poll_seconds", self.rules_poll_seconds)
 
 

@@ -2,7 +2,8 @@
 
 * `rerank`: drops seen, excluded and rule-blocked or unavailable items, adds
   business-rule boosts and a freshness boost (items first interacted with less
-  than `freshness_days` ago), then orders by maximal marginal relevance over
+  than `freshness_days` ago) and a novelty term (- weight x log(1 + interactions
+  so far)), then orders by maximal marginal relevance over
   genres: each next item maximises  lambda x relevance - (1 - lambda) x its
   highest genre (Jaccard) similarity to the items already picked. lambda = 1 is
   pure relevance order.
@@ -97,7 +98,8 @@ def rerank(
             continue
         days = c.pit.get(features.ITEM_DAYS_SINCE_FIRST)
         c.fresh = bool(c.pit.get(features.ITEM_PRIOR_COUNT)) and days is not None and days < config.freshness_days
-        c.score = c.score + rules.boost(c.item_id) + (config.freshness_boost if c.fresh else 0.0)
+        novelty = config.novelty_weight * math.log1p(c.pit.get(features.ITEM_PRIOR_COUNT) or 0)
+        c.score = c.score + rules.boost(c.item_id) + (config.freshness_boost if c.fresh else 0.0) - novelty
         c.stage_scores["reranking"] = float(c.score)
         kept.append(c)
     kept.sort(key=lambda c: -c.score)  # stable: ties keep the ranking order

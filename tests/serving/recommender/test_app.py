@@ -203,17 +203,20 @@ def test_redis_killed_mid_run(service, own_redis, world):
     assert ready.status_code == 503 and ready.json()["store"] is False
 
     # Redis back on the same port and data: the client's retry of the refused event is stored
-    LocalRedis(LocalRedisConfig(data_dir=server.config.data_dir, port=server.port)).start()
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        retry = httpx.post(f"{url}/v1/events", json=event, headers=auth())
-        if retry.status_code == 200:
-            break
-        time.sleep(0.2)
-    assert retry.status_code == 200 and retry.json()["duplicate"] is False, retry.text
-    assert "i3" in [e.item_id for e in store.user_events("warm")]
-    ok = httpx.post(f"{url}/v1/recommend", json={"user_id": "warm", "k": 5}).json()
-    assert ok["fallback"] is None
+    restarted = LocalRedis(LocalRedisConfig(data_dir=server.config.data_dir, port=server.port)).start()
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            retry = httpx.post(f"{url}/v1/events", json=event, headers=auth())
+            if retry.status_code == 200:
+                break
+            time.sleep(0.2)
+        assert retry.status_code == 200 and retry.json()["duplicate"] is False, retry.text
+        assert "i3" in [e.item_id for e in store.user_events("warm")]
+        ok = httpx.post(f"{url}/v1/recommend", json={"user_id": "warm", "k": 5}).json()
+        assert ok["fallback"] is None
+    finally:
+        restarted.stop()
 
 
 def test_metrics_endpoint_and_real_prometheus(service, tmp_path, world):

@@ -48,6 +48,14 @@ def test_rerank_filters_boosts_and_freshness():
     assert [c.item_id for c in out] == ["c"]
 
 
+def test_novelty_term_favours_the_long_tail():
+    cfg = RerankingConfig(diversity_lambda=1.0, freshness_boost=0.0, novelty_weight=1.0)
+    cands = [cand("head", 5.0, prior=53), cand("tail", 2.0, prior=0)]
+    out = reranking.rerank(cands, 2, seen=set(), exclude=set(), rules=Rules(), context={}, config=cfg)
+    assert [c.item_id for c in out] == ["tail", "head"]
+    assert out[1].score == pytest.approx(5.0 - np.log(54.0)) and out[0].score == 2.0
+
+
 def test_explore_pool_is_above_the_floor_and_least_exposed():
     cfg = ExplorationConfig(epsilon0=1.0, quality_floor=0.5, protected_top=1, pool_size=2)
     ranked = [cand(f"t{n}", 100 - n, prior=1000) for n in range(3)]
