@@ -9,7 +9,9 @@ their history features come from `models.features.history_features` over
 their train+eval interactions, exactly what the online feature store computes.
 
 Models are called only through their serving signatures on raw features, so
-this measures what serving would return.
+this measures what serving would return. `evaluate_models` is the one
+evaluation path: the ModelEvaluator, the model-quality benchmark and the
+notebooks all score baselines and models through it.
 """
 
 from __future__ import annotations
