@@ -1,1 +1,1 @@
-"""Offline evaluation: the time-split protocol of DESIGN.md and the ranking / beyond-accuracy metrics."""
+"""Offline evaluation: the time-split protocol of docs/design.md, its metrics, baselines, statistics and the gate."""

@@ -1,4 +1,4 @@
-"""Offline evaluation of exported models with the DESIGN.md protocol.
+"""Offline evaluation of exported models with the protocol of docs/design.md.
 
 Reads what the pipeline produced -- the ingested splits, the item catalog, the
 exported two-tower and DCN SavedModels -- and scores three recommenders on the

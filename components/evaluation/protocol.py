@@ -1,4 +1,4 @@
-"""The offline evaluation protocol of DESIGN.md ("Evaluation protocol"), independent of the data source.
+"""The offline evaluation protocol of docs/design.md ("Evaluation protocol"), independent of the data source.
 
 Protocol
 1. Split ``global_time``: cutoffs ``c0, c1 = np.quantile(timestamps, (0.8, 0.9))`` (numpy's default
@@ -21,7 +21,7 @@ Protocol
    exposure, average popularity (train+eval counts) and, given item genres, intra-list diversity.
    Metric definitions: ``components.evaluation.metrics``.
 
-Reference check (DESIGN.md; tests/components/test_protocol_reference.py). On MovieLens-100K,
+Reference check (docs/design.md; tests/components/test_protocol_reference.py). On MovieLens-100K,
 ``PopularityRecommender`` (train+eval counts) gives over 166 test users (90 warm, 76 cold):
 Recall@100 0.333, Recall@10 0.068, HitRate@10 0.711, NDCG@10 0.288; warm Recall@100 0.323,
 NDCG@10 0.151; cold Recall@100 0.345, NDCG@10 0.450 (unrounded: 0.33307, 0.06825, 0.71084,
@@ -373,7 +373,7 @@ class PopularityRecommender:
     """Most-interacted items first, counted on the train+eval interactions it is given.
 
     Equal counts are ordered by item id (string order), descending by default: that is the order
-    that reproduces DESIGN.md's reference numbers (see the module docstring); "item_id_asc" is
+    that reproduces the reference numbers of docs/design.md (see the module docstring); "item_id_asc" is
     available. Catalog items absent from the frame are appended with count 0 when ``catalog`` is
     given. Excluded items are skipped, so each user gets the next most popular unseen items.
     """
