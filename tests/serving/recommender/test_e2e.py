@@ -91,7 +91,7 @@ def test_replay_reproduces_offline_metrics(world, model_server):
     depth = int(offline["rerank_depth"])
     plain = service_config(
         retrieval={"top_n": depth},
-        reranking={"diversity_lambda": 1.0, "freshness_boost": 0.0},
+        reranking={"diversity_lambda": 1.0, "freshness_boost": 0.0, "novelty_weight": 0.0},
         cold_start={"popularity_candidates": 0},
     )
     recommender = build_recommender(store, serving_root, model_server.grpc_target, None, plain)
@@ -226,3 +226,51 @@ def test_item_embeddings_match_the_pushed_index(world):
     index = ScannIndex.load(str(model_repository.extras_dir(Path(state.base_path) / str(state.on_disk[0])) / "index"))
     assert set(index.ids.tolist()) == set(eval_set.catalog)
     assert np.allclose(np.linalg.norm(index.embeddings, axis=1), 1.0, atol=1e-3)
+
+
+def test_service_command_over_a_run_directory(world, tmp_path):
+    """`towerflow service --run-dir` alone: embedded model server, embedded store materialized on first start."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    from towerflow.serving.recommender.runner import free_port
+
+    run_dir, serving_root, *_ = world
+    run = tmp_path / "run"  # the run's metadata and pushed models; the store starts empty here
+    run.mkdir()
+    shutil.copy(run_dir / "metadata.sqlite", run / "metadata.sqlite")
+    shutil.copytree(serving_root, run / "serving")
+    config_file = run / "serving" / model_repository.CONFIG_FILE
+    config_file.write_text(config_file.read_text().replace(str(serving_root), str(run / "serving")))
+    port = free_port()
+    log = open(tmp_path / "service.log", "w")
+    env = {**os.environ, "TOWERFLOW_API_TOKEN": "e2e-token", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "towerflow.cli.main", "service", "--run-dir", str(run), "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, env=env,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        assert process.poll() is None, (tmp_path / "service.log").read_text()[-3000:]
+        r = httpx.post(f"{url}/v1/recommend", json={"user_id": "1", "k": 10}, timeout=30)
+        assert r.status_code == 200 and len(r.json()["items"]) == 10 and r.json()["fallback"] is None, r.text
+        event = {"user_id": "1", "item_id": r.json()["items"][0]["item_id"], "event_type": "click"}
+        r = httpx.post(f"{url}/v1/events", json=event, headers={"Authorization": "Bearer e2e-token"}, timeout=30)
+        assert r.status_code == 200, r.text
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(60)
+        log.close()
+    output = (tmp_path / "service.log").read_text()
+    assert "materializing" in output and "Recommender service stopped" in output, output[-3000:]

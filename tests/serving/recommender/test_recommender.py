@@ -12,7 +12,10 @@ def config(**sections) -> ServiceConfig:
     return ServiceConfig.from_dict(sections)
 
 
-NO_RERANK = {"reranking": {"diversity_lambda": 1.0, "freshness_boost": 0.0}, "cold_start": {"popularity_candidates": 0}}
+NO_RERANK = {
+    "reranking": {"diversity_lambda": 1.0, "freshness_boost": 0.0, "novelty_weight": 0.0},
+    "cold_start": {"popularity_candidates": 0},
+}
 
 
 def ids(response):

@@ -38,7 +38,7 @@ def test_rerank_filters_boosts_and_freshness():
             "availability": {"context_field": "region", "items": {"c": ["de"]}},
         }
     )
-    cfg = RerankingConfig(diversity_lambda=1.0, freshness_days=30, freshness_boost=1.5)
+    cfg = RerankingConfig(diversity_lambda=1.0, freshness_days=30, freshness_boost=1.5, novelty_weight=0.0)
     cands = [cand("a", 10), cand("b", 9), cand("c", 8), cand("d", 1), cand("e", 0, days=3.0), cand("s", 20)]
     out = reranking.rerank(cands, 5, seen={"s"}, exclude={"zz"}, rules=rules, context={}, config=cfg)
     assert [c.item_id for c in out] == ["a", "d", "e"]  # b blocked, c not available without a region, s seen
