@@ -362,8 +362,7 @@ def enable_gradient_accumulation(model: tf.keras.Model, micro_batches: int) -> N
 
     def train_step(inputs):
         rows = tf.shape(_first(inputs))[0]
-        variables = model.trainable_variables
-        accumulated = [None] * len(variables)
+        variables, accumulated = None, None
         loss_sum = regularization_sum = tf.constant(0.0)
         previous: list[tf.Tensor] = []
         for part_index in range(micro_batches):
@@ -374,6 +373,9 @@ def enable_gradient_accumulation(model: tf.keras.Model, micro_batches: int) -> N
                 loss = model.compute_loss(part, training=True)
                 regularization = tf.cast(sum(model.losses), tf.float32) if model.losses else tf.constant(0.0)
                 total = loss + regularization
+            if variables is None:  # read after the first forward pass, which builds a fresh model's layers
+                variables = model.trainable_variables
+                accumulated = [None] * len(variables)
             gradients = [_scaled(g, weight) for g in tape.gradient(total, variables)]
             accumulated = [_added(a, g) for a, g in zip(accumulated, gradients)]
             loss_sum += tf.math.multiply_no_nan(loss, weight)
@@ -464,7 +466,7 @@ def checkpoint_callbacks(dist: Distribution, model_run_dir: str | None, name: st
         )
     if config.keep_checkpoints:
         callbacks.append(KeepLastCheckpoints(dist, os.path.join(model_run_dir, CHECKPOINT_DIR)))
-    if config.distributed:
+    if config.backup_enabled:
         callbacks.append(ResumeReport(name))
     return callbacks
 
