@@ -314,6 +314,8 @@ def main(argv=None) -> int:
         url = f"http://127.0.0.1:{service_port}"
         wait_http(f"{url}/readyz", 600, "recommender service")
 
+        if args.config:
+            name += f", service config {Path(args.config).name}: {Path(args.config).read_text().strip()}"
         emit(f"## {name}")
         emit()
         emit(f"Machine: {cpu_model()}, {cores()} cores, {memory_gib()}; {platform.platform()}; "
