@@ -162,6 +162,11 @@ def format_report(arms: dict[str, ArmResult], comparisons: list, mode: str) -> s
             lines.append(
                 f"{side.name}: model versions {side.model_versions}, {side.fallbacks} responses with a fallback"
             )
+            if side.fallbacks:
+                lines.append(
+                    f"  warning: {side.fallbacks} {side.name} lists are fallbacks, not the models' lists; give the "
+                    "service larger budgets_ms for replays (quality, not latency, is measured here)"
+                )
     lines.append("* p < 0.05")
     return "\n".join(lines)
 

@@ -150,12 +150,32 @@ class ExperimentalRecommender:
 
 
 class _CanaryPresence:
-    """Whether the serving root labels a canary two-tower now (models.config read at most once a second)."""
+    """Whether a canary two-tower is labelled, loaded and warmed up (models.config read at most once a second).
 
-    def __init__(self, serving_root: str | Path, canary: Recommender):
-        self.serving_root, self.canary = Path(serving_root), canary
+    A freshly loaded version answers its first requests slowly (model warm-up, empty caches); routing users
+    to it only after `warm_up` keeps that cost out of the canary's latency, which the watcher compares.
+    """
+
+    def __init__(self, serving_root: str | Path):
+        self.serving_root = Path(serving_root)
+        self.canary: Recommender | None = None
         self._checked, self._present = 0.0, False
+        self._warmed: int | None = None
         self._lock = threading.Lock()
+
+    def on_swap(self, served) -> None:
+        """VersionWatcher callback: warm the new canary version up off the request path, then admit it."""
+
+        def warm():
+            try:
+                self.canary.warm_up()
+            except Exception:  # noqa: BLE001 - a version that cannot warm up is left out of rotation
+                log.exception("canary v%s did not warm up; not routing users to it", served.two_tower)
+                return
+            self._warmed = served.two_tower
+            self._checked = 0.0
+
+        threading.Thread(target=warm, name="canary-warm-up", daemon=True).start()
 
     def __call__(self) -> bool:
         with self._lock:
@@ -167,8 +187,10 @@ class _CanaryPresence:
                 except ValueError:
                     labels = {}
                 version = labels.get(CANARY)
-                current = self.canary.watcher.current if self.canary.watcher else None
-                self._present = version is not None and current is not None and current.two_tower == version
+                current = self.canary.watcher.current if self.canary and self.canary.watcher else None
+                self._present = (
+                    version is not None and current is not None and current.two_tower == version == self._warmed
+                )
             return self._present
 
 
@@ -234,16 +256,18 @@ def attach(
                 "the base recommender follows the highest loaded version, which is the canary while one is "
                 "pushed; build it with LabelledVersionWatcher(label='stable') so stable stays stable"
             )
+        presence = _CanaryPresence(serving_root)
         watcher = LabelledVersionWatcher(
             serving_root,
             base.watcher.client,
             base.config.ranking.default_weight,
             catalog=base.watcher._catalog,
+            on_swap=presence.on_swap,
             label=CANARY,
         )
         canary = Recommender(base.store, watcher, base.config, base.metrics)
+        presence.canary = canary
         sources[CANARY] = canary.recommend
-        presence = _CanaryPresence(serving_root, canary)
         if start:
             watcher.refresh()
             watcher.start(base.config.retrieval.version_poll_seconds)

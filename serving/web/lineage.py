@@ -33,15 +33,28 @@ def _value(value):
     if kind == "struct_value":
         from google.protobuf import json_format
 
-        decoded = json_format.MessageToDict(value.struct_value)
+        decoded = _integral(json_format.MessageToDict(value.struct_value))
         return decoded.get("__value__", decoded) if set(decoded) == {"__value__"} else decoded
     out = getattr(value, kind) if kind else None
+    if isinstance(out, float) and out.is_integer():
+        return int(out)
     if isinstance(out, str) and out[:1] in "{[":
         try:
             return json.loads(out)
         except ValueError:
             pass
     return out
+
+
+def _integral(value):
+    """Struct numbers come back as floats; counts read better as ints."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    return value
 
 
 def _props(artifact) -> dict:
@@ -117,6 +130,7 @@ class LineageSummary:
         output_types = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
         input_types = (metadata_store_pb2.Event.INPUT, metadata_store_pb2.Event.DECLARED_INPUT)
         found: dict = {"data": None, "blessing": None}
+        blessings = []  # the pusher's gate: every blessing it required (index and model evaluation)
         frontier, seen = [artifact_id], {artifact_id}
         for _ in range(_MAX_HOPS):
             producers = {e.execution_id for e in store.get_events_by_artifact_ids(frontier) if e.type in output_types}
@@ -131,22 +145,26 @@ class LineageSummary:
             frontier = inputs
             for artifact in store.get_artifacts_by_id(inputs):
                 props = _props(artifact)
-                if artifact.type == "ModelBlessing" and found["blessing"] is None and "blessed" in props:
-                    found["blessing"] = _blessing(props)
+                if artifact.type == "ModelBlessing" and "blessed" in props:
+                    blessings.append(props)
                 elif artifact.type == "Examples" and found["data"] is None and "split_cutoffs" in props:
                     found["data"] = _data(props)
             if found["data"] is not None:
                 break
+        if blessings:
+            found["blessing"] = _blessing(blessings)
         return found
 
 
-def _blessing(props: dict) -> dict:
+def _blessing(blessings: list[dict]) -> dict:
     metrics = {
         k: v
+        for props in blessings
         for k, v in sorted(props.items())
         if isinstance(v, int | float) and not k.startswith("baseline:") and k.rpartition(":")[2] in HEADLINE
     }
-    return {"blessed": bool(props.get("blessed")), "reason": props.get("reason", ""), "metrics": metrics}
+    reasons = [p["reason"] for p in blessings if p.get("reason")]
+    return {"blessed": all(bool(p.get("blessed")) for p in blessings), "reason": "; ".join(reasons), "metrics": metrics}
 
 
 def _data(props: dict) -> dict:
