@@ -29,12 +29,12 @@ depending on the schema.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
 
 import tensorflow as tf
 import tensorflow_transform as tft
 
 from towerflow.models import features as F
+from towerflow.models.vocabulary import VocabularyLimits
 
 # Bucket 0 of each holds the unknown sentinel (age -1, year 0): both sentinels
 # are below the first boundary.
@@ -58,58 +58,6 @@ ITEM_TITLE_TOKEN_TABLE = "item_title_token"
 ITEM_YEAR_BUCKET_TABLE = "item_year_bucket"
 CTX_HOUR_TABLE = "ctx_hour"
 CTX_DAY_OF_WEEK_TABLE = "ctx_day_of_week"
-
-# The Transform custom_config key that holds VocabularyLimits.settings().
-VOCABULARY_CONFIG_KEY = "vocabulary"
-
-
-@dataclass(frozen=True)
-class VocabularyLimits:
-    """Bounds on the id vocabularies, so a catalog of millions of items keeps its embedding tables bounded.
-
-    `*_top_k` keeps the most frequent values (None: all); `*_min_count` drops
-    values seen fewer times in the analysed (training) data. Values left out
-    share the OOV bucket, exactly like values never seen in training; the
-    feature contract (PAD_ID, ids shifted by one, OOV after the vocabulary) is
-    unchanged. The defaults bound nothing, which is today's behaviour.
-    Applies to user ids, item ids (candidate and history share the
-    vocabulary, and the log-Q frequency file follows it) and title tokens.
-    """
-
-    user_top_k: int | None = None
-    user_min_count: int = 1
-    item_top_k: int | None = None
-    item_min_count: int = 1
-    title_token_top_k: int | None = None
-
-    def __post_init__(self):
-        for name in ("user_top_k", "item_top_k", "title_token_top_k"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
-        for name in ("user_min_count", "item_min_count"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-
-    @classmethod
-    def from_custom_config(cls, custom_config: Mapping | None) -> VocabularyLimits:
-        """The limits in Transform's custom_config (under VOCABULARY_CONFIG_KEY), defaults when absent."""
-        settings = dict((custom_config or {}).get(VOCABULARY_CONFIG_KEY) or {})
-        unknown = sorted(set(settings) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"unknown vocabulary settings {unknown}; known: {sorted(cls.__dataclass_fields__)}")
-        return cls(**settings)
-
-    def settings(self) -> dict:
-        """JSON-ready, for Transform's custom_config[VOCABULARY_CONFIG_KEY]."""
-        return asdict(self)
-
-    @staticmethod
-    def _threshold(min_count: int) -> int | None:
-        # tf.Transform keeps values with frequency >= threshold; 1 keeps everything, like no threshold.
-        return min_count if min_count > 1 else None
-
 
 # Which vocabulary file sizes which table.
 TABLE_VOCABULARIES = {
@@ -188,6 +136,11 @@ def _apply_vocab(x, vocab):
     return _shift_past_padding(tft.apply_vocabulary(x, vocab, num_oov_buckets=F.NUM_OOV_BUCKETS))
 
 
+def _threshold(min_count: int) -> int | None:
+    # tf.Transform keeps values with frequency >= threshold; 1 keeps everything, like no threshold.
+    return min_count if min_count > 1 else None
+
+
 def _vocab_ids(x, vocab_filename: str, top_k: int | None = None, min_count: int = 1) -> tf.Tensor:
     return _shift_past_padding(
         tft.compute_and_apply_vocabulary(
@@ -195,7 +148,7 @@ def _vocab_ids(x, vocab_filename: str, top_k: int | None = None, min_count: int 
             num_oov_buckets=F.NUM_OOV_BUCKETS,
             vocab_filename=vocab_filename,
             top_k=top_k,
-            frequency_threshold=VocabularyLimits._threshold(min_count),
+            frequency_threshold=_threshold(min_count),
         )
     )
 
@@ -237,7 +190,7 @@ def _item_log_frequency(item_ids: tf.Tensor, limits: VocabularyLimits) -> tf.Ten
         vocab_filename=F.ITEM_FREQUENCY_VOCAB,
         store_frequency=True,
         top_k=limits.item_top_k,
-        frequency_threshold=VocabularyLimits._threshold(limits.item_min_count),
+        frequency_threshold=_threshold(limits.item_min_count),
     )
     counts = tft.apply_vocabulary(item_ids, frequency_vocab, lookup_fn=_item_frequency_lookup)
     # The smallest count in the file (items cut by the limits read 0 and are
@@ -269,7 +222,7 @@ def preprocessing_fn(inputs: Mapping[str, tf.Tensor], custom_config: Mapping | N
         item_ids,
         vocab_filename=F.ITEM_ID_VOCAB,
         top_k=limits.item_top_k,
-        frequency_threshold=VocabularyLimits._threshold(limits.item_min_count),
+        frequency_threshold=_threshold(limits.item_min_count),
     )
     out[F.ITEM_ID_XF] = _apply_vocab(item_ids, item_vocab)
     history = _to_ragged(inputs[F.HIST_ITEM_IDS])

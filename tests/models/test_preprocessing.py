@@ -10,6 +10,7 @@ from tft_world import INTERACTIONS
 
 from towerflow.models import features as F
 from towerflow.models import preprocessing
+from towerflow.models.vocabulary import VOCABULARY_CONFIG_KEY, VocabularyLimits
 
 
 @pytest.fixture
@@ -161,10 +162,8 @@ def test_vocabulary_limits_bound_the_id_vocabularies(tmp_path):
     import tensorflow_transform.beam as tft_beam
     from tft_world import instance, metadata
 
-    limits = preprocessing.VocabularyLimits(item_top_k=2, user_min_count=3)
-    fn = functools.partial(
-        preprocessing.preprocessing_fn, custom_config={preprocessing.VOCABULARY_CONFIG_KEY: limits.settings()}
-    )
+    limits = VocabularyLimits(item_top_k=2, user_min_count=3)
+    fn = functools.partial(preprocessing.preprocessing_fn, custom_config={VOCABULARY_CONFIG_KEY: limits.settings()})
     train = [instance(*row) for row in INTERACTIONS]
     with tft_beam.Context(temp_dir=str(tmp_path / "tmp")):
         (rows, _), transform_fn = (train, metadata()) | tft_beam.AnalyzeAndTransformDataset(fn)
@@ -185,11 +184,11 @@ def test_vocabulary_limits_bound_the_id_vocabularies(tmp_path):
 
 
 def test_vocabulary_limits_are_validated():
-    assert preprocessing.VocabularyLimits.from_custom_config(None) == preprocessing.VocabularyLimits()
-    assert preprocessing.VocabularyLimits.from_custom_config({"code_fingerprint": "x"}).item_top_k is None
+    assert VocabularyLimits.from_custom_config(None) == VocabularyLimits()
+    assert VocabularyLimits.from_custom_config({"code_fingerprint": "x"}).item_top_k is None
     with pytest.raises(ValueError, match="item_top_k must be a positive integer"):
-        preprocessing.VocabularyLimits(item_top_k=0)
+        VocabularyLimits(item_top_k=0)
     with pytest.raises(ValueError, match="user_min_count must be an integer >= 1"):
-        preprocessing.VocabularyLimits(user_min_count=0)
+        VocabularyLimits(user_min_count=0)
     with pytest.raises(ValueError, match="unknown vocabulary settings"):
-        preprocessing.VocabularyLimits.from_custom_config({preprocessing.VOCABULARY_CONFIG_KEY: {"top_k": 5}})
+        VocabularyLimits.from_custom_config({VOCABULARY_CONFIG_KEY: {"top_k": 5}})
