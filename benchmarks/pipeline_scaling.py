@@ -253,6 +253,42 @@ def exponent(t1: float, t2: float, n1: int, n2: int) -> float | None:
     return math.log(t2 / t1) / math.log(n2 / n1)
 
 
+def extrapolation_lines(results: list[SizeResult]) -> list[str]:
+    """Sizes not measured, estimated from the two largest measured ones (clearly marked as estimates).
+
+    Each stage is scaled from the largest measured size with exponent max(measured exponent, 1): no stage
+    is assumed to grow slower than linearly, so fixed costs at small sizes do not make the estimate optimistic
+    (`other`, the run's start-up, keeps its measured exponent).
+    """
+    if len(results) < 2:
+        return []
+    a, b = sorted(results, key=lambda r: r.size.interactions)[-2:]
+    targets = [size for size in SIZES.values() if size.interactions > b.size.interactions]
+    if not targets:
+        return []
+    lines = ["", f"## Extrapolation (NOT measured; from {a.size.name} and {b.size.name})", ""]
+    lines.append("| size | stage | estimated wall s | exponent used |")
+    lines.append("|---|---|---:|---:|")
+    by_name_a = {s.name: s for s in a.stages}
+    for size in targets:
+        total = 0.0
+        for stage in b.stages:
+            if stage.name == "synth":
+                continue
+            measured = (
+                exponent(by_name_a[stage.name].wall, stage.wall, a.size.interactions, b.size.interactions)
+                if (stage.name in by_name_a)
+                else None
+            )
+            # `other` is start-up and the runner's fixed work: it keeps its measured growth
+            used = max(measured or 0.0, 0.0) if stage.name == "other" else max(measured or 1.0, 1.0)
+            estimate = stage.wall * (size.interactions / b.size.interactions) ** used
+            total += estimate
+            lines.append(f"| {size.name} | {stage.name} | {estimate:,.0f} | {used:.2f} |")
+        lines.append(f"| {size.name} | **total** | {total:,.0f} | |")
+    return lines
+
+
 def machine_lines() -> list[str]:
     return [
         f"- platform: {platform.platform()}, Python {platform.python_version()}",
@@ -291,6 +327,7 @@ def format_results(results: list[SizeResult], command: str) -> str:
                 e = exponent(sa.wall, sb.wall, a.size.interactions, b.size.interactions) if sa and sb else None
                 cells.append("n/a" if e is None else f"{e:.2f}")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += extrapolation_lines(results)
     lines += ["", "## Goals", ""]
     for r in results:
         total = r.total
@@ -319,6 +356,16 @@ def format_results(results: list[SizeResult], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _load_result(raw: dict) -> SizeResult:
+    return SizeResult(
+        Size(**raw["size"]),
+        [Stage(**stage) for stage in raw["stages"]],
+        raw["lock_wait"],
+        tuple(raw["load_before"]),
+        tuple(raw["load_after"]),
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=["100k", "1m"])
@@ -329,10 +376,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", default="benchmarks/results/pipeline_scaling.md")
     parser.add_argument("--lock", default=None, help="flock this file while each size runs (shared machines)")
     parser.add_argument("--keep-runs", action="store_true", help="keep each size's pipeline outputs")
+    parser.add_argument("--command", default=None, help="with --render: the command that measured the json")
+    parser.add_argument("--render", default=None, help="only re-render the table from a pipeline_scaling.json")
     args = parser.parse_args(argv)
+    command = "benchmarks/pipeline_scaling.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.render:
+        results = [_load_result(r) for r in json.loads(Path(args.render).read_text())]
+        Path(args.results).write_text(format_results(results, args.command or command))
+        print(Path(args.results).read_text())
+        return
     work_dir = (REPO / args.work_dir).resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
-    command = "benchmarks/pipeline_scaling.py " + " ".join(sys.argv[1:] if argv is None else argv)
     print("\n".join(machine_lines()), flush=True)
     results = []
     for name in args.sizes:
