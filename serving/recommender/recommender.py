@@ -145,6 +145,7 @@ class Recommender:
         self.rules = RulesHolder(config.reranking.rules_file)
         self.temperature = two_tower_temperature()  # imported here, not on the first request
         self._popular: list[tuple[str, float]] = []  # in-process fallback list (all-time counts)
+        self._popular_items: dict[str, dict] = {}  # their titles and genres, for when the store is down
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="stage")
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -159,6 +160,11 @@ class Recommender:
             log.warning("popularity list not refreshed: %s", err)
             return False
         if popular:
+            try:
+                details = self.store.items([item for item, _ in popular])
+            except Exception:  # noqa: BLE001 - titles are nice to have
+                details = []
+            self._popular_items = {d[features.ITEM_ID]: d for d in details if d}
             self._popular = list(popular)
         return True
 
@@ -458,6 +464,7 @@ class Recommender:
             if item in banned or not self.rules.rules.allowed(item, request.context):
                 continue
             c = Candidate(item, float(count), source=POPULARITY, stage_scores={"popularity": float(count)})
+            c.item = self._popular_items.get(item, {}) if not store_ok else {}
             c.explanation = "popular this week"
             out.append(c)
         return out

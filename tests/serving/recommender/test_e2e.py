@@ -219,6 +219,23 @@ def test_model_server_stopped_mid_run(world, tmp_path):
         server.stop()
 
 
+def test_rest_protocol_gives_the_same_lists(world, model_server):
+    _, serving_root, store, eval_set, as_of, _, _ = world
+    lists = {}
+    for protocol in ("grpc", "rest"):
+        cfg = service_config(retrieval={"protocol": protocol})
+        recommender = build_recommender(store, serving_root, model_server.grpc_target, model_server.rest_url, cfg)
+        try:
+            lists[protocol] = [
+                [i["item_id"] for i in recommender.recommend(
+                    {"user_id": u, "k": 20, "context": {"timestamp": as_of}, "explore": False})["items"]]
+                for u in eval_set.user_ids[:5]
+            ]  # fmt: skip
+        finally:
+            recommender.close()
+    assert lists["rest"] == lists["grpc"] and all(len(x) == 20 for x in lists["grpc"])
+
+
 def test_item_embeddings_match_the_pushed_index(world):
     """The pushed index is the IndexBuilder's: its ids are the catalog, its rows unit-norm tower outputs."""
     _, serving_root, _, eval_set, *_ = world

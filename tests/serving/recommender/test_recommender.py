@@ -147,6 +147,7 @@ def test_store_down_falls_back_to_the_in_process_list(make_recommender, world):
     out = r.recommend({"user_id": "warm", "k": 4, "context": {"timestamp": world.AS_OF}, "exclude": ["i5"]})
     assert out["fallback"]["stage"] == "features" and "FeatureStoreUnavailable" in out["fallback"]["reason"]
     assert len(out["items"]) == 4 and "i5" not in ids(out)
+    assert all(i["title"] == f"Movie {i['item_id'][1:]}" for i in out["items"])
 
 
 def test_ranking_failure_keeps_retrieval_order(make_recommender, world):
