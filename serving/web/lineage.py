@@ -167,6 +167,11 @@ def _blessing(blessings: list[dict]) -> dict:
     return {"blessed": all(bool(p.get("blessed")) for p in blessings), "reason": "; ".join(reasons), "metrics": metrics}
 
 
+def _in_split_order(counts: dict) -> dict:
+    order = {"train": 0, "eval": 1, "test": 2}
+    return dict(sorted(counts.items(), key=lambda kv: (order.get(kv[0], 3), kv[0])))
+
+
 def _data(props: dict) -> dict:
     cutoffs = props.get("split_cutoffs") or []
     names = ("train | eval", "eval | test")
@@ -174,7 +179,7 @@ def _data(props: dict) -> dict:
         "input_path": props.get("input_path"),
         "input_fingerprint": props.get("input_fingerprint"),
         "split_strategy": props.get("split_strategy"),
-        "split_counts": props.get("split_counts"),
+        "split_counts": _in_split_order(props.get("split_counts") or {}),
         "cutoffs": ", ".join(f"{n} at {_when(c)}" for n, c in zip(names, cutoffs)) if cutoffs else None,
         "cutoff_seconds": cutoffs,
     }
