@@ -68,6 +68,7 @@ class DistributionConfig:
     shard_policy: ShardPolicy = "auto"
     gradient_accumulation_steps: int = 1  # micro-batches of `batch_size` per optimizer step
     steps_per_epoch: int = 0  # 0 = one pass over the training data per epoch
+    validation_steps: int = 0  # 0 = one pass over the eval data after each epoch
     backup: bool | None = None  # BackupAndRestore; None = on for every strategy but "none"
     backup_every_steps: int = 0  # 0 = at the end of each epoch
     keep_checkpoints: int = 0  # keep the last K checkpoints under <model_run_dir>/checkpoints (0 = none)
@@ -80,7 +81,13 @@ class DistributionConfig:
         E.require_choice("strategy", self.strategy, STRATEGIES)
         E.require_choice("shard_policy", self.shard_policy, SHARD_POLICIES)
         E.require_int("gradient_accumulation_steps", self.gradient_accumulation_steps, minimum=1)
-        for name in ("steps_per_epoch", "backup_every_steps", "keep_checkpoints", "checkpoint_every_steps"):
+        for name in (
+            "steps_per_epoch",
+            "validation_steps",
+            "backup_every_steps",
+            "keep_checkpoints",
+            "checkpoint_every_steps",
+        ):
             E.require_int(name, getattr(self, name), minimum=0)
         E.require_int("ps_min_shard_bytes", self.ps_min_shard_bytes, minimum=1)
         if self.backup is not None:
@@ -88,6 +95,11 @@ class DistributionConfig:
         hours = self.keep_checkpoint_every_hours
         if isinstance(hours, bool) or not isinstance(hours, (int, float)) or hours < 0:
             raise ValueError(f"keep_checkpoint_every_hours must be a number >= 0, got {hours!r}")
+        if self.strategy == "parameter_server" and (self.backup_every_steps or self.checkpoint_every_steps):
+            raise ValueError(
+                "parameter_server backs up and checkpoints at epoch ends only (Keras runs no batch callbacks "
+                "there); set backup_every_steps and checkpoint_every_steps to 0, and steps_per_epoch to size epochs"
+            )
         if not isinstance(self.tpu, str):
             raise ValueError(f"tpu must be a string, got {self.tpu!r}")
 
@@ -281,32 +293,49 @@ def with_shard_policy(dataset: tf.data.Dataset, policy: ShardPolicy) -> tf.data.
     return dataset.with_options(options)
 
 
-def training_input(
-    dist: Distribution, make_dataset: Callable[[int], tf.data.Dataset], batch_size: int
-) -> tf.data.Dataset | tf.keras.utils.experimental.DatasetCreator:
-    """What `Model.fit` takes for training: `make_dataset(global_batch)` for in-graph strategies, a
-    per-worker `DatasetCreator` (each worker batching its share and repeating) under parameter_server."""
+def _batches(dataset: tf.data.Dataset) -> int:
+    return int(dataset.reduce(0, lambda count, _: count + 1))
+
+
+def fit_inputs(
+    dist: Distribution,
+    make_train: Callable[[int], tf.data.Dataset],
+    make_eval: Callable[[int], tf.data.Dataset],
+    batch_size: int,
+) -> dict:
+    """`Model.fit` arguments for the training and validation data; `make_*(batch)` build the datasets.
+
+    * none: the datasets as they are, one pass per epoch (or `steps_per_epoch`).
+    * mirrored, multi_worker_mirrored, tpu: each worker reads its shard (`shard_policy`), repeated,
+      for the steps of one pass over all data -- shards of unequal size would otherwise hand some
+      workers empty batches at the end, which in-batch softmax losses cannot take.
+    * parameter_server: a per-worker `DatasetCreator` (each worker batches its share and repeats);
+      no validation, as the chief only coordinates.
+    """
+    config = dist.config
     global_batch = dist.global_batch_size(batch_size)
-    if not dist.is_parameter_server:
-        dataset = make_dataset(global_batch)
-        return with_shard_policy(dataset, dist.config.shard_policy) if dist.config.distributed else dataset
+    eval_batch = global_batch // config.gradient_accumulation_steps
+    if not config.distributed:
+        return {
+            "x": make_train(global_batch),
+            "validation_data": make_eval(eval_batch),
+            "steps_per_epoch": config.steps_per_epoch or None,
+            "validation_steps": config.validation_steps or None,
+        }
+    steps = config.steps_per_epoch or _batches(make_train(global_batch))
+    if dist.is_parameter_server:
 
-    def per_worker(context: tf.distribute.InputContext) -> tf.data.Dataset:
-        dataset = make_dataset(context.get_per_replica_batch_size(global_batch))
-        return dataset.shard(context.num_input_pipelines, context.input_pipeline_id).repeat()
+        def per_worker(context: tf.distribute.InputContext) -> tf.data.Dataset:
+            dataset = make_train(context.get_per_replica_batch_size(global_batch))
+            return dataset.shard(context.num_input_pipelines, context.input_pipeline_id).repeat()
 
-    return tf.keras.utils.experimental.DatasetCreator(per_worker)
-
-
-def steps_per_epoch(dist: Distribution, make_dataset: Callable[[int], tf.data.Dataset], batch_size: int) -> int | None:
-    """Steps of one epoch: the configured number, else None (one pass) -- except under parameter_server,
-    whose repeated per-worker datasets have no end, so one pass is counted here."""
-    if dist.config.steps_per_epoch:
-        return dist.config.steps_per_epoch
-    if not dist.is_parameter_server:
-        return None
-    global_batch = dist.global_batch_size(batch_size)
-    return max(1, int(make_dataset(global_batch).reduce(0, lambda count, _: count + 1)))
+        return {"x": tf.keras.utils.experimental.DatasetCreator(per_worker), "steps_per_epoch": steps}
+    return {
+        "x": with_shard_policy(make_train(global_batch).repeat(), config.shard_policy),
+        "steps_per_epoch": steps,
+        "validation_data": with_shard_policy(make_eval(eval_batch).repeat(), config.shard_policy),
+        "validation_steps": config.validation_steps or _batches(make_eval(eval_batch)),
+    }
 
 
 # --- gradient accumulation ----------------------------------------------------------------
@@ -438,6 +467,9 @@ class KeepLastCheckpoints(tf.keras.callbacks.Callback):
             self._manager.save(checkpoint_number=step)
             self._last_saved = step
 
+    def _implements_train_batch_hooks(self):
+        return bool(self._dist.config.checkpoint_every_steps)
+
     def on_train_batch_end(self, batch, logs=None):
         every = self._dist.config.checkpoint_every_steps
         if every and int(self.model.optimizer.iterations.numpy()) % every == 0:
@@ -471,10 +503,10 @@ def checkpoint_callbacks(dist: Distribution, model_run_dir: str | None, name: st
     return callbacks
 
 
-def variable_placement(model: tf.keras.Model) -> dict[str, list[str]]:
-    """Variable name -> the devices of its shards (one entry for an unsharded variable)."""
-    placement: dict[str, list[str]] = {}
-    for variable in model.variables:
-        shards = getattr(variable, "variables", None) or [variable]
-        placement.setdefault(variable.name, []).extend(shard.device for shard in shards)
-    return placement
+def embedding_placement(model: tf.keras.Model) -> dict[str, list[str]]:
+    """Embedding table name -> the devices of its shards (one entry for an unsharded table).
+
+    `model` is a two-tower or DCN model (its tables are `model.embeddings`).
+    """
+    tables = model.embeddings.table_variables()
+    return {name: [shard.device for shard in getattr(table, "variables", [table])] for name, table in tables.items()}

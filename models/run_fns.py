@@ -144,14 +144,13 @@ class _Progress(tf.keras.callbacks.Callback):
         self._name, self._batch_size = name, batch_size
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._start, self._steps = time.time(), 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._steps += 1
+        # Steps from the optimizer's counter: batch hooks are not allowed under parameter_server.
+        self._start, self._first_step = time.time(), int(self.model.optimizer.iterations.numpy())
 
     def on_epoch_end(self, epoch, logs=None):
         seconds = time.time() - self._start
-        rate = self._steps * self._batch_size / max(seconds, 1e-9)
+        steps = int(self.model.optimizer.iterations.numpy()) - self._first_step
+        rate = steps * self._batch_size / max(seconds, 1e-9)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted((logs or {}).items()))
         logging.info("%s epoch %d: %.1fs, %.0f examples/s, %s", self._name, epoch + 1, seconds, rate, shown)
         print(f"{self._name} epoch {epoch + 1}: {seconds:.1f}s, {rate:,.0f} examples/s, {shown}", flush=True)
@@ -188,23 +187,12 @@ def _fit(
             return input_fn(fn_args.eval_files, tft_output, batch, shuffle=False)
 
     distribution.enable_gradient_accumulation(model, dist.config.gradient_accumulation_steps)
-    train = distribution.training_input(dist, make_train, batch_size)
-    evaluation = None
-    if not dist.is_parameter_server:
-        eval_batch = dist.global_batch_size(batch_size) // dist.config.gradient_accumulation_steps
-        evaluation = distribution.training_input(dist, make_eval, eval_batch)
     callbacks = distribution.checkpoint_callbacks(dist, getattr(fn_args, "model_run_dir", None), name)
     callbacks.append(_Progress(name, dist.global_batch_size(batch_size)))
     if getattr(fn_args, "model_run_dir", None):
         callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"))
-    history = model.fit(
-        train,
-        validation_data=evaluation,
-        epochs=epochs,
-        steps_per_epoch=distribution.steps_per_epoch(dist, make_train, batch_size),
-        callbacks=callbacks,
-        verbose=0,
-    )
+    inputs = distribution.fit_inputs(dist, make_train, make_eval, batch_size)
+    history = model.fit(epochs=epochs, callbacks=callbacks, verbose=0, **inputs)
     return tft_output, history
 
 
@@ -219,7 +207,7 @@ def _write_training_summary(path: str, config, history, dist: distribution.Distr
             "cluster": dist.role.cluster,
             "replicas": dist.strategy.num_replicas_in_sync,
             "steps": int(model.optimizer.iterations.numpy()),
-            "variable_placement": distribution.variable_placement(model),
+            "embedding_placement": distribution.embedding_placement(model),
         }
     tf.io.gfile.makedirs(path)
     with tf.io.gfile.GFile(os.path.join(path, "training_summary.json"), "w") as f:
