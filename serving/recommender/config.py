@@ -158,6 +158,8 @@ class LimitsConfig:
     rate_per_second: float = 200.0  # per client (token bucket); over it -> 429
     burst: int = 400
     fallback_list_size: int = 500  # in-process popularity list kept for when the store is down
+    fallback_refresh_seconds: float = 300.0  # how often that list is refreshed
+    popularity_cache_seconds: float = 60.0  # recent / segment popularity cached in process this long
 
     def __post_init__(self):
         for name in ("max_k", "max_exclude", "max_body_bytes", "burst", "fallback_list_size"):
@@ -165,6 +167,8 @@ class LimitsConfig:
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"limits.{name} must be a positive integer, got {value!r}")
         _positive("limits.rate_per_second", self.rate_per_second)
+        _positive("limits.fallback_refresh_seconds", self.fallback_refresh_seconds)
+        _positive("limits.popularity_cache_seconds", self.popularity_cache_seconds)
 
 
 @dataclass

@@ -146,6 +146,10 @@ class Recommender:
         self.temperature = two_tower_temperature()  # imported here, not on the first request
         self._popular: list[tuple[str, float]] = []  # in-process fallback list (all-time counts)
         self._popular_items: dict[str, dict] = {}  # their titles and genres, for when the store is down
+        # (as_of or "live", k, window, segment) -> (expiry, list): popularity is a sum over days of events,
+        # too costly per request at scale, and it barely moves within a minute
+        self._popularity_cache: dict[tuple, tuple[float, list]] = {}
+        self._popularity_lock = threading.Lock()
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="stage")
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -177,7 +181,7 @@ class Recommender:
             while not self._stop.wait(self.config.reranking.rules_poll_seconds):
                 if self.rules.maybe_reload():
                     self.metrics.rules_reloads.labels("ok").inc()
-                if time.monotonic() - last_popular > 60:
+                if time.monotonic() - last_popular > self.config.limits.fallback_refresh_seconds:
                     self.refresh_popular()
                     last_popular = time.monotonic()
 
@@ -186,6 +190,22 @@ class Recommender:
         self._threads.append(thread)
         if self.watcher is not None:
             self.watcher.start(self.config.retrieval.version_poll_seconds)
+
+    def popular_items(self, as_of: int, k: int, window_days: float | None = None, segment: dict | None = None):
+        """The store's popular_items, cached for `limits.popularity_cache_seconds` (replays: per as_of)."""
+        live = abs(time.time() - as_of) < 60
+        key = ("live" if live else as_of, k, window_days, tuple(sorted((segment or {}).items())))
+        now = time.monotonic()
+        with self._popularity_lock:
+            hit = self._popularity_cache.get(key)
+            if hit and hit[0] > now:
+                return list(hit[1])
+        popular = self.store.popular_items(as_of, k, window_days, segment)
+        with self._popularity_lock:
+            if len(self._popularity_cache) > 10_000:
+                self._popularity_cache.clear()
+            self._popularity_cache[key] = (now + self.config.limits.popularity_cache_seconds, list(popular))
+        return list(popular)
 
     def warm_up(self, requests: int = 3) -> None:
         """A few throw-away requests so the first real one does not pay for lazy set-up (threads, ScaNN)."""
@@ -357,7 +377,7 @@ class Recommender:
         if state.user_state == COLD and self.config.cold_start.popularity_candidates:
             have = {c.item_id for c in out}
             segment = self._segment(state.query)
-            popular = self.store.popular_items(
+            popular = self.popular_items(
                 state.as_of,
                 self.config.cold_start.popularity_candidates + len(banned),
                 self.config.cold_start.popularity_window_days,
@@ -450,10 +470,10 @@ class Recommender:
         if store_ok:
             try:
                 window = self.config.cold_start.popularity_window_days
-                popular = self.store.popular_items(state.as_of, want, window)
+                popular = self.popular_items(state.as_of, want, window)
                 if len(popular) < want:
                     have = {i for i, _ in popular}
-                    popular += [p for p in self.store.popular_items(state.as_of, want) if p[0] not in have]
+                    popular += [p for p in self.popular_items(state.as_of, want) if p[0] not in have]
             except Exception as err:  # noqa: BLE001 - the store failed too: use the in-process list
                 self._fall_back(state, "popularity", err)
                 popular = []
