@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "features_commands",
     "abtest_commands",
     "service_commands",
+    "train_commands",
 )
 
 

@@ -98,7 +98,8 @@ class LocalCluster:
     def describe(self) -> str:
         if not self.worker:
             return "1 process"
-        parts = [f"{n} {kind}" for kind, n in (("chief", self.chief), ("worker", self.worker), ("ps", self.ps)) if n]
+        names = (("chief", self.chief), ("worker", self.worker), ("ps", self.ps))
+        parts = [f"{n} {kind}{'s' if n > 1 and kind == 'worker' else ''}" for kind, n in names if n]
         return f"{', '.join(parts)} ({self.strategy})"
 
 
