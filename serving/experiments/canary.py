@@ -117,10 +117,11 @@ class CanaryWatcher:
         metadata_path: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_rollback: Callable[[dict], None] | None = None,
+        on_verdict: Callable[[Verdict], None] | None = None,
     ):
         self.config, self.serving_root = config, Path(serving_root)
         self.reference, self.metadata_path = reference, metadata_path
-        self._clock, self._on_rollback = clock, on_rollback
+        self._clock, self._on_rollback, self._on_verdict = clock, on_rollback, on_verdict
         self._windows = {STABLE: _Window(config.window_seconds), CANARY: _Window(config.window_seconds)}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -184,6 +185,8 @@ class CanaryWatcher:
         """One verdict; rolls the canary back if it says so. Returns the verdict."""
         verdict = self.verdict()
         self.last_verdict = verdict
+        if self._on_verdict:
+            self._on_verdict(verdict)
         if verdict.rollback:
             canaries = self.canary_versions()
             if canaries:

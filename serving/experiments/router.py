@@ -33,6 +33,7 @@ from towerflow.serving.experiments import bucketing
 from towerflow.serving.experiments.canary import CanaryWatcher
 from towerflow.serving.experiments.config import CANARY, STABLE, ExperimentsConfig
 from towerflow.serving.experiments.event_log import ExperimentLog
+from towerflow.serving.experiments.metrics import ExperimentMetrics
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class ExperimentRouter:
         shadow_workers: int = 1,
         shadow_queue: int = 64,
         client_errors: tuple[type[BaseException], ...] = (),
+        metrics: ExperimentMetrics | None = None,
     ):
         missing = sorted(config.sources() - set(sources))
         if missing:
@@ -67,7 +69,7 @@ class ExperimentRouter:
             )
         self.config, self.sources = config, dict(sources)
         self._client_errors = client_errors  # the request's fault (a 400): re-raised, not held against a source
-        self.log, self.watcher = log_sink, watcher
+        self.log, self.watcher, self.metrics = log_sink, watcher, metrics
         self._canary_available = canary_available or (lambda: CANARY in self.sources)
         self._shadow_pool = ThreadPoolExecutor(max_workers=shadow_workers, thread_name_prefix="shadow")
         self._shadow_slots = threading.BoundedSemaphore(shadow_queue)
@@ -134,6 +136,7 @@ class ExperimentRouter:
             if error is not None:
                 raise error
             arm = f"{arm_note}->stable"
+        self._count(experiment, arm, chosen, True)
         if self.log is not None:
             self.log.impression(
                 request_id=str(response.get("request_id", "")),
@@ -157,6 +160,8 @@ class ExperimentRouter:
                 continue
             if not self._shadow_slots.acquire(blocking=False):
                 self.shadow_skipped += 1
+                if self.metrics is not None:
+                    self.metrics.shadow_skipped.inc()
                 continue
             # the shadow gets its own copy: nothing it does can reach the served request or response
             shadow_request = copy.deepcopy(request)
@@ -175,6 +180,7 @@ class ExperimentRouter:
             self.shadow_failed += 1
             log.warning("shadow %s/%s failed: %s", experiment, a.arm, error)
             return
+        self._count(experiment, a.arm, a.source, False)
         if self.log is not None:
             self.log.impression(
                 request_id=request_id,
@@ -186,6 +192,10 @@ class ExperimentRouter:
                 response=response,
                 latency_ms=latency,
             )
+
+    def _count(self, experiment: str | None, arm: str | None, source: str, served: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.impressions.labels(experiment or "", arm or "", source, str(served).lower()).inc()
 
     def record_event(self, user_id: str, item_id: str, event_type: str, **extra) -> None:
         """Logs an accepted event with the user's arms, so outcomes join to what was shown."""

@@ -36,6 +36,7 @@ from towerflow.serving import model_repository
 from towerflow.serving.experiments.canary import CanaryWatcher
 from towerflow.serving.experiments.config import CANARY, POPULARITY, STABLE, ExperimentsConfig
 from towerflow.serving.experiments.event_log import ExperimentLog
+from towerflow.serving.experiments.metrics import ExperimentMetrics
 from towerflow.serving.experiments.router import ExperimentRouter, UnknownSourceError
 from towerflow.serving.experiments.stats import ScoreReference
 from towerflow.serving.recommender.recommender import BadRequestError, Recommender
@@ -274,10 +275,14 @@ def attach(
             canary.refresh_popular()
     directory = log_dir or config.log.dir
     sink = ExperimentLog(directory, config.log) if directory else None
+    registry = getattr(base.metrics, "registry", None)  # the app's registry: /metrics shows these too
+    metrics = ExperimentMetrics(registry) if registry is not None else None
     canary_watcher = None
     if config.canary is not None:
         reference = reference or score_reference(config, serving_root)
-        canary_watcher = CanaryWatcher(config.canary, serving_root, reference, metadata_path)
+        canary_watcher = CanaryWatcher(
+            config.canary, serving_root, reference, metadata_path, on_verdict=metrics.verdict if metrics else None
+        )
         if start:
             canary_watcher.start()
     router = ExperimentRouter(
@@ -287,6 +292,7 @@ def attach(
         canary_watcher,
         canary_available=presence or (lambda: False),
         client_errors=(BadRequestError,),
+        metrics=metrics,
     )
     return Experiments(ExperimentalRecommender(base, router), router, canary_watcher, canary, sink)
 

@@ -9,6 +9,7 @@ import pytest
 from towerflow.serving.experiments import bucketing
 from towerflow.serving.experiments.config import from_dict
 from towerflow.serving.experiments.event_log import ExperimentLog, read_lines
+from towerflow.serving.experiments.metrics import ExperimentMetrics
 from towerflow.serving.experiments.router import ExperimentRouter, UnknownSourceError
 
 
@@ -93,7 +94,8 @@ def test_serving_experiment_routes_arms_and_logs_events(tmp_path):
     config = from_dict({"tests": [{"name": "ab", "holdout": 0.1, "arms": ARMS}]})
     sink = ExperimentLog(tmp_path)
     sources = {"stable": fake_source("s", 0, {"v": 1}), "popularity": fake_source("p", 5, {"v": 0})}
-    router = ExperimentRouter(config, sources, sink)
+    metrics = ExperimentMetrics()
+    router = ExperimentRouter(config, sources, sink, metrics=metrics)
     for user in range(200):
         router.recommend({"user_id": str(user), "k": 3})
         router.record_event(str(user), "7", "click", request_id="r")
@@ -103,7 +105,11 @@ def test_serving_experiment_routes_arms_and_logs_events(tmp_path):
         assert (line["experiment"], line["arm"], line["source"]) == ("ab", a.arm, a.source)
     events = read_lines(sink.events_path)
     assert len(events) == 200 and events[0]["assignments"]["ab"] in {"control", "treatment", "holdout"}
-    assert {line["arm"] for line in read_lines(sink.impressions_path)} == {"control", "treatment", "holdout"}
+    lines = read_lines(sink.impressions_path)
+    assert {line["arm"] for line in lines} == {"control", "treatment", "holdout"}
+    treated = sum(line["arm"] == "treatment" for line in lines)
+    sample = metrics.impressions.labels("ab", "treatment", "popularity", "true")._value.get()
+    assert sample == treated
 
 
 def test_canary_split_falls_back_to_stable_when_the_canary_fails_or_is_gone():
