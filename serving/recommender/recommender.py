@@ -46,7 +46,7 @@ from towerflow.serving.recommender.metrics import ServiceMetrics
 from towerflow.serving.recommender.reranking import POPULARITY, Candidate
 from towerflow.serving.recommender.rules import RulesHolder
 from towerflow.serving.recommender.search import search_top_n
-from towerflow.serving.recommender.served import ModelUnavailableError, ServedVersion, VersionWatcher, columns
+from towerflow.serving.recommender.served import ModelUnavailableError, ServedVersion, VersionWatcher
 
 log = logging.getLogger(__name__)
 
@@ -417,12 +417,9 @@ class Recommender:
         served = state.served
         if not self.config.ranking.enabled or served.ranker is None or not state.candidates:
             return
-        n = len(state.candidates)
-        inputs = {k: np.repeat(v, n, axis=0) for k, v in columns([state.query], features.QUERY_FEATURES).items()}
-        inputs.update(columns([c.item for c in state.candidates], features.CANDIDATE_FEATURES))
-        inputs.update(columns([c.pit for c in state.candidates], features.ITEM_POINT_IN_TIME_FEATURES))
         budget = self.config.budgets_ms.ranking / 1000.0
-        out = self.watcher.client.rank(inputs, served.ranker, budget)
+        rows = [{**c.item, **c.pit} for c in state.candidates]
+        out = self.watcher.client.rank(state.query, rows, served.ranker, budget)
         interaction = np.asarray(out["interaction_score"], dtype=np.float64).reshape(-1)
         weight = served.rerank_weight
         for c, s in zip(state.candidates, interaction):

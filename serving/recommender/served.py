@@ -52,6 +52,14 @@ class ModelUnavailableError(RuntimeError):
     """The model server cannot answer (down, timed out, or no served version yet)."""
 
 
+def _as_array(value) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value
+    from tensorflow import make_ndarray
+
+    return make_ndarray(value)
+
+
 def pad_lists(lists: Sequence[Sequence[str]]) -> np.ndarray:
     """List features as the signatures take them: a 2-D string array right-padded with ""."""
     width = max([len(x) for x in lists] + [1])
@@ -76,16 +84,22 @@ def columns(rows: Sequence[Mapping], keys: Sequence[str]) -> dict[str, np.ndarra
     return out
 
 
-def tensor_proto(array: np.ndarray):
-    """A TensorProto built directly (8x faster than tf.make_tensor_proto on a 300 x 20 string batch)."""
+def tensor_proto(array: np.ndarray, repeat: int = 1):
+    """A TensorProto built directly (8x faster than tf.make_tensor_proto on a 300 x 20 string batch).
+
+    `repeat` stacks the array's rows that many times (the query features of one user for N candidates)
+    by repeating the encoded values, without materialising the copies first.
+    """
     from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
-    shape = tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=s) for s in array.shape])
+    dims = (array.shape[0] * repeat, *array.shape[1:])
+    shape = tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in dims])
     if array.dtype == object:
-        values = [v.encode() if isinstance(v, str) else bytes(v) for v in array.reshape(-1)]
+        values = [v.encode() if isinstance(v, str) else bytes(v) for v in array.reshape(-1)] * repeat
         return tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_shape=shape, string_val=values)
     dtype = {np.dtype(np.int64): types_pb2.DT_INT64, np.dtype(np.float32): types_pb2.DT_FLOAT}[array.dtype]
-    return tensor_pb2.TensorProto(dtype=dtype, tensor_shape=shape, tensor_content=np.ascontiguousarray(array).tobytes())
+    content = np.ascontiguousarray(array).tobytes() * repeat
+    return tensor_pb2.TensorProto(dtype=dtype, tensor_shape=shape, tensor_content=content)
 
 
 class ModelClient:
@@ -118,10 +132,13 @@ class ModelClient:
         try:
             client = self._client(timeout)
             if self.protocol == "grpc":
-                protos = {k: tensor_proto(v) for k, v in inputs.items()}
+                protos = {k: v if not isinstance(v, np.ndarray) else tensor_proto(v) for k, v in inputs.items()}
                 return client.predict(model, protos, signature_name=signature, version=version)
             body = client.predict(
-                model, inputs={k: v.tolist() for k, v in inputs.items()}, signature_name=signature, version=version
+                model,
+                inputs={k: _as_array(v).tolist() for k, v in inputs.items()},
+                signature_name=signature,
+                version=version,
             )
             outputs = body["outputs"]
             return {k: np.asarray(v) for k, v in outputs.items()} if isinstance(outputs, dict) else {"_": outputs}
@@ -138,7 +155,14 @@ class ModelClient:
         out = self.predict(TWO_TOWER, CANDIDATE_SIGNATURE, inputs, version, timeout)
         return np.asarray(out.get(EMBEDDING, out.get("_")), dtype=np.float32).reshape(len(items), -1)
 
-    def rank(self, inputs: Mapping[str, np.ndarray], version: int, timeout: float) -> dict[str, np.ndarray]:
+    def rank(
+        self, query: Mapping, candidates: Sequence[Mapping], version: int, timeout: float
+    ) -> dict[str, np.ndarray]:
+        """One batched ranker call: the user's query features with each candidate's item features."""
+        n = len(candidates)
+        inputs: dict = columns(candidates, features.CANDIDATE_FEATURES + features.ITEM_POINT_IN_TIME_FEATURES)
+        for key, value in columns([query], features.QUERY_FEATURES).items():
+            inputs[key] = tensor_proto(value, repeat=n) if self.protocol == "grpc" else np.repeat(value, n, axis=0)
         return self.predict(RANKER, RANKER_SIGNATURE, inputs, version, timeout)
 
     def available_versions(self, model: str, timeout: float = 2.0) -> set[int]:

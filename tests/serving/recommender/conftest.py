@@ -86,10 +86,10 @@ class StandInModels:
         v = rng.normal(size=self.dim).astype(np.float32)
         return v / np.linalg.norm(v)
 
-    def rank(self, inputs, version, timeout):
+    def rank(self, query, candidates, version, timeout):
         self._check()
         self.calls["rank"] += 1
-        ids = inputs[features.ITEM_ID]
+        ids = [c[features.ITEM_ID] for c in candidates]
         return {"interaction_score": np.array([-0.1 * int(i[1:]) for i in ids], dtype=np.float32)}
 
     def available_versions(self, model, timeout=2.0):

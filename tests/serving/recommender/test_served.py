@@ -88,3 +88,12 @@ def test_columns_and_tensor_protos():
         assert np.array_equal(tf.make_ndarray(tensor_proto(value)), expected)
     with pytest.raises(KeyError):
         tensor_proto(np.array([1.0], dtype=np.float64))
+
+
+def test_tensor_proto_repeat_equals_stacking_the_rows():
+    import tensorflow as tf
+
+    hist = np.array([["a", "b", ""]], dtype=object)
+    ages = np.array([31], dtype=np.int64)
+    assert np.array_equal(tf.make_ndarray(tensor_proto(hist, repeat=4)), np.repeat(hist, 4, axis=0).astype(bytes))
+    assert tf.make_ndarray(tensor_proto(ages, repeat=3)).tolist() == [31, 31, 31]
