@@ -167,6 +167,7 @@ def _serve(args, ready: threading.Event | None = None, stop: threading.Event | N
             poll_seconds=args.poll_seconds,
             batching=batching,
             binary=binary,
+            extra=list(args.tfserving_passthrough),  # the binary's own flags we have no counterpart for
         )
         if single:
             argv = [a for a in argv if not a.startswith("--model_config_file")] + extra
@@ -211,6 +212,8 @@ def _serve(args, ready: threading.Event | None = None, stop: threading.Event | N
 
 def add_commands(subparsers) -> None:
     """Registers serve, query, push and rollback on the `towerflow` subparsers."""
+    from towerflow.serving.tfserving import add_tfserving_flags
+
     serve = subparsers.add_parser("serve", help="serve the pushed models (TF Serving if installed, else embedded)")
     serve.add_argument("--serving-root", default=DEFAULT_SERVING_ROOT, help="where `towerflow push` puts models")
     serve.add_argument("--model-config-file", default=None, help="default: <serving-root>/models.config")
@@ -226,6 +229,7 @@ def add_commands(subparsers) -> None:
     serve.add_argument("--batch-timeout-micros", type=int, default=2000)
     serve.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024)
     serve.add_argument("--max-instances", type=int, default=1024, help="rows per predict request")
+    add_tfserving_flags(serve)
     serve.set_defaults(func=_serve)
 
     query = subparsers.add_parser("query", help="send a predict / status / metadata request to a model server")

@@ -14,11 +14,10 @@ from towerflow.serving.servables import BatchingOptions
 
 
 def serve_parser() -> argparse.ArgumentParser:
-    """The CLI's own parser, with the binary's spelling added to its `serve` command."""
+    """The CLI's own parser; its `serve` command takes the binary's spelling too."""
     parser = argparse.ArgumentParser(prog="towerflow")
     subparsers = parser.add_subparsers(dest="command")
-    serving_commands.add_commands(subparsers)
-    tfserving.add_tfserving_flags(subparsers.choices["serve"])
+    serving_commands.add_commands(subparsers)  # `towerflow serve` adds tensorflow_model_server's flags itself
     return parser
 
 
@@ -229,3 +228,14 @@ def test_command_line_for_the_real_binary(tmp_path):
         "--model_config_file_poll_wait_seconds=5",
         "--allow_version_labels_for_unavailable_models=true",
     )
+
+
+def test_towerflow_serve_takes_the_binarys_flag_spelling():
+    from towerflow.cli.main import build_parser
+
+    args = build_parser().parse_args(
+        ["serve", "--rest_api_port=9001", "--model_config_file=/m/models.config", "--file_system_poll_wait_seconds=3"]
+        + ["--enable_batching", "--port=9000"]
+    )
+    assert (args.rest_api_port, args.model_config_file, args.poll_seconds) == (9001, "/m/models.config", 3.0)
+    assert args.enable_batching is True and args.port == 9000
