@@ -33,6 +33,19 @@ def _serving_root(run_dir: Path) -> Path:
     return root
 
 
+def _describe_run(run_dir: Path) -> str:
+    """What the run's ML Metadata says was pushed (the service itself reads only the serving root)."""
+    from towerflow.pipeline import mlmd
+
+    try:
+        artifacts = mlmd.latest_artifacts(str(run_dir / "metadata.sqlite"))
+    except FileNotFoundError as err:
+        return f"no lineage ({err})"
+    pushed = [key.split(".")[0] for key in artifacts if key.endswith(".pushed_model")]
+    blessing = artifacts.get("ModelEvaluator.blessing")
+    return f"pushed by {', '.join(sorted(pushed)) or 'no pusher'}; evaluation {blessing or 'none'}"
+
+
 def _redis_url_of(store) -> str:
     kwargs = store.client.connection_pool.connection_kwargs
     return f"redis://{kwargs.get('host', '127.0.0.1')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
@@ -67,6 +80,7 @@ def _service(args) -> None:
 
     run_dir = Path(args.run_dir).resolve()
     serving_root = _serving_root(run_dir)
+    print(f"Run {run_dir}: {_describe_run(run_dir)}")
     config = load_config(args.config)
     token = read_token(args.token_file)
     with contextlib.ExitStack() as stack:
