@@ -15,6 +15,8 @@
         max_p99_ratio: 2.0               # canary p99 latency / stable p99 latency
         max_psi: 0.25                    # PSI of canary scores vs the offline evaluation's score distribution
         score_reference: runs/local/score_reference.json   # that distribution (`towerflow abtest --score-reference`)
+      variants:                          # pipeline variants: the service's settings with overrides
+        relevance-only: {reranking: {diversity_lambda: 1.0, novelty_weight: 0.0, freshness_boost: 0.0}}
       tests:
         - name: ranker-v4
           salt: ranker-v4-2026-11        # a new salt re-shuffles users; two experiments never share one
@@ -25,8 +27,10 @@
             - {name: treatment, source: canary, weight: 0.5}
 
 An arm's `source` names what serves it: a model version label (`stable`,
-`canary`) or a pipeline variant the service registers (`popularity` is
-always there). The first arm is the control. At most one experiment may
+`canary`), `popularity` (always there), or a variant defined under
+`variants:` -- the service's own config sections with some values overridden,
+served from the stable models (the overrides are checked when the service
+builds the variant). The first arm is the control. At most one experiment may
 choose what is served (shadow: false), and not together with a canary share:
 both would decide the model for the same user.
 """
@@ -178,8 +182,17 @@ class ExperimentsConfig:
     tests: tuple[Experiment, ...] = ()
     canary: CanaryConfig | None = None
     log: LogConfig = field(default_factory=LogConfig)
+    variants: dict = field(default_factory=dict)  # name -> {section: {key: value}} overrides of the service config
 
     def __post_init__(self):
+        if not isinstance(self.variants, dict):
+            raise ValueError("experiments.variants must map variant names to service config overrides")
+        for name, overrides in self.variants.items():
+            _check_name("variant name", name)
+            if name in BUILTIN_SOURCES:
+                raise ValueError(f"variant name {name!r} is taken by a built-in source ({', '.join(BUILTIN_SOURCES)})")
+            if not isinstance(overrides, dict) or not all(isinstance(v, dict) for v in overrides.values()):
+                raise ValueError(f"variant {name!r} must map config sections to overrides, e.g. {{reranking: {{...}}}}")
         tests = tuple(
             t if isinstance(t, Experiment) else _build(Experiment, t, "experiments.tests[]") for t in self.tests
         )
@@ -233,9 +246,9 @@ def from_dict(section: dict | None) -> ExperimentsConfig:
     if not isinstance(section, dict):
         raise ValueError(f"experiments must be a mapping, got {type(section).__name__}")
     values = dict(section)
-    unknown = sorted(set(values) - {"tests", "canary", "log"})
+    unknown = sorted(set(values) - {"tests", "canary", "log", "variants"})
     if unknown:
-        raise ValueError(f"experiments: unknown key(s) {unknown}; known: canary, log, tests")
+        raise ValueError(f"experiments: unknown key(s) {unknown}; known: canary, log, tests, variants")
     tests = values.get("tests") or []
     if not isinstance(tests, list):
         raise ValueError("experiments.tests must be a list of experiments")
@@ -254,6 +267,7 @@ def from_dict(section: dict | None) -> ExperimentsConfig:
         tests=tuple(built),
         canary=None if canary is None else _build(CanaryConfig, canary, "experiments.canary"),
         log=_build(LogConfig, values.get("log") or {}, "experiments.log"),
+        variants=values.get("variants") or {},
     )
 
 

@@ -39,6 +39,7 @@ from towerflow.serving.experiments.event_log import ExperimentLog
 from towerflow.serving.experiments.metrics import ExperimentMetrics
 from towerflow.serving.experiments.router import ExperimentRouter, UnknownSourceError
 from towerflow.serving.experiments.stats import ScoreReference
+from towerflow.serving.recommender.config import ServiceConfig
 from towerflow.serving.recommender.recommender import BadRequestError, Recommender
 from towerflow.serving.recommender.served import RANKER, TWO_TOWER, VersionWatcher, read_evaluation
 
@@ -238,6 +239,24 @@ def score_reference(config: ExperimentsConfig, serving_root: str | Path) -> Scor
     return None
 
 
+def _merged(settings: dict, overrides: dict) -> dict:
+    out = dict(settings)
+    for key, value in overrides.items():
+        out[key] = _merged(out.get(key) or {}, value) if isinstance(value, dict) else value
+    return out
+
+
+def variant(base: Recommender, name: str, overrides: dict) -> Recommender:
+    """A Recommender with the base's store, served models and metrics, and its config with `overrides`."""
+    try:
+        config = ServiceConfig.from_dict(_merged(base.config.to_dict(), overrides))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"experiments.variants.{name}: {err}") from None
+    recommender = Recommender(base.store, base.watcher, config, base.metrics)
+    recommender.refresh_popular()
+    return recommender
+
+
 def attach(
     base: Recommender,
     config: ExperimentsConfig,
@@ -249,6 +268,8 @@ def attach(
 ) -> Experiments:
     """Wraps `base` (see the module docstring). `log_dir` defaults to config.log.dir (None: no logs)."""
     sources = {STABLE: base.recommend, POPULARITY: PopularitySource(base.store, base.config.limits.max_k)}
+    for name, overrides in config.variants.items():
+        sources[name] = variant(base, name, overrides).recommend
     canary = None
     presence = None
     if base.watcher is not None:

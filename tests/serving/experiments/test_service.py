@@ -117,3 +117,17 @@ def test_score_reference_from_file_or_missing(tmp_path):
     assert score_reference(from_dict({"canary": {}}), tmp_path) is None
     with pytest.raises(FileNotFoundError, match="score_reference"):
         score_reference(from_dict({"canary": {"score_reference": str(tmp_path / "nope.json")}}), tmp_path)
+
+
+def test_variants_are_the_service_config_with_overrides(tmp_path):
+    base = Base()
+    config = from_dict({"variants": {"relevance-only": {"reranking": {"diversity_lambda": 1.0}}}})
+    wired = attach(base, config, tmp_path, start=False)
+    served_by = wired.router.sources["relevance-only"].__self__
+    assert served_by.config.reranking.diversity_lambda == 1.0 and served_by.store is base.store
+    assert served_by.config.reranking.novelty_weight == base.config.reranking.novelty_weight
+    bad = from_dict({"variants": {"typo": {"reranking": {"diversity_lamda": 1.0}}}})
+    with pytest.raises(ValueError, match="variants.typo"):
+        attach(base, bad, tmp_path, start=False)
+    with pytest.raises(ValueError, match="taken by a built-in"):
+        from_dict({"variants": {"popularity": {}}})
