@@ -167,7 +167,7 @@ def main(argv=None) -> int:
     parser.add_argument("--run-dir", default="runs/dist", help="a `towerflow run` output dir with a Transform output")
     parser.add_argument("--steps", type=int, default=60, help="optimizer steps per epoch in the throughput runs")
     parser.add_argument("--epochs", type=int, default=2, help="epochs of the throughput runs (the last is timed)")
-    parser.add_argument("--quality-epochs", type=int, default=2)
+    parser.add_argument("--quality-epochs", type=int, default=1)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--results", default=str(RESULTS))

@@ -37,6 +37,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, get_args
@@ -58,6 +59,7 @@ CHECKPOINT_DIR = "checkpoints"  # under the Trainer's model_run_dir
 # TensorFlow's own rule of thumb for ps sharding (its ParameterServerStrategy guide): shards of at
 # least 256 KiB. On ml-100k that splits the item and user id tables and leaves the small ones whole.
 PS_MIN_SHARD_BYTES = 256 << 10
+CHIEF_EXPORT_TIMEOUT_SECONDS = 1800.0
 
 
 @dataclass
@@ -211,6 +213,18 @@ class Distribution:
         if self.is_chief:
             return path
         return tempfile.mkdtemp(prefix=f"towerflow_{self.role.task_type}{self.role.task_index}_")
+
+    def await_chief_export(self, path: str, timeout_seconds: float = CHIEF_EXPORT_TIMEOUT_SECONDS) -> None:
+        """On a non-chief: waits for the chief's SavedModel in `path`.
+
+        TFX's Trainer executor checks on every replica that the model exists once run_fn returns.
+        """
+        marker = os.path.join(path, "saved_model.pb")
+        deadline = time.time() + timeout_seconds
+        while not self.is_chief and not tf.io.gfile.exists(marker):
+            if time.time() > deadline:
+                raise RuntimeError(f"the chief wrote no model to {path} within {timeout_seconds:.0f}s")
+            time.sleep(1.0)
 
     def discard(self, path: str, written: str) -> None:
         """Deletes a non-chief's scratch output (`written` != the real `path`)."""

@@ -219,6 +219,7 @@ def _export_and_summarize(dist: distribution.Distribution, export_fn, fn_args, c
     path = dist.output_dir(fn_args.serving_model_dir)
     export_fn(path)
     dist.discard(fn_args.serving_model_dir, path)
+    dist.await_chief_export(fn_args.serving_model_dir)
     if dist.is_chief:
         _write_training_summary(fn_args.model_run_dir or fn_args.serving_model_dir, config, history, dist, model)
 

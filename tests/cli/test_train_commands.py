@@ -172,8 +172,8 @@ def test_parameter_server_splits_the_embedding_tables_over_both_ps(run_dir, offl
 def test_killed_worker_resumes_from_its_backup(run_dir, tmp_path):
     lines: list[str] = []
     output = tmp_path / "restart"
-    steps, backup_every = 60, 5
-    distribution = {"steps_per_epoch": steps, "validation_steps": 2, "backup_every_steps": backup_every}
+    steps, backup_every = 30, 3
+    distribution = {"steps_per_epoch": steps, "validation_steps": 1, "backup_every_steps": backup_every}
     outcome: dict = {}
 
     def train():
