@@ -259,3 +259,14 @@ def test_backup_and_restore_resumes_the_step_counter(tmp_path, table_sizes, make
     report = next(c for c in callbacks if isinstance(c, distribution.ResumeReport))
     assert report.initial_step == 4  # the last backup before the interruption
     assert resumed.optimizer.iterations.numpy() == 12  # 2 epochs x 6 steps: continued, not restarted
+
+
+def test_non_chief_waits_for_the_chiefs_export(tmp_path):
+    cluster = {"worker": ["h:1", "h:2"]}
+    config = DistributionConfig(strategy="multi_worker_mirrored")
+    worker = Distribution(config, ClusterRole(cluster, "worker", 1), None)
+    with pytest.raises(RuntimeError, match="the chief wrote no model"):
+        worker.await_chief_export(str(tmp_path), timeout_seconds=0.1)
+    (tmp_path / "saved_model.pb").write_bytes(b"")
+    worker.await_chief_export(str(tmp_path), timeout_seconds=0.1)
+    Distribution(config, ClusterRole(cluster, "worker", 0), None).await_chief_export(str(tmp_path / "none"), 0.1)
