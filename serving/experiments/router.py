@@ -88,6 +88,8 @@ class ExperimentRouter:
         if forced is not None:
             if forced not in self.sources:
                 raise UnknownSourceError(f"unknown source {forced!r}; this service has {sorted(self.sources)}")
+            if forced == CANARY and not self._canary_available():
+                raise UnknownSourceError("no canary version is served now (none pushed, not warmed up, or rolled back)")
             return forced, FORCED, forced
         test = self.config.serving_test
         if test is not None:

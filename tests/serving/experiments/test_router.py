@@ -129,6 +129,8 @@ def test_canary_split_falls_back_to_stable_when_the_canary_fails_or_is_gone():
         assert router.recommend({"user_id": u})["model_versions"] == {"v": 1}
     available["yes"] = False
     assert all(router.route(u)[0] == "stable" for u in canary_users)
+    with pytest.raises(UnknownSourceError, match="no canary"):
+        router.recommend({"user_id": "1"}, source="canary")
     with pytest.raises(UnknownSourceError):
         router.recommend({"user_id": "1"}, source="nope")
 
