@@ -100,9 +100,9 @@ def test_a_deleted_user_is_gone_from_the_store_the_next_ingestion_and_the_export
     from towerflow.pipeline.config import PipelineConfig
     from towerflow.pipeline.local_runner import run_local
 
-    client = standalone_server
-    url = ["--redis-url", client.url]
-    FeatureStore(_client(client), StoreConfig()).client.flushall()
+    server = standalone_server
+    url = ["--redis-url", server.url]
+    _client(server).flushall()
     counts = {}
     for row in examples:
         counts[row[features.USER_ID]] = counts.get(row[features.USER_ID], 0) + 1
@@ -113,7 +113,7 @@ def test_a_deleted_user_is_gone_from_the_store_the_next_ingestion_and_the_export
     out = tmp_path / "after_delete"
     assert main(["users", "delete", user, "--run-dir", str(out), *url]) == 0
     assert "removed from" in capsys.readouterr().out
-    store = FeatureStore(_client(client), StoreConfig())
+    store = FeatureStore(_client(server), StoreConfig())
     assert store.user_profile(user) is None and store.user_events(user) == []
 
     config = PipelineConfig(data_dir=str(ml100k_dir), pipeline_root=str(out / "pipeline_root"),
@@ -126,11 +126,11 @@ def test_a_deleted_user_is_gone_from_the_store_the_next_ingestion_and_the_export
         assert user not in {r[features.USER_ID] for r in rows}
 
     assert main(["features", "materialize", "--run-dir", str(out), *url]) == 0
-    store = FeatureStore(_client(client), StoreConfig())
+    store = FeatureStore(_client(server), StoreConfig())
     assert store.user_profile(user) is None and store.metadata["users"] == 942
 
     # Online events of others still flow to the next run; the deleted user's never do.
-    store = FeatureStore(_client(client), StoreConfig(events_dir=str(out / "serving" / "events")))
+    store = FeatureStore(_client(server), StoreConfig(events_dir=str(out / "serving" / "events")))
     other = next(u for u in counts if u != user)
     store.record_event(other, "1", "rating", rating=5)
     assert main(["features", "export-events", "--run-dir", str(out), "--out", str(tmp_path / "next")]) == 0
