@@ -150,7 +150,8 @@ class ExperimentRouter:
                 response=response,
                 latency_ms=latency,
             )
-        self._shadows(user_id, request, response)
+        if source is None:  # a forced source is a replay tool's request, not a user's: no shadow work
+            self._shadows(user_id, request, response)
         return response
 
     def _shadows(self, user_id: str, request: dict, served: dict) -> None:

@@ -67,13 +67,40 @@ def test_report_shows_difference_ci_and_p_value():
     assert ndcg.metric == "ndcg@10" and ndcg.ci_low > 0 and ndcg.p_value < 0.01
 
 
+SHADOW_ARMS = [{"name": "control", "source": "stable"}, {"name": "treatment", "source": "popularity"}]
+
+
+def _shadow_mode_keeps_the_served_list(service, run_dir) -> int:
+    """Users in the shadow experiment get exactly stable's list; their popularity list only goes to the log."""
+    import httpx
+
+    from towerflow.serving.experiments.event_log import read_lines
+
+    eval_set, _, as_of = abtest_commands.load_protocol(str(run_dir))
+    users = list(eval_set.user_ids[:40])
+    with httpx.Client(timeout=60) as client:
+        for user in users:
+            body = {"user_id": user, "k": 20, "explore": False, "context": {"timestamp": as_of}}
+            served = client.post(f"{service.url}/v1/recommend", json=body).json()
+            stable = client.post(f"{service.url}/v1/recommend", json={**body, "source": "stable"}).json()
+            assert [i["item_id"] for i in served["items"]] == [i["item_id"] for i in stable["items"]]
+            assert served["model_versions"] == stable["model_versions"]
+    service.experiments.router.drain()
+    shadows = [r for r in read_lines(service.log_dir / "impressions.jsonl") if not r["served"]]
+    assert shadows and {r["source"] for r in shadows} == {"popularity"}
+    assert {r["user_id"] for r in shadows} < set(users)
+    return len(shadows)
+
+
 @pytest.mark.e2e
 def test_ab_and_aa_replays_through_the_live_service(pipeline_run, tmp_path, capsys):
     from tests.serving.experiments.live_service import live_service
 
     config, _, _ = pipeline_run
     run_dir, serving_root = Path(config.metadata_path).parent, Path(config.serving_root)
-    with live_service(run_dir, serving_root, tmp_path / "service") as service:
+    shadow = {"tests": [{"name": "shadow-pop", "shadow": True, "arms": SHADOW_ARMS}]}
+    with live_service(run_dir, serving_root, tmp_path / "service", shadow) as service:
+        served_lists = _shadow_mode_keeps_the_served_list(service, run_dir)
         out = tmp_path / "ab.json"
         code = main(
             [
@@ -112,6 +139,7 @@ def test_ab_and_aa_replays_through_the_live_service(pipeline_run, tmp_path, caps
         aa_text = capsys.readouterr().out
         assert code == 0, aa_text
         aa = json.loads((tmp_path / "aa.json").read_text())
+    assert served_lists > 0
     print(ab_text, aa_text, sep="\n")  # kept in the test log (-s) as the measured example
     arms = ab["arms"]
     assert arms["control"]["users"] + arms["treatment"]["users"] == 166  # every ml-100k test user, split in two
