@@ -186,4 +186,7 @@ def _data(props: dict) -> dict:
     first, last = props.get("min_timestamp"), props.get("max_timestamp")
     if first is not None and last is not None:
         data["window"] = f"{_when(first)} to {_when(last)}"
+    elif len(cutoffs) == 2:
+        # what each split covers, from the cut-offs the ingestion recorded (train: everything before the first)
+        data["window"] = f"train before {_when(cutoffs[0])}; eval to {_when(cutoffs[1])}; test from then on"
     return data
