@@ -4,13 +4,23 @@ Stages (each a plain Beam transform, so it runs on the DirectRunner as well as
 on Dataflow, Flink or Spark):
 
 1. read every table as raw bytes and parse it with the dataset format's
-   reader; a row that does not parse goes to the quarantine with its reason;
-2. group interactions by item, join item features and count how often the item
-   was interacted with strictly before each interaction;
-3. group by user, join user features and build the point-in-time history with
-   the shared `models.features.history_features`;
+   reader, dropping rows of users in the deletion ledger; a row that does not
+   parse goes to the quarantine with its reason (one fused step per table
+   that emits keyed rows, ready for the shuffle);
+2. group interactions by item with the item's table row (one GroupByKey over
+   tagged values), join item features and count how often the item was
+   interacted with strictly before each interaction;
+3. group by user with the user's table row, join user features and build the
+   point-in-time history;
 4. assign the temporal split and write one TFRecord set per split, the item
    catalog, the quarantine and a JSON summary of counts and cut-offs.
+
+Steps 2 and 3 work on a whole group at once: one sort, numpy over the group
+(point_in_time.py, proven equal to `models.features`' functions, which stay
+the definition), and one batched tf.Example encoding per user and split.
+Shuffled rows are flat tuples of primitives, and counts are emitted per bundle,
+user or item, never per row. No step holds more than one user's or one item's
+rows; the split cut-offs need every timestamp (8 bytes per interaction).
 
 The graph itself raises nothing on bad data; the caller reads the summary and
 decides whether the bad-row fraction is acceptable.
@@ -26,6 +36,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import tensorflow as tf
+from apache_beam.transforms.window import GlobalWindows
 
 from towerflow.components.ingestion import point_in_time, readers
 from towerflow.components.ingestion.deletions import DeletedUsers
@@ -47,48 +58,77 @@ EXAMPLES_PREFIX = "data_tfrecord"
 # --- parsing -----------------------------------------------------------------
 
 
+# Tags of the two kinds of value grouped under one key (an item's or a user's).
+_ROW, _TABLE_ROW = 0, 1
+
+
+def _keyed(table: str, row: readers.Row):
+    """The shuffle element of a parsed row: interactions by item, users by user, items by item."""
+    if table == "interactions":
+        # a flat tuple of primitives: Beam's fast coder shuffles it without pickling
+        return row.item_id, (_ROW, (row.user_id, row.timestamp, row.rating))
+    if table == "users":
+        return row.user_id, (_TABLE_ROW, row)
+    return row.item_id, (_TABLE_ROW, row)
+
+
 class _ParseTable(beam.DoFn):
-    """Parses raw lines of one table; malformed ones go to the `malformed` output."""
+    """Parses the raw lines of one table into keyed shuffle elements, in one fused step.
+
+    Blank lines are skipped; a malformed line goes to `malformed` with its
+    reason; a row of a user in the deletion ledger is dropped and its user id
+    goes to `deleted`. Lines are counted per bundle (one count element per
+    bundle on `counts`, not one per line).
+    """
 
     MALFORMED = "malformed"
+    DELETED = "deleted"
+    COUNTS = "counts"
 
-    def __init__(self, spec: readers.TableSpec, table: str):
+    def __init__(self, spec: readers.TableSpec, table: str, deleted_users: DeletedUsers | None):
         self._spec = spec
         self._table = table
+        self._deleted = deleted_users if table != "items" else None
+        self._lines = 0
+
+    def start_bundle(self):
+        self._lines = 0
 
     def process(self, raw: bytes):
+        # Blank lines (a trailing newline at the end of a hand-edited file) are not rows.
+        if not raw.strip():
+            return
+        self._lines += 1
         try:
-            yield readers.parse_raw_line(self._spec, raw)
+            row = readers.parse_raw_line(self._spec, raw)
         except readers.MalformedRow as err:
             yield beam.pvalue.TaggedOutput(
                 self.MALFORMED,
                 {"table": self._table, "reason": err.reason, "line": raw.decode("utf-8", errors="replace")},
             )
+            return
+        if self._deleted is not None and self._deleted.excluded(row.user_id):
+            yield beam.pvalue.TaggedOutput(self.DELETED, row.user_id)
+            return
+        yield _keyed(self._table, row)
+
+    def finish_bundle(self):
+        if self._lines:
+            yield beam.pvalue.TaggedOutput(
+                self.COUNTS, GlobalWindows.windowed_value((f"lines:{self._table}", self._lines))
+            )
 
 
-def _read_table(pipeline, data_dir: str, spec: readers.TableSpec, table: str):
+def _read_table(pipeline, data_dir: str, spec: readers.TableSpec, table: str, deleted_users: DeletedUsers | None):
+    """(keyed rows, malformed rows, line counts, deleted user ids) of one table."""
     path = os.path.join(data_dir, spec.filename)
     lines = pipeline | f"Read{table.title()}" >> beam.io.ReadFromText(
         path, coder=beam.coders.BytesCoder(), skip_header_lines=spec.header_lines, strip_trailing_newlines=True
     )
-    # Blank lines (a trailing newline at the end of a hand-edited file) are not rows.
-    lines = lines | f"DropBlank{table.title()}" >> beam.Filter(lambda raw: raw.strip() != b"")
-    parsed = lines | f"Parse{table.title()}" >> beam.ParDo(_ParseTable(spec, table)).with_outputs(
-        _ParseTable.MALFORMED, main="rows"
+    parsed = lines | f"Parse{table.title()}" >> beam.ParDo(_ParseTable(spec, table, deleted_users)).with_outputs(
+        _ParseTable.MALFORMED, _ParseTable.DELETED, _ParseTable.COUNTS, main="rows"
     )
-    line_count = _count(lines, f"Lines{table.title()}", lambda _: f"lines:{table}")
-    return parsed.rows, parsed[_ParseTable.MALFORMED], line_count
-
-
-def _drop_deleted(rows, deleted_users: DeletedUsers, table: str):
-    """(rows of users not in the ledger, ids of the users whose rows were dropped)."""
-    kept = rows | f"DropDeleted{table}" >> beam.Filter(lambda r: not deleted_users.excluded(r.user_id))
-    dropped = (
-        rows
-        | f"Deleted{table}" >> beam.Filter(lambda r: deleted_users.excluded(r.user_id))
-        | f"DeletedIds{table}" >> beam.Map(lambda r: r.user_id)
-    )
-    return kept, dropped
+    return parsed.rows, parsed[_ParseTable.MALFORMED], parsed[_ParseTable.COUNTS], parsed[_ParseTable.DELETED]
 
 
 # --- split cut-offs ----------------------------------------------------------
@@ -154,18 +194,19 @@ class _JoinItem(beam.DoFn):
 
     UNKNOWN_ITEM = "unknown_item"
     TIMESTAMPS = "timestamps"
+    SEEN_ITEMS = "seen_items"
 
     def __init__(self, require_known_items: bool):
         self._require_known = require_known_items
 
     def process(self, element):
-        item_id, grouped = element
-        interactions = list(grouped["interactions"])  # (user_id, timestamp, rating)
+        item_id, values = element
+        interactions, items = _untag(values)  # interactions: (user_id, timestamp, rating)
         if not interactions:
             return
         timestamps = np.fromiter((r[1] for r in interactions), dtype=np.int64, count=len(interactions))
         yield beam.pvalue.TaggedOutput(self.TIMESTAMPS, timestamps)
-        items = list(grouped["items"])
+        yield beam.pvalue.TaggedOutput(self.SEEN_ITEMS, item_id)
         item = items[0] if items else None
         if item is None and self._require_known:
             for user_id, ts, rating in interactions:
@@ -184,8 +225,15 @@ class _JoinItem(beam.DoFn):
         recent = popularity[F.ITEM_RECENT_COUNT].tolist()
         days_first = popularity[F.ITEM_DAYS_SINCE_FIRST].tolist()
         for k, (user_id, ts, rating) in enumerate(interactions):
-            # a flat tuple of primitives: Beam's fast coder shuffles it without pickling
-            yield user_id, (ts, item_id, rating, prior[k], recent[k], days_first[k], title, genres, year)
+            yield user_id, (_ROW, (ts, item_id, rating, prior[k], recent[k], days_first[k], title, genres, year))
+
+
+def _untag(values) -> tuple[list, list]:
+    """(rows, table rows) of one key's grouped values."""
+    rows, table_rows = [], []
+    for tag, value in values:
+        (rows if tag == _ROW else table_rows).append(value)
+    return rows, table_rows
 
 
 # Positions in the joined row _JoinItem emits.
@@ -207,12 +255,11 @@ class _BuildUserExamples(beam.DoFn):
         self._history_length = history_length
 
     def process(self, element, cutoffs=None):
-        user_id, grouped = element
-        joined = list(grouped["interactions"])
+        user_id, values = element
+        joined, users = _untag(values)
         if not joined:
             return
         yield beam.pvalue.TaggedOutput(self.COUNTS, ("num_users", 1))
-        users = list(grouped["users"])
         user_features = _user_feature_dict(users[0] if users else None)
         n = len(joined)
         timestamps = np.fromiter((j[_TS] for j in joined), dtype=np.int64, count=n)
@@ -371,43 +418,25 @@ def build_ingestion(
     interactions and the users table alike, and counted as `deleted_users_excluded`.
     """
     specs = {table: readers.resolve_spec(data_dir, fmt_name, table) for table in readers.TABLES}
-    interactions, bad_interactions, line_count = _read_table(pipeline, data_dir, specs["interactions"], "interactions")
-    malformed = [bad_interactions]
-    counts = [line_count]
-    dropped_users = []
-    if deleted_users is not None:
-        interactions, dropped = _drop_deleted(interactions, deleted_users, "Interactions")
+    malformed, counts, dropped_users, keyed = [], [], [], {}
+    for table in readers.TABLES:
+        if specs[table] is None:
+            keyed[table] = pipeline | f"No{table.title()}" >> beam.Create([])
+            continue
+        rows, bad, line_counts, dropped = _read_table(pipeline, data_dir, specs[table], table, deleted_users)
+        keyed[table] = rows
+        malformed.append(bad)
+        counts.append(line_counts)
         dropped_users.append(dropped)
 
-    if specs["items"] is not None:
-        items, bad_items, line_count = _read_table(pipeline, data_dir, specs["items"], "items")
-        malformed.append(bad_items)
-        counts.append(line_count)
-        keyed_items = items | "KeyItems" >> beam.Map(lambda it: (it.item_id, it))
-    else:
-        keyed_items = pipeline | "NoItems" >> beam.Create([])
-    if specs["users"] is not None:
-        users, bad_users, line_count = _read_table(pipeline, data_dir, specs["users"], "users")
-        if deleted_users is not None:
-            users, dropped = _drop_deleted(users, deleted_users, "Users")
-            dropped_users.append(dropped)
-        malformed.append(bad_users)
-        counts.append(line_count)
-        keyed_users = users | "KeyUsers" >> beam.Map(lambda u: (u.user_id, u))
-    else:
-        keyed_users = pipeline | "NoUsers" >> beam.Create([])
-
-    by_item = {
-        "interactions": interactions
-        | "KeyByItem" >> beam.Map(lambda r: (r.item_id, (r.user_id, r.timestamp, r.rating))),
-        "items": keyed_items,
-    }
+    # Items with their interactions: one GroupByKey over tagged values (an item-table row and interactions).
     item_joined = (
-        by_item
-        | "GroupByItem" >> beam.CoGroupByKey()
+        (keyed["interactions"], keyed["items"])
+        | "ItemsAndInteractions" >> beam.Flatten()
+        | "GroupByItem" >> beam.GroupByKey()
         | "JoinItems"
         >> beam.ParDo(_JoinItem(require_known_items=specs["items"] is not None)).with_outputs(
-            _JoinItem.UNKNOWN_ITEM, _JoinItem.TIMESTAMPS, main="joined"
+            _JoinItem.UNKNOWN_ITEM, _JoinItem.TIMESTAMPS, _JoinItem.SEEN_ITEMS, main="joined"
         )
     )
     malformed.append(item_joined[_JoinItem.UNKNOWN_ITEM])
@@ -418,8 +447,11 @@ def build_ingestion(
         cutoffs = item_joined[_JoinItem.TIMESTAMPS] | "Cutoffs" >> beam.CombineGlobally(
             _ExactQuantiles(split.fractions)
         )
-    by_user = {"interactions": item_joined.joined, "users": keyed_users}
-    grouped = by_user | "GroupByUser" >> beam.CoGroupByKey()
+    grouped = (
+        (item_joined.joined, keyed["users"])
+        | "UsersAndInteractions" >> beam.Flatten()
+        | "GroupByUser" >> beam.GroupByKey()
+    )
     build = _BuildUserExamples(split, history_length)
     side = {"cutoffs": beam.pvalue.AsSingleton(cutoffs)} if cutoffs is not None else {}
     examples = grouped | "BuildExamples" >> beam.ParDo(build, **side).with_outputs(_BuildUserExamples.COUNTS, *SPLITS)
@@ -433,16 +465,13 @@ def build_ingestion(
 
     # The catalog is the item table when there is one, else the items seen in logs.
     if specs["items"] is not None:
-        catalog = items | "CatalogRecords" >> beam.Map(_catalog_record)
+        catalog = keyed["items"] | "CatalogRecords" >> beam.Map(lambda kv: _catalog_record(kv[1][1]))
     else:
-        catalog = (
-            interactions
-            | "ItemIds" >> beam.Map(lambda r: r.item_id)
-            | "DistinctItems" >> beam.Distinct()
-            | "BareItems" >> beam.Map(lambda i: {F.ITEM_ID: i, **_item_feature_dict(None)})
+        catalog = item_joined[_JoinItem.SEEN_ITEMS] | "BareItems" >> beam.Map(
+            lambda i: {F.ITEM_ID: i, **_item_feature_dict(None)}
         )
     counts.append(_count(catalog, "Catalog", lambda _: "num_items"))
-    if dropped_users:
+    if deleted_users is not None:
         deleted_ids = dropped_users | "AllDeletedUsers" >> beam.Flatten() | "DistinctDeleted" >> beam.Distinct()
         counts.append(_count(deleted_ids, "DeletedUsers", lambda _: "deleted_users_excluded"))
     _ = (
