@@ -26,6 +26,7 @@ import argparse
 import concurrent.futures
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -361,6 +362,7 @@ def main(argv=None) -> int:
             except subprocess.TimeoutExpired:
                 p.kill()
         redis_server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)  # the 1M world is ~1 GB of Redis files and index copies
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
