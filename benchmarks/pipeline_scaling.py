@@ -145,7 +145,7 @@ def measure_command(argv: list[str], log_path: Path, split_progress: bool) -> li
     """Runs `argv`, logging its output; one Stage per component (progress lines) or one for the whole command."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     started = time.monotonic()
-    with open(log_path, "a", encoding="utf-8") as log:
+    with open(log_path, "a", encoding="utf-8", buffering=1) as log:
         log.write(f"$ {' '.join(argv)}\n")
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
         sampler = TreeSampler(proc.pid)
