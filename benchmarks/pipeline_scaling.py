@@ -72,6 +72,9 @@ class Stage:
     wall: float = 0.0
     cpu: float = 0.0
     peak_rss: int = 0
+    # set when the component finished within one progress poll: it is charged the time since the previous
+    # stage ended (for the first component, the run's start-up too)
+    unobserved_start: bool = False
 
 
 @dataclass
@@ -181,7 +184,8 @@ def measure_command(argv: list[str], log_path: Path, split_progress: bool) -> li
                     # finished within one progress poll: it ran since the previous stage ended
                     current = (match["name"], *last_mark, sampler.rss)
                 name, wall0, cpu0, rss = current
-                stages.append(Stage(name, now - wall0, cpu - cpu0, max(rss, sampler.rss)))
+                unobserved = (wall0, cpu0) == last_mark
+                stages.append(Stage(name, now - wall0, cpu - cpu0, max(rss, sampler.rss), unobserved))
                 current, last_mark = None, (now, cpu)
         code = proc.wait()
         tracker.join()
@@ -304,13 +308,17 @@ def format_results(results: list[SizeResult], command: str) -> str:
     for r in results:
         for s in [*r.stages, r.total]:
             rate = f"{r.size.interactions / s.wall:,.0f}" if s.wall >= MIN_SECONDS else "-"
-            name = f"**{s.name}**" if s.name == "total" else s.name
+            name = f"**{s.name}**" if s.name == "total" else s.name + (" (*)" if s.unobserved_start else "")
             lines.append(f"| {r.size.name} | {name} | {s.wall:.1f} | {s.cpu:.1f} | {_gb(s.peak_rss)} | {rate} |")
     lines += [
         "",
+        "(*) finished within one progress poll (1 s), so it is charged the time since the previous stage ended "
+        "(the first one, the run's start-up: imports and building the pipeline). "
         "`other` is the run's time outside components (start-up, building the pipeline, the runner between "
         "components); `total` is the whole `towerflow run` plus `towerflow evaluate`, without `synth` (making the "
-        "data is not part of the pipeline). rows/s is input interactions / wall seconds; "
+        "data is not part of the pipeline). Peak RSS sums the RSS of the run's process tree (the runner and its "
+        "Beam workers), so pages they share count once per process: an upper bound. "
+        "rows/s is input interactions / wall seconds; "
         f"'-' below {MIN_SECONDS:.0f} s.",
     ]
     if len(results) > 1:
@@ -356,10 +364,11 @@ def format_results(results: list[SizeResult], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _load_result(raw: dict) -> SizeResult:
+def _load_result(raw: dict, unobserved: frozenset[str] = frozenset({"ImportSchemaGen"})) -> SizeResult:
+    """A SizeResult from its json; `unobserved` marks stages of older json files that lack the flag."""
     return SizeResult(
         Size(**raw["size"]),
-        [Stage(**stage) for stage in raw["stages"]],
+        [Stage(**{"unobserved_start": stage["name"] in unobserved, **stage}) for stage in raw["stages"]],
         raw["lock_wait"],
         tuple(raw["load_before"]),
         tuple(raw["load_after"]),
