@@ -13,10 +13,10 @@ growth exponent of a stage between two sizes is log(t2 / t1) / log(n2 / n1):
 1 is linear, about 1.1 is n log n at these sizes, 2 is quadratic.
 
 The table goes to stdout and to benchmarks/results/pipeline_scaling.md (or
---results), with the machine described. `--lock FILE` holds an flock on FILE
-while each size runs (not while it waits), so a shared machine's other heavy
-jobs run between sizes instead of during one; the time spent waiting is
-reported.
+--results), with the machine described. `--lock FILE` takes an flock on FILE
+before the first size and holds it to the end, so a shared machine's other
+heavy jobs neither run during a measurement nor get in between the sizes of
+one run; the time spent waiting for it is reported.
 """
 
 from __future__ import annotations
@@ -206,39 +206,30 @@ def measure_command(argv: list[str], log_path: Path, split_progress: bool) -> li
     return [*stages, other]
 
 
-def run_size(size: Size, work_dir: Path, train: bool, lock: str | None, keep: bool) -> SizeResult:
+def run_size(size: Size, work_dir: Path, train: bool, keep: bool) -> SizeResult:
     data_dir = work_dir / f"data-{size.name}"
     out_dir = work_dir / f"scale-{size.name}"
     log_path = work_dir / f"scale-{size.name}.log"
     result = SizeResult(size)
-    waited = time.monotonic()
-    lock_file = open(lock, "a") if lock else None  # noqa: SIM115 - held for the whole size
-    try:
-        if lock_file:
-            fcntl.flock(lock_file, fcntl.LOCK_EX)
-        result.lock_wait = time.monotonic() - waited
-        result.load_before = os.getloadavg()
-        shutil.rmtree(out_dir, ignore_errors=True)
-        if not (data_dir / "interactions.csv").is_file():
-            synth = measure_command(
-                [TOWERFLOW, "data", "synth", "--users", str(size.users), "--items", str(size.items)]
-                + ["--interactions", str(size.interactions), "--out", str(data_dir)],
-                log_path,
-                split_progress=False,
-            )
-            result.stages.append(Stage("synth", synth[0].wall, synth[0].cpu, synth[0].peak_rss))
-        run = [TOWERFLOW, "run", "--data-dir", str(data_dir), "--output-dir", str(out_dir), "--no-push"]
-        result.stages += measure_command(run + ([] if train else ["--no-train"]), log_path, split_progress=True)
-        if train:
-            [evaluate] = measure_command(
-                [TOWERFLOW, "evaluate", "--output-dir", str(out_dir)], log_path, split_progress=False
-            )
-            evaluate.name = "evaluate"
-            result.stages.append(evaluate)
-        result.load_after = os.getloadavg()
-    finally:
-        if lock_file:
-            lock_file.close()
+    result.load_before = os.getloadavg()
+    shutil.rmtree(out_dir, ignore_errors=True)
+    if not (data_dir / "interactions.csv").is_file():
+        synth = measure_command(
+            [TOWERFLOW, "data", "synth", "--users", str(size.users), "--items", str(size.items)]
+            + ["--interactions", str(size.interactions), "--out", str(data_dir)],
+            log_path,
+            split_progress=False,
+        )
+        result.stages.append(Stage("synth", synth[0].wall, synth[0].cpu, synth[0].peak_rss))
+    run = [TOWERFLOW, "run", "--data-dir", str(data_dir), "--output-dir", str(out_dir), "--no-push"]
+    result.stages += measure_command(run + ([] if train else ["--no-train"]), log_path, split_progress=True)
+    if train:
+        [evaluate] = measure_command(
+            [TOWERFLOW, "evaluate", "--output-dir", str(out_dir)], log_path, split_progress=False
+        )
+        evaluate.name = "evaluate"
+        result.stages.append(evaluate)
+    result.load_after = os.getloadavg()
     if not keep:
         shutil.rmtree(out_dir, ignore_errors=True)
     return result
@@ -383,7 +374,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--work-dir", default="runs/scaling", help="synthetic data and runs go here")
     parser.add_argument("--results", default="benchmarks/results/pipeline_scaling.md")
-    parser.add_argument("--lock", default=None, help="flock this file while each size runs (shared machines)")
+    parser.add_argument("--lock", default=None, help="flock this file for the whole run (shared machines)")
     parser.add_argument("--keep-runs", action="store_true", help="keep each size's pipeline outputs")
     parser.add_argument("--command", default=None, help="with --render: the command that measured the json")
     parser.add_argument("--render", default=None, help="only re-render the table from a pipeline_scaling.json")
@@ -398,9 +389,16 @@ def main(argv: list[str] | None = None) -> None:
     work_dir.mkdir(parents=True, exist_ok=True)
     print("\n".join(machine_lines()), flush=True)
     results = []
+    waited = time.monotonic()
+    lock_file = open(args.lock, "a") if args.lock else None  # noqa: SIM115 - held until the process ends
+    if lock_file:
+        print(f"waiting for {args.lock}", flush=True)
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+    lock_wait = time.monotonic() - waited
     for name in args.sizes:
         print(f"size {name}: running (log: {work_dir / f'scale-{name}.log'})", flush=True)
-        result = run_size(SIZES[name], work_dir, train=not args.no_train, lock=args.lock, keep=args.keep_runs)
+        result = run_size(SIZES[name], work_dir, train=not args.no_train, keep=args.keep_runs)
+        result.lock_wait = lock_wait if not results else 0.0
         results.append(result)
         with open(work_dir / "pipeline_scaling.json", "w") as f:
             json.dump([asdict(r) for r in results], f, indent=1)
