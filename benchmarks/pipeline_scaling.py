@@ -345,6 +345,9 @@ def format_results(results: list[SizeResult], command: str) -> str:
                 f"- {r.size.name}: peak RSS {peak:.2f} GB, goal <= {rss_goal:.0f} GB: "
                 + ("met" if peak <= rss_goal else f"missed by {peak - rss_goal:.2f} GB")
             )
+    measured = {r.size.name for r in results}
+    for name in sorted(set(GOAL_SECONDS) - measured, key=lambda n: SIZES[n].interactions):
+        lines.append(f"- {name}: not measured in this run, so its goals are neither met nor missed here")
     lines += ["", "## Conditions", ""]
     for r in results:
         lines.append(
