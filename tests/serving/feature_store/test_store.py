@@ -192,3 +192,20 @@ def test_keys_of_one_user_or_item_share_a_cluster_slot(backend, tiny):
             len({client.keyslot(key) for key in (k.day_events(day), k.day_counts(day), k.day_counts(day, "g:F"))}) == 1
         )
     assert client.exists(k.profile("u1"), k.history("u1"), k.item("i1"), k.item_times("i1")) == 4
+
+
+@pytest.mark.parametrize("size", [0, 1, 5, 300, 25_000])
+def test_popularity_stand_ins_give_what_the_real_timestamps_give(size):
+    """The counts the store reads (before the window, in it, first timestamp) through the one function equal
+    the function on the real sorted timestamps; 25,000 takes the lazy-sequence path."""
+    from towerflow.serving.feature_store.store import FeatureStore
+
+    rng = np.random.default_rng(size)
+    timestamps = sorted(int(t) for t in rng.integers(0, 200 * 86400, size))
+    window = int(features.RECENT_WINDOW_DAYS * features.SECONDS_PER_DAY)
+    for as_of in [0, 1, 100 * 86400, 150 * 86400 + 7, 300 * 86400, *timestamps[:3], *timestamps[-3:]]:
+        before = [t for t in timestamps if t < as_of]
+        n_old = sum(t < as_of - window for t in before)
+        first = timestamps[0] if timestamps else None
+        got = FeatureStore._popularity(n_old, len(before) - n_old, first, as_of)
+        assert got == features.item_features_at(timestamps, as_of), (size, as_of)
