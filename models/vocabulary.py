@@ -43,13 +43,18 @@ class VocabularyLimits:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
     @classmethod
-    def from_custom_config(cls, custom_config: Mapping | None) -> VocabularyLimits:
-        """The limits in Transform's custom_config (under VOCABULARY_CONFIG_KEY), defaults when absent."""
-        settings = dict((custom_config or {}).get(VOCABULARY_CONFIG_KEY) or {})
+    def from_settings(cls, settings: Mapping | None) -> VocabularyLimits:
+        """Limits from a dict of field values (a config's overrides); unknown names are a clear error."""
+        settings = dict(settings or {})
         unknown = sorted(set(settings) - set(cls.__dataclass_fields__))
         if unknown:
             raise ValueError(f"unknown vocabulary settings {unknown}; known: {sorted(cls.__dataclass_fields__)}")
         return cls(**settings)
+
+    @classmethod
+    def from_custom_config(cls, custom_config: Mapping | None) -> VocabularyLimits:
+        """The limits in Transform's custom_config (under VOCABULARY_CONFIG_KEY), defaults when absent."""
+        return cls.from_settings((custom_config or {}).get(VOCABULARY_CONFIG_KEY))
 
     def settings(self) -> dict:
         """JSON-ready, for Transform's custom_config[VOCABULARY_CONFIG_KEY]."""

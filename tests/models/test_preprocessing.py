@@ -190,5 +190,8 @@ def test_vocabulary_limits_are_validated():
         VocabularyLimits(item_top_k=0)
     with pytest.raises(ValueError, match="user_min_count must be an integer >= 1"):
         VocabularyLimits(user_min_count=0)
+    assert VocabularyLimits.from_settings({"item_top_k": 7}).item_top_k == 7
+    with pytest.raises(ValueError, match="unknown vocabulary settings"):
+        VocabularyLimits.from_settings({"item_topk": 7})
     with pytest.raises(ValueError, match="unknown vocabulary settings"):
         VocabularyLimits.from_custom_config({VOCABULARY_CONFIG_KEY: {"top_k": 5}})
