@@ -18,6 +18,7 @@ benchmarks/results/feature_store.md.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import resource
 import sys
@@ -140,6 +141,7 @@ def measure(name: str, rows, n_reads: int, n_events: int) -> dict:
             threaded = _events_per_second(store, sample_users, item_ids, n_events, threads=8)
             return {
                 "name": name,
+                "load": os.getloadavg()[0],
                 "users": summary.users,
                 "items": summary.items,
                 "events": summary.events,
@@ -201,14 +203,16 @@ def write_results(rows: list[dict], args) -> str:
         f"{args.synthetic_users} --synthetic-items {args.synthetic_items} --events-per-user {args.events_per_user}`",
         "",
         "| store | users | items | events | materialize (s) | Redis memory (MiB) | client peak RSS (MiB) "
-        "| user features p50 / p99 (ms) | 100 items p50 / p99 (ms) | events/s 1 client | events/s 8 threads |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| user features p50 / p99 (ms) | 100 items p50 / p99 (ms) | events/s 1 client | events/s 8 threads "
+        "| load avg (1 min) at the end |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['name']} | {r['users']:,} | {r['items']:,} | {r['events']:,} | {r['materialize_s']:.1f} "
             f"| {r['redis_mib']:,.0f} | {r['client_peak_mib']:,.0f} | {r['user_p50']:.2f} / {r['user_p99']:.2f} "
-            f"| {r['items_p50']:.2f} / {r['items_p99']:.2f} | {r['events_1']:,.0f} | {r['events_8']:,.0f} |"
+            f"| {r['items_p50']:.2f} / {r['items_p99']:.2f} | {r['events_1']:,.0f} | {r['events_8']:,.0f} "
+            f"| {r['load']:.1f} |"
         )
     lines += [
         "",
@@ -219,6 +223,8 @@ def write_results(rows: list[dict], args) -> str:
         f"Synthetic: {args.events_per_user} events per user (popularity-skewed items, one year of timestamps), "
         "streamed into the store.",
     ]
+    if args.note:
+        lines += ["", args.note]
     return "\n".join(lines) + "\n"
 
 
@@ -231,6 +237,7 @@ def main() -> None:
     parser.add_argument("--reads", type=int, default=3000, help="timed reads per measurement")
     parser.add_argument("--events", type=int, default=2000, help="events per events/s measurement")
     parser.add_argument("--skip-synthetic", action="store_true")
+    parser.add_argument("--note", default="", help="a sentence about the conditions, added to the results")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
     print(f"Machine: {machine.cpu_model()}, {machine.cores()} cores, {machine.memory_gib()}")
