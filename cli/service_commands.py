@@ -73,15 +73,20 @@ def _ensure_materialized(store, run_dir: Path) -> None:
 def _service(args) -> None:
     import uvicorn
 
+    from towerflow.serving.experiments import config as experiments_config
+    from towerflow.serving.experiments.service import attach
     from towerflow.serving.feature_store import open_store
     from towerflow.serving.recommender.app import create_app, read_token
     from towerflow.serving.recommender.config import load_config
     from towerflow.serving.recommender.runner import build_recommender
+    from towerflow.serving.web import create_router, example_users
+    from towerflow.serving.web.lineage import LineageSummary
 
     run_dir = Path(args.run_dir).resolve()
     serving_root = _serving_root(run_dir)
     print(f"Run {run_dir}: {_describe_run(run_dir)}")
     config = load_config(args.config)
+    experiments = experiments_config.load(args.config) if args.config else experiments_config.ExperimentsConfig()
     token = read_token(args.token_file)
     with contextlib.ExitStack() as stack:
         grpc_target, rest_url = args.model_server, args.model_server_rest
@@ -98,7 +103,12 @@ def _service(args) -> None:
         recommender = build_recommender(store, serving_root, grpc_target, rest_url, config)
         stack.callback(recommender.close)
         served = recommender.watcher.current
-        app = create_app(recommender, token)
+        metadata = str(run_dir / "metadata.sqlite")
+        wired = attach(recommender, experiments, serving_root, experiments.log.dir or run_dir / "experiments", metadata)
+        stack.callback(wired.close)
+        examples = example_users(store, [str(u) for u in range(1, 201)])
+        web = create_router(LineageSummary(metadata, serving_root), token, examples=examples)
+        app = create_app(wired.recommender, token, routers=[web])
         models = served.versions if served else f"not loaded yet ({recommender.watcher.last_error})"
         auth = "set" if token else "NOT set: state-changing endpoints refuse"
         print(

@@ -273,12 +273,6 @@ def attach(
     canary = None
     presence = None
     if base.watcher is not None:
-        if not isinstance(base.watcher, LabelledVersionWatcher):
-            log.warning(
-                "the base recommender follows the highest loaded version, which is the canary while one is "
-                "pushed; build it with LabelledVersionWatcher(label='stable') so stable stays stable"
-            )
-        presence = _CanaryPresence(serving_root)
         watcher = LabelledVersionWatcher(
             serving_root,
             base.watcher.client,

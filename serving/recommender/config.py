@@ -188,7 +188,8 @@ class ServiceConfig:
         if not isinstance(values, dict):
             raise ValueError(f"the service config must be a mapping of sections, got {type(values).__name__}")
         sections = {f.name: f.default_factory for f in dataclasses.fields(cls)}
-        unknown = set(values) - set(sections)
+        # `experiments:` is read and validated by serving/experiments/config.py
+        unknown = set(values) - set(sections) - {"experiments"}
         if unknown:
             raise ValueError(f"unknown config section(s) {sorted(unknown)}; known: {sorted(sections)}")
         built = {}

@@ -230,7 +230,8 @@ class VersionWatcher:
             state = model_repository.model_state(self.serving_root, model)
         except ValueError:
             return None, None
-        return state.default_version, state.base_path
+        # the stable label, not the highest loaded version: while a canary is pushed that would be the canary
+        return state.labels.get(model_repository.STABLE, state.default_version), state.base_path
 
     def _load_index(self, version: int, version_dir: Path) -> tuple[ScannIndex, str]:
         index_dir = model_repository.extras_dir(version_dir) / INDEX_EXTRA
