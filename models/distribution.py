@@ -319,7 +319,7 @@ def fit_inputs(
 ) -> dict:
     """`Model.fit` arguments for the training and validation data; `make_*(batch)` build the datasets.
 
-    * none: the datasets as they are, one pass per epoch (or `steps_per_epoch`).
+    * none: the datasets as they are, one pass per epoch (or `steps_per_epoch` of the repeated data).
     * mirrored, multi_worker_mirrored, tpu: each worker reads its shard (`shard_policy`), repeated,
       for the steps of one pass over all data -- shards of unequal size would otherwise hand some
       workers empty batches at the end, which in-batch softmax losses cannot take.
@@ -330,9 +330,11 @@ def fit_inputs(
     global_batch = dist.global_batch_size(batch_size)
     eval_batch = global_batch // config.gradient_accumulation_steps
     if not config.distributed:
+        # A fixed number of steps reads on across passes; without one, each epoch is one pass (as always).
+        train, evaluation = make_train(global_batch), make_eval(eval_batch)
         return {
-            "x": make_train(global_batch),
-            "validation_data": make_eval(eval_batch),
+            "x": train.repeat() if config.steps_per_epoch else train,
+            "validation_data": evaluation.repeat() if config.validation_steps else evaluation,
             "steps_per_epoch": config.steps_per_epoch or None,
             "validation_steps": config.validation_steps or None,
         }
