@@ -270,3 +270,16 @@ def test_non_chief_waits_for_the_chiefs_export(tmp_path):
     (tmp_path / "saved_model.pb").write_bytes(b"")
     worker.await_chief_export(str(tmp_path), timeout_seconds=0.1)
     Distribution(config, ClusterRole(cluster, "worker", 0), None).await_chief_export(str(tmp_path / "none"), 0.1)
+
+
+def test_steps_per_epoch_reads_on_across_passes(table_sizes, make_dataset):
+    dist = Distribution(
+        DistributionConfig(steps_per_epoch=4, validation_steps=1), ClusterRole(), tf.distribute.get_strategy()
+    )
+    inputs = distribution.fit_inputs(
+        dist, lambda batch: make_dataset(96, batch), lambda batch: make_dataset(32, batch), 16
+    )
+    model = TwoTowerModel(TwoTowerConfig(recency_half_life_days=0, embedding_dim=8, mlp_layers=(8,)), table_sizes)
+    model.compile()
+    model.fit(epochs=2, verbose=0, **inputs)
+    assert model.optimizer.iterations.numpy() == 8  # 6 batches per pass: the second epoch wrapped around
