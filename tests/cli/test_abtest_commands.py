@@ -2,7 +2,6 @@
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -94,10 +93,10 @@ def _shadow_mode_keeps_the_served_list(service, run_dir) -> int:
 
 @pytest.mark.e2e
 def test_ab_and_aa_replays_through_the_live_service(pipeline_run, tmp_path, capsys):
-    from tests.serving.experiments.live_service import live_service
+    from tests.serving.experiments.live_service import live_service, prepare_run
 
     config, _, _ = pipeline_run
-    run_dir, serving_root = Path(config.metadata_path).parent, Path(config.serving_root)
+    run_dir, serving_root = prepare_run(config, tmp_path)
     shadow = {"tests": [{"name": "shadow-pop", "shadow": True, "arms": SHADOW_ARMS}]}
     with live_service(run_dir, serving_root, tmp_path / "service", shadow) as service:
         served_lists = _shadow_mode_keeps_the_served_list(service, run_dir)

@@ -37,15 +37,23 @@ class LiveService:
     log_dir: Path
 
 
-def fresh_serving_root(source_root: Path, target: Path) -> Path:
-    """A serving root of our own holding the source root's stable versions as version 1 (pushes mutate roots)."""
-    from towerflow.serving import model_repository
+def prepare_run(pipeline_config, work: Path) -> tuple[Path, Path]:
+    """(run dir, serving root) of our own: a copy of the run's MLMD file and the run's newest trained models
+    pushed into a new serving root with `push_from_run` (which records the PushedModel that lineage reads).
 
+    The pipeline's own push depends on its blessing gate; what these tests exercise is the online side, so
+    they serve the trained models whether or not the gate let them through (a push past the gate is
+    recorded as such in MLMD). Copies keep the session's run untouched: pushes, rollbacks and events stay here.
+    """
+    from towerflow.pipeline.push import push_from_run
+
+    run_dir = work / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(pipeline_config.metadata_path, run_dir / "metadata.sqlite")
+    serving_root = work / "serving"
     for model in ("two_tower", "ranker"):
-        state = model_repository.model_state(source_root, model)
-        version = state.labels.get("stable", state.default_version)
-        model_repository.push(target, model, Path(state.base_path) / str(version))
-    return target
+        push_from_run(str(run_dir / "metadata.sqlite"), model, str(serving_root), ignore_blessing=True)
+    return run_dir, serving_root
 
 
 @contextlib.contextmanager
@@ -113,10 +121,3 @@ def live_service(
         web = create_router(LineageSummary(metadata_path, serving_root), TOKEN, examples=examples)
         server = stack.enter_context(ServiceServer(create_app(wired.recommender, TOKEN, routers=[web])))
         yield LiveService(server.url, TOKEN, store, recommender, wired, serving_root, metadata_path, log_dir)
-
-
-def copy_metadata(run_dir: Path, target: Path) -> str:
-    """A writable copy of the run's MLMD file (the canary test records a rollback into it)."""
-    target.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(run_dir / "metadata.sqlite", target / "metadata.sqlite")
-    return str(target / "metadata.sqlite")

@@ -1,8 +1,8 @@
 """The canary watcher in the live service on ml-100k: a shuffled canary is rolled back, a good one is left alone.
 
-Own serving root (the pipeline's stable versions as v1), a writable copy of the
-run's MLMD, the service's canary split at 50%, and as live traffic the held-out
-test window's users replayed as of the test cut-off. The score reference is the
+Own serving root (the run's trained models as v1) and a copy of the run's MLMD,
+the service's canary split at 50%, and as live traffic the held-out test
+window's users replayed as of the test cut-off. The score reference is the
 stable version's scores on the evaluation protocol's lists (the same users at
 the cut-off): the distribution the offline evaluation saw. (Against a different
 population the reference would not hold: all 943 users' lists score PSI 0.74
@@ -111,16 +111,15 @@ def _wait(predicate, timeout: float, step: float = 0.2):
 
 @pytest.mark.e2e
 def test_canary_rollback_in_the_live_service(pipeline_run, tmp_path):
-    from tests.serving.experiments.live_service import copy_metadata, fresh_serving_root, live_service
+    from tests.serving.experiments.live_service import live_service, prepare_run
     from towerflow.cli.abtest_commands import load_protocol
     from towerflow.serving.experiments.canary import read_rollbacks
     from towerflow.serving.experiments.event_log import read_lines
     from towerflow.serving.experiments.stats import ScoreReference
 
     config, _, _ = pipeline_run
-    run_dir = Path(config.metadata_path).parent
-    root = fresh_serving_root(Path(config.serving_root), tmp_path / "serving")
-    metadata = copy_metadata(run_dir, tmp_path / "mlmd")
+    run_dir, root = prepare_run(config, tmp_path)
+    metadata = str(run_dir / "metadata.sqlite")
     eval_set, _, as_of = load_protocol(str(run_dir))
     with live_service(run_dir, root, tmp_path / "svc", {"canary": CANARY}, metadata_path=metadata) as service:
         watcher = service.experiments.watcher

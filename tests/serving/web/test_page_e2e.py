@@ -47,10 +47,10 @@ def test_page_in_headless_chromium(pipeline_run, tmp_path):
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
-    from tests.serving.experiments.live_service import live_service
+    from tests.serving.experiments.live_service import live_service, prepare_run
 
     config, _, _ = pipeline_run
-    run_dir, serving_root = Path(config.metadata_path).parent, Path(config.serving_root)
+    run_dir, serving_root = prepare_run(config, tmp_path)
     with live_service(run_dir, serving_root, tmp_path / "service") as service, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
