@@ -273,6 +273,7 @@ def attach(
     canary = None
     presence = None
     if base.watcher is not None:
+        presence = _CanaryPresence(serving_root)
         watcher = LabelledVersionWatcher(
             serving_root,
             base.watcher.client,

@@ -131,3 +131,17 @@ def test_variants_are_the_service_config_with_overrides(tmp_path):
         attach(base, bad, tmp_path, start=False)
     with pytest.raises(ValueError, match="taken by a built-in"):
         from_dict({"variants": {"popularity": {}}})
+
+
+def test_with_a_model_server_there_is_a_canary_source_that_waits_for_a_canary(tmp_path, tiny_models):
+    root = tmp_path / "serving"
+    model_repository.push(root, "two_tower", tiny_models[1])
+    base = Base()
+    base.watcher = LabelledVersionWatcher(root, None, 0.25, catalog=None, label="stable")
+    wired = attach(base, from_dict({"canary": {"share": 0.5}}), root, start=False)
+    assert wired.canary is not None and wired.canary.watcher.label == "canary"
+    assert "canary" in wired.router.sources and wired.watcher is not None
+    with pytest.raises(BadRequestError, match="no canary"):
+        wired.recommender.recommend({"user_id": "1", "source": "canary"})
+    assert all(wired.router.route(str(u))[0] == "stable" for u in range(50))  # nothing labelled canary yet
+    wired.close()
