@@ -55,6 +55,7 @@ def test_page_in_headless_chromium(pipeline_run, tmp_path):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.set_default_timeout(120_000)  # a loaded 2-core machine: the first lists take seconds
             errors = []
             page.on("pageerror", lambda err: errors.append(str(err)))
             page.goto(service.url + "/")
