@@ -90,6 +90,24 @@ class IndexEvaluatorConfig(_ComponentParameters):
     min_recall_at_100: float | None = None
     max_p99_latency_ms: float | None = None
     seed: int | None = None
+    frontier_queries: int | None = None
+
+
+@dataclass
+class ModelEvaluatorConfig(_ComponentParameters):
+    """ModelEvaluator settings (components/evaluation/model_evaluator.py): the gate and what it compares."""
+
+    ks: str | None = None
+    guarded_metrics: str | None = None
+    gated_models: str | None = None
+    tolerance: float | None = None
+    min_lift: float | None = None
+    rerank_depth: int | None = None
+    rerank_weight: float | None = None
+    baselines: str | None = None
+    # NDCG@10 must reach the best baseline's x (1 + this); the component's default, 0, is "not below it".
+    baseline_min_lift: float | None = None
+    bootstrap_resamples: int | None = None
 
 
 @dataclass
@@ -117,6 +135,7 @@ class PipelineConfig:
     train_splits: tuple[str, ...] = ("train", "eval")
     index_builder: IndexBuilderConfig = field(default_factory=IndexBuilderConfig)
     index_evaluator: IndexEvaluatorConfig = field(default_factory=IndexEvaluatorConfig)
+    model_evaluator: ModelEvaluatorConfig = field(default_factory=ModelEvaluatorConfig)
     # Where blessed models are pushed in TF Serving's layout; None: no push.
     serving_root: str | None = None
 

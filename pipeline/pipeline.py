@@ -53,8 +53,13 @@ def latest_blessed_model_resolver(model_producer: str = "TwoTowerTrainer", model
     ).with_id("LatestBlessedModelResolver")
 
 
-def _model_evaluation(ingestion, two_tower_trainer, ranking_trainer, index_builder) -> list:
-    """ModelEvaluator on the test split, against popularity and the last blessed model (from MLMD)."""
+def _model_evaluation(config: PipelineConfig, ingestion, two_tower_trainer, ranking_trainer, index_components) -> list:
+    """ModelEvaluator on the test split, against the baselines and the last blessed model (from MLMD).
+
+    The ANN recall/latency frontier comes from the IndexEvaluator (`index_evaluation`), so the evaluator
+    builds no second index (`ann_queries=0`).
+    """
+    index_builder, index_evaluator = index_components
     baseline = latest_blessed_model_resolver()
     model_evaluator = ModelEvaluator(
         examples=ingestion.outputs["examples"],
@@ -64,6 +69,9 @@ def _model_evaluation(ingestion, two_tower_trainer, ranking_trainer, index_build
         baseline_model=baseline.outputs["model"],
         baseline_blessing=baseline.outputs["model_blessing"],
         index=index_builder.outputs["index"],
+        index_evaluation=index_evaluator.outputs["blessing"],
+        ann_queries=0,
+        **config.model_evaluator.parameters(),
     ).with_id("ModelEvaluator")
     return [baseline, model_evaluator]
 
@@ -112,7 +120,8 @@ def _training_components(config: PipelineConfig, ingestion, schema_gen) -> list:
         trainers.append(trainer)
     two_tower_trainer, ranking_trainer = trainers
     index_builder, index_evaluator = _index_components(config, ingestion, two_tower_trainer)
-    evaluation = _model_evaluation(ingestion, two_tower_trainer, ranking_trainer, index_builder)
+    index_components = (index_builder, index_evaluator)
+    evaluation = _model_evaluation(config, ingestion, two_tower_trainer, ranking_trainer, index_components)
     pushers = []
     if config.serving_root:
         pushers = _pushers(config, two_tower_trainer, ranking_trainer, index_evaluator, evaluation[-1])

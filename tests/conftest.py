@@ -28,7 +28,7 @@ def pipeline_run(ml100k_dir, tmp_path_factory):
     the models train with their defaults, so the blessing gate sees real models.
     Returns (PipelineConfig, RunSummary, progress messages).
     """
-    from towerflow.pipeline.config import PipelineConfig
+    from towerflow.pipeline.config import ModelEvaluatorConfig, PipelineConfig
     from towerflow.pipeline.local_runner import run_local
 
     out = tmp_path_factory.mktemp("pipeline_run")
@@ -37,6 +37,12 @@ def pipeline_run(ml100k_dir, tmp_path_factory):
         pipeline_root=str(out / "pipeline_root"),
         metadata_path=str(out / "metadata.sqlite"),
         serving_root=str(out / "serving"),
+        # The suites downstream of this run (serving, the recommender, experiments, the page) need pushed
+        # models. On ml-100k the default models are below the best baseline (recent popularity) on
+        # NDCG@10 (benchmarks/results/model_quality.md), so the default gate refuses them; here the
+        # baseline check tolerates a 25% shortfall. The gate's refusal is tested on its own
+        # (tests/components/evaluation/test_gate.py), and every other check of the gate stays on.
+        model_evaluator=ModelEvaluatorConfig(baseline_min_lift=-0.25),
     )
     messages = []
     summary = run_local(config, report=messages.append)

@@ -77,6 +77,7 @@ def test_task_dependencies_follow_the_data_flow(compiled):
         "LatestBlessedModelResolver-model-blessing-resolver": [],
         "ModelEvaluator": [
             "IndexBuilder",
+            "IndexEvaluator",  # its recall/latency frontier goes into the evaluation report
             "Ingestion",
             "LatestBlessedModelResolver-model-resolver",
             "RankingTrainer",
