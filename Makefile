@@ -42,12 +42,15 @@ services:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
-# The main job: the pipeline on the embedded default data (MovieLens-100K),
-# the offline evaluation, then the pushed models served until Ctrl-C.
-run: setup data
+# The main job: the pipeline on the embedded default data (MovieLens-100K), the
+# offline evaluation, then the recommender service until Ctrl-C: it starts the
+# embedded model server on the pushed models and the run's feature store (a
+# real redis-server), and answers on http://127.0.0.1:8080 (README, "The
+# recommender service").
+run: setup data services
 	$(BIN)/towerflow run --data-dir $(DATA_DIR)/ml-100k --output-dir $(RUN_DIR)
 	$(BIN)/towerflow evaluate --output-dir $(RUN_DIR)
-	$(BIN)/towerflow serve --serving-root $(RUN_DIR)/serving
+	$(BIN)/towerflow service --run-dir $(RUN_DIR)
 
 lint: setup
 	$(BIN)/ruff check .

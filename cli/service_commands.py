@@ -22,15 +22,34 @@ import sys
 from pathlib import Path
 
 
-def _serving_root(run_dir: Path) -> Path:
-    from towerflow.serving.model_repository import CONFIG_FILE
+def _serving_root(run_dir: Path) -> tuple[Path, str | None]:
+    """The run's serving root, and why it holds no models when the run pushed none because none was blessed."""
+    import json
+
+    from towerflow.components.evaluation.model_evaluator import EVALUATION_FILE, FALLBACK_FILE
+    from towerflow.pipeline import mlmd
+    from towerflow.serving.model_repository import CONFIG_FILE, read_config
 
     root = run_dir / "serving"
-    if not (root / CONFIG_FILE).is_file():
-        raise FileNotFoundError(
-            f"no pushed models in {root} ({CONFIG_FILE} missing); run `towerflow run --output-dir {run_dir}` first"
-        )
-    return root
+    if read_config(root / CONFIG_FILE).model_config_list.config:
+        return root, None
+    missing = f"no pushed models in {root} ({CONFIG_FILE} missing); run `towerflow run --output-dir {run_dir}` first"
+    try:
+        blessing = mlmd.latest_artifacts(str(run_dir / "metadata.sqlite")).get("ModelEvaluator.blessing")
+    except FileNotFoundError:
+        blessing = None
+    if not blessing or not (Path(blessing) / EVALUATION_FILE).is_file():
+        raise FileNotFoundError(missing)
+    result = json.loads((Path(blessing) / EVALUATION_FILE).read_text())
+    if result.get("blessed"):
+        raise FileNotFoundError(missing)
+    fallback_file = Path(blessing) / FALLBACK_FILE
+    best = json.loads(fallback_file.read_text()).get("name") if fallback_file.is_file() else None
+    reasons = "; ".join(result.get("reasons") or ["see the evaluation report"])
+    return root, (
+        f"the run's models were not blessed ({reasons}), so none was pushed; every request is answered from "
+        f"recent popularity in the feature store{f' (the best baseline was {best})' if best else ''}"
+    )
 
 
 def _describe_run(run_dir: Path) -> str:
@@ -83,8 +102,10 @@ def _service(args) -> None:
     from towerflow.serving.web.lineage import LineageSummary
 
     run_dir = Path(args.run_dir).resolve()
-    serving_root = _serving_root(run_dir)
+    serving_root, no_model_reason = _serving_root(run_dir)
     print(f"Run {run_dir}: {_describe_run(run_dir)}")
+    if no_model_reason:
+        print(f"No models to serve: {no_model_reason}. Responses say so in `fallback`; /readyz reports it.")
     config = load_config(args.config)
     experiments = experiments_config.load(args.config) if args.config else experiments_config.ExperimentsConfig()
     token = read_token(args.token_file)
@@ -94,13 +115,20 @@ def _service(args) -> None:
             from towerflow.serving.model_repository import CONFIG_FILE
             from towerflow.serving.model_server import ModelServer, ServerOptions
 
-            options = ServerOptions(model_config_file=str(serving_root / CONFIG_FILE), port=0, rest_api_port=0)
+            config_file = serving_root / CONFIG_FILE
+            if no_model_reason:  # nothing pushed: the server starts empty and loads what a later push brings
+                serving_root.mkdir(parents=True, exist_ok=True)
+                config_file.write_text("model_config_list {\n}\n")
+            options = ServerOptions(model_config_file=str(config_file), port=0, rest_api_port=0)
             server = stack.enter_context(ModelServer(options))
             grpc_target, rest_url = server.grpc_target, server.rest_url
             print(f"Embedded model server: gRPC {grpc_target}, REST {rest_url}")
         store = stack.enter_context(open_store(run_dir=str(run_dir), redis_url=args.redis_url))
         _ensure_materialized(store, run_dir)
         recommender = build_recommender(store, serving_root, grpc_target, rest_url, config)
+        recommender.watcher.no_model_reason = no_model_reason
+        if no_model_reason:
+            recommender.watcher.refresh()
         stack.callback(recommender.close)
         served = recommender.watcher.current
         metadata = str(run_dir / "metadata.sqlite")

@@ -221,6 +221,8 @@ class VersionWatcher:
         self._catalog, self._on_swap = catalog, on_swap
         self.current: ServedVersion | None = None
         self.last_error: str | None = None
+        # Why there may be nothing to serve (e.g. the run's models were not blessed); reported while no version is.
+        self.no_model_reason: str | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -255,7 +257,7 @@ class VersionWatcher:
             rk_version, rk_base = self._wanted(RANKER)
             current = self.current
             if tt_version is None:
-                self.last_error = f"no two_tower model in {self.serving_root}"
+                self.last_error = self.no_model_reason or f"no two_tower model in {self.serving_root}"
                 return False
             if current and (current.two_tower, current.ranker) == (tt_version, rk_version):
                 return False
