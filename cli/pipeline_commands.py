@@ -103,6 +103,20 @@ def _compile(args) -> None:
     if args.target != "kubeflow":
         raise ValueError(f"unknown compile target {args.target!r}; supported: kubeflow")
     config = compile_config(args)
+    cluster = None
+    if args.training_project:
+        from towerflow.pipeline.training_cluster import TrainingCluster
+
+        given = {
+            "region": args.training_region,
+            "strategy": args.training_strategy,
+            "workers": args.training_workers,
+            "parameter_servers": args.training_parameter_servers,
+            "machine_type": args.training_machine_type,
+        }
+        cluster = TrainingCluster(
+            project=args.training_project, image=args.image, **{k: v for k, v in given.items() if v is not None}
+        )
     compiled = kubeflow_runner.compile_pipeline(
         config,
         image=args.image,
@@ -110,8 +124,11 @@ def _compile(args) -> None:
         data_uri=args.data_uri,
         schema_uri=args.schema_uri,
         component_beam_args=_component_beam_args(args.component_beam_arg),
+        training_cluster=cluster,
     )
     print(compiled.format())
+    if cluster:
+        print(f"  Trainers run on a Vertex AI training cluster: {cluster}")
     print(f"  Ingestion reads {args.data_uri or os.path.abspath(config.data_dir)}; make sure the cluster can too")
 
 
@@ -141,4 +158,16 @@ def add_commands(commands) -> None:
         action="append",
         help="Beam arg for one component, e.g. --component-beam-arg=Ingestion=--runner=FlinkRunner (repeat)",
     )
+    train = comp.add_argument_group("Trainers on a Vertex AI training cluster (docs/kubeflow.md)")
+    train.add_argument("--training-project", default=None, help="GCP project; set to train on a cluster")
+    train.add_argument("--training-region", default=None, help="default: us-central1")
+    train.add_argument(
+        "--training-strategy",
+        default=None,
+        choices=["multi_worker_mirrored", "parameter_server"],
+        help="default: multi_worker_mirrored",
+    )
+    train.add_argument("--training-workers", type=int, default=None, help="replicas besides the chief (default 1)")
+    train.add_argument("--training-parameter-servers", type=int, default=None, help="default 0")
+    train.add_argument("--training-machine-type", default=None, help="default: n1-standard-8")
     comp.set_defaults(func=_compile)

@@ -71,8 +71,13 @@ def compile_pipeline(
     schema_uri: str | None = IMAGE_SCHEMA_PATH,
     component_beam_args: Mapping[str, Sequence[str]] | None = None,
     display_name: str | None = None,
+    training_cluster=None,
 ) -> CompiledPipeline:
-    """Writes the PipelineJob JSON for `config` to `output_path` and returns what it contains."""
+    """Writes the PipelineJob JSON for `config` to `output_path` and returns what it contains.
+
+    `training_cluster` (pipeline/training_cluster.TrainingCluster) runs both Trainers on a Vertex AI
+    training cluster (worker pools, a distribution strategy) instead of inside their pipeline step.
+    """
     from tfx import v1 as tfx
 
     from towerflow.pipeline.pipeline import create_pipeline
@@ -88,6 +93,11 @@ def compile_pipeline(
         schema_gen = next((c for c in pipeline.components if c.id == "ImportSchemaGen"), None)
         if schema_gen is not None:
             schema_gen.exec_properties["schema_file"] = schema_uri
+    if training_cluster is not None:
+        from towerflow.pipeline.training_cluster import configure_trainer
+
+        for component_id in ("TwoTowerTrainer", "RankingTrainer"):
+            configure_trainer(_component(pipeline, component_id), training_cluster)
     for component_id, args in (component_beam_args or {}).items():
         component = _component(pipeline, component_id)
         if not hasattr(component, "with_beam_pipeline_args"):

@@ -184,3 +184,24 @@ def test_held_out_eval_compiles_into_the_trainers(tmp_path):
     spec = json.loads(out.read_text())
     for trainer in ("TwoTowerTrainer", "RankingTrainer"):
         assert kubeflow_runner.task_parameters(spec, trainer)["train_args"] == {"splits": ["train"]}
+
+
+def test_cli_compile_puts_the_trainers_on_a_vertex_training_cluster(tmp_path, capsys):
+    from towerflow.cli import pipeline_commands
+
+    parser = argparse.ArgumentParser(prog="towerflow")
+    pipeline_commands.add_commands(parser.add_subparsers(dest="command"))
+    out = tmp_path / "spec.json"
+    args = parser.parse_args(
+        ["compile", "--image", IMAGE, "--pipeline-root", ROOT, "--data-dir", str(DATA), "--output", str(out)]
+        + ["--training-project", "acme", "--training-workers", "3", "--training-strategy", "parameter_server"]
+        + ["--training-parameter-servers", "2"]
+    )
+    args.func(args)
+    assert "Vertex AI training cluster" in capsys.readouterr().out
+    spec = json.loads(out.read_text())
+    for trainer in ("TwoTowerTrainer", "RankingTrainer"):
+        custom = kubeflow_runner.task_parameters(spec, trainer)["custom_config"]
+        assert custom["distribution"]["strategy"] == "parameter_server"
+        pools = json.dumps(custom)
+        assert "acme" in pools and '"replica_count": 3' in pools and '"replica_count": 2' in pools
