@@ -124,4 +124,6 @@ def test_local_run_records_the_parameters_the_spec_compiles(both_pipelines, tmp_
     run_local(config, report=None)
     recorded = mlmd.execution_parameters(config.metadata_path, "Ingestion")
     expected = task_parameters(spec, "Ingestion")
-    assert {k: recorded[k] for k in expected} == expected
+    compared = {k for k in expected if ("Ingestion", k) not in RUNNER_LOCATIONS}
+    assert len(compared) >= 10
+    assert {k: recorded[k] for k in compared} == {k: expected[k] for k in compared}
