@@ -137,8 +137,8 @@ def synthetic_world(root: Path, items: int, users: int, events: int, redis_url: 
     import tensorflow as tf
 
     from towerflow.components.index.scann_index import ScannIndex
+    from towerflow.components.pusher import model_repository
     from towerflow.models import features
-    from towerflow.serving import model_repository
     from towerflow.serving.feature_store.materialize import MaterializeConfig, materialize
     from towerflow.serving.feature_store.server import connect
 

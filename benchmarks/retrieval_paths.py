@@ -28,8 +28,8 @@ import numpy as np  # noqa: E402
 from machine import cores, cpu_model  # noqa: E402
 
 from towerflow.components.index.scann_index import ScannIndex  # noqa: E402
+from towerflow.components.pusher import model_repository  # noqa: E402
 from towerflow.models import features  # noqa: E402
-from towerflow.serving import model_repository  # noqa: E402
 from towerflow.serving.client import GrpcClient  # noqa: E402
 from towerflow.serving.model_server import ModelServer, ServerOptions  # noqa: E402
 from towerflow.serving.recommender.search import search_top_n  # noqa: E402

@@ -32,8 +32,8 @@ sys.path.insert(0, str(REPO))
 from machine import cpu_model  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 
 from towerflow.cli.serving_commands import _saved_model_dir  # noqa: E402
+from towerflow.components.pusher import model_repository as repo  # noqa: E402
 from towerflow.pipeline.push import REQUIRED_BLESSINGS  # noqa: E402
-from towerflow.serving import model_repository as repo  # noqa: E402
 from towerflow.serving.client import GrpcClient, RestClient, placeholder_instance  # noqa: E402
 
 TARGETS = (("query tower", "two_tower", "query_tower"), ("ranker", "ranker", "ranker"))

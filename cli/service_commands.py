@@ -27,8 +27,8 @@ def _serving_root(run_dir: Path) -> tuple[Path, str | None]:
     import json
 
     from towerflow.components.evaluation.model_evaluator import EVALUATION_FILE, FALLBACK_FILE
+    from towerflow.components.pusher.model_repository import CONFIG_FILE, read_config
     from towerflow.pipeline import mlmd
-    from towerflow.serving.model_repository import CONFIG_FILE, read_config
 
     root = run_dir / "serving"
     if read_config(root / CONFIG_FILE).model_config_list.config:
@@ -112,7 +112,7 @@ def _service(args) -> None:
     with contextlib.ExitStack() as stack:
         grpc_target, rest_url = args.model_server, args.model_server_rest
         if not grpc_target and not rest_url:
-            from towerflow.serving.model_repository import CONFIG_FILE
+            from towerflow.components.pusher.model_repository import CONFIG_FILE
             from towerflow.serving.model_server import ModelServer, ServerOptions
 
             config_file = serving_root / CONFIG_FILE

@@ -26,7 +26,7 @@ DEFAULT_SERVING_ROOT = "runs/local/serving"
 
 def _saved_model_dir(path: str) -> str:
     """A SavedModel directory, or a Trainer's Model artifact (its Format-Serving subdirectory)."""
-    from towerflow.serving.model_repository import is_saved_model_dir
+    from towerflow.components.pusher.model_repository import is_saved_model_dir
 
     for candidate in (Path(path) / "Format-Serving", Path(path)):
         if is_saved_model_dir(candidate):
@@ -35,7 +35,7 @@ def _saved_model_dir(path: str) -> str:
 
 
 def _push(args) -> None:
-    from towerflow.serving import model_repository as repo
+    from towerflow.components.pusher import model_repository as repo
 
     if bool(args.saved_model) == bool(args.from_run):
         raise ValueError("give --saved-model PATH or --from-run RUN_DIR")
@@ -66,7 +66,7 @@ def _push(args) -> None:
 
 
 def _rollback(args) -> None:
-    from towerflow.serving import model_repository as repo
+    from towerflow.components.pusher import model_repository as repo
 
     before = repo.model_state(args.serving_root, args.model)
     after = repo.rollback(args.serving_root, args.model, args.to)
@@ -135,8 +135,8 @@ def _body(args) -> dict:
 
 
 def _serve(args, ready: threading.Event | None = None, stop: threading.Event | None = None) -> None:
+    from towerflow.components.pusher.model_repository import CONFIG_FILE
     from towerflow.serving import tfserving
-    from towerflow.serving.model_repository import CONFIG_FILE
     from towerflow.serving.servables import BatchingOptions
 
     single = bool(args.model_name or args.model_base_path)

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from ml_metadata.proto import metadata_store_pb2
 from tfx.types import artifact_utils
 
+from towerflow.components.pusher import model_repository
 from towerflow.components.pusher.executor import serving_extras, serving_model_dir, unblessed
 from towerflow.pipeline import mlmd
-from towerflow.serving import model_repository
 
 # Served model name -> (the Trainer node and output that produce it, the evaluators whose blessing it needs).
 REQUIRED_BLESSINGS = {

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from towerflow.serving import model_repository as repo
+from towerflow.components.pusher import model_repository as repo
 from towerflow.serving.tensor_codec import InputSpec, ServingError, check_inputs, invalid
 
 log = logging.getLogger(__name__)

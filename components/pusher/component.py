@@ -10,7 +10,7 @@
 `blessings` takes zero or more ModelBlessing channels (a list is unioned into
 one channel); the model is pushed only if every blessing artifact carries
 `blessed` = 1. With no blessings it always pushes. The serving root layout,
-versioning and `models.config` are `serving/model_repository.py`'s.
+versioning and `models.config` are `components/pusher/model_repository.py`'s.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class ServingPusher(base_component.BaseComponent):
         keep_versions: int = 2,
         retain_on_disk: int = 5,
     ):
-        from towerflow.serving.model_repository import validate_model_name
+        from towerflow.components.pusher.model_repository import validate_model_name
 
         validate_model_name(model_name)
         if isinstance(blessings, list | tuple):

@@ -25,7 +25,7 @@ from typing import Any
 from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
 
-from towerflow.serving import model_repository as repo
+from towerflow.components.pusher import model_repository as repo
 
 log = logging.getLogger(__name__)
 

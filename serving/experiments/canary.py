@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from towerflow.serving import model_repository
+from towerflow.components.pusher import model_repository
 from towerflow.serving.experiments.config import CANARY, STABLE, CanaryConfig
 from towerflow.serving.experiments.stats import ScoreReference
 

@@ -31,8 +31,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from towerflow.components.pusher import model_repository
 from towerflow.models import features
-from towerflow.serving import model_repository
 from towerflow.serving.experiments.canary import CanaryWatcher
 from towerflow.serving.experiments.config import CANARY, POPULARITY, STABLE, ExperimentsConfig
 from towerflow.serving.experiments.event_log import ExperimentLog

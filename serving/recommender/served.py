@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from towerflow.components.index.scann_index import ScannIndex
+from towerflow.components.pusher import model_repository
 from towerflow.models import features
-from towerflow.serving import model_repository
 from towerflow.serving.client import GrpcClient, RestClient
 from towerflow.serving.tensor_codec import ServingError
 

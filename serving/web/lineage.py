@@ -22,7 +22,7 @@ import json
 import threading
 from pathlib import Path
 
-from towerflow.serving import model_repository
+from towerflow.components.pusher import model_repository
 
 HEADLINE = ("hit_rate@10", "ndcg@10", "recall@100")  # the blessing metrics the page shows, per evaluated model
 _MAX_HOPS = 8  # PushedModel <- Pusher <- Model <- Trainer <- Transformed examples <- Transform <- Examples

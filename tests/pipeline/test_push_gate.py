@@ -4,9 +4,9 @@ import pytest
 from mlmd_fakes import TfxLikeStore
 
 from towerflow.cli.main import main
+from towerflow.components.pusher import model_repository
 from towerflow.pipeline import lineage, mlmd
 from towerflow.pipeline.push import push_from_run
-from towerflow.serving import model_repository
 
 
 def _saved_model(path):

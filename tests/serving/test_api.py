@@ -18,7 +18,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from towerflow.serving import model_repository as repo
+from towerflow.components.pusher import model_repository as repo
 from towerflow.serving import tfserving
 from towerflow.serving.client import GrpcClient, RestClient
 from towerflow.serving.tensor_codec import ServingError

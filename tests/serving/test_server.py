@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from towerflow.serving import model_repository as repo
+from towerflow.components.pusher import model_repository as repo
 from towerflow.serving.client import RestClient
 from towerflow.serving.model_server import ModelServer, ServerOptions
 from towerflow.serving.servables import Batcher, BatchingOptions, ModelManager

@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from towerflow.cli import serving_commands
-from towerflow.serving import model_repository as repo
+from towerflow.components.pusher import model_repository as repo
 from towerflow.serving import tfserving
 from towerflow.serving.client import RestClient
 from towerflow.serving.servables import BatchingOptions

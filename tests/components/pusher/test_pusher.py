@@ -4,8 +4,8 @@ import pytest
 from tfx.types import channel, standard_artifacts
 
 from towerflow.components.pusher import ServingPusher
+from towerflow.components.pusher import model_repository as repo
 from towerflow.components.pusher.executor import Executor
-from towerflow.serving import model_repository as repo
 
 
 def model_artifact(tmp_path):

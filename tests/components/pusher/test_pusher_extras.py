@@ -5,8 +5,8 @@ import json
 import pytest
 from tfx.types import standard_artifacts
 
+from towerflow.components.pusher import model_repository as repo
 from towerflow.components.pusher.executor import EVALUATION_EXTRA, INDEX_EXTRA, Executor
-from towerflow.serving import model_repository as repo
 
 
 def model_artifact(tmp_path, name="model"):

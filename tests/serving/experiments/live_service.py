@@ -66,11 +66,11 @@ def live_service(
     metadata_path: str | None = None,
 ):
     from towerflow.cli.main import main as towerflow_main
+    from towerflow.components.pusher.model_repository import CONFIG_FILE
     from towerflow.serving.experiments.config import from_dict
     from towerflow.serving.experiments.service import attach, stable_watcher
     from towerflow.serving.feature_store import FeatureStore, StoreConfig
     from towerflow.serving.feature_store.server import LocalRedis, LocalRedisConfig, connect
-    from towerflow.serving.model_repository import CONFIG_FILE
     from towerflow.serving.model_server import ModelServer, ServerOptions
     from towerflow.serving.recommender.app import create_app
     from towerflow.serving.recommender.config import ServiceConfig

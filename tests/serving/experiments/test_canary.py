@@ -10,7 +10,7 @@ a little noise.
 import numpy as np
 import pytest
 
-from towerflow.serving import model_repository
+from towerflow.components.pusher import model_repository
 from towerflow.serving.experiments import bucketing
 from towerflow.serving.experiments.canary import CanaryWatcher, read_rollbacks
 from towerflow.serving.experiments.config import CanaryConfig, from_dict

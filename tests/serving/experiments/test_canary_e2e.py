@@ -22,7 +22,7 @@ import httpx
 import numpy as np
 import pytest
 
-from towerflow.serving import model_repository
+from towerflow.components.pusher import model_repository
 
 WINDOW = 60.0
 CANARY_SALT = "canary"  # CanaryConfig's default

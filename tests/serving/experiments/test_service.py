@@ -2,8 +2,8 @@
 
 import pytest
 
+from towerflow.components.pusher import model_repository
 from towerflow.models.features import Event
-from towerflow.serving import model_repository
 from towerflow.serving.experiments.config import from_dict
 from towerflow.serving.experiments.event_log import read_lines
 from towerflow.serving.experiments.service import LabelledVersionWatcher, attach, score_reference

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from towerflow.components.index.scann_index import ScannIndex
-from towerflow.serving import model_repository
+from towerflow.components.pusher import model_repository
 from towerflow.serving.feature_store import FeatureStore, StoreConfig
 from towerflow.serving.feature_store.server import LocalRedis, LocalRedisConfig, connect
 from towerflow.serving.model_server import ModelServer, ServerOptions

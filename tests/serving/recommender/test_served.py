@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from towerflow.components.index.scann_index import ScannIndex
+from towerflow.components.pusher import model_repository
 from towerflow.models import features
-from towerflow.serving import model_repository
 from towerflow.serving.recommender.served import ModelUnavailableError, VersionWatcher, columns, tensor_proto
 
 

@@ -4,7 +4,7 @@ import pytest
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from towerflow.serving import model_repository as repo
+from towerflow.components.pusher import model_repository as repo
 
 
 def fake_saved_model(path):
