@@ -59,19 +59,10 @@ def time_calls(fn, n: int, warmup: int = 200) -> tuple[float, float]:
 
 def ml100k_rows(run_dir: str):
     """(users, items, events, as_of of the newest event + 1) of the run's ingestion, streamed by the CLI code."""
-    from towerflow.cli.features_commands import _rows, input_events, resolve_ingestion
+    from towerflow.cli.features_commands import input_events, profile_rows, resolve_ingestion
 
     run = resolve_ingestion(run_dir)
-    users = (
-        {features.USER_ID: u.user_id, features.USER_AGE: u.age, features.USER_GENDER: u.gender,
-         features.USER_OCCUPATION: u.occupation, features.USER_ZIP: u.zip_code}
-        for u in _rows(run, "users")
-    )  # fmt: skip
-    items = (
-        {features.ITEM_ID: i.item_id, features.ITEM_TITLE: i.title, features.ITEM_GENRES: list(i.genres),
-         features.ITEM_RELEASE_YEAR: i.release_year}
-        for i in _rows(run, "items")
-    )  # fmt: skip
+    users, items = profile_rows(run)
     return run.source, users, items, input_events(run, None, lambda _: False)
 
 

@@ -117,11 +117,27 @@ def input_events(run: IngestionRun, events_dir: Path | None, excluded) -> Iterat
             yield event["user_id"], event["item_id"], event["rating"], event["timestamp"], event["event_id"]
 
 
+def profile_rows(run):
+    """(users, items) of the run's ingestion input as the store's profile and item dicts, streamed."""
+    from towerflow.models import features
+
+    users = (
+        {features.USER_ID: u.user_id, features.USER_AGE: u.age, features.USER_GENDER: u.gender,
+         features.USER_OCCUPATION: u.occupation, features.USER_ZIP: u.zip_code}
+        for u in _rows(run, "users")
+    )  # fmt: skip
+    items = (
+        {features.ITEM_ID: i.item_id, features.ITEM_TITLE: i.title, features.ITEM_GENRES: list(i.genres),
+         features.ITEM_RELEASE_YEAR: i.release_year}
+        for i in _rows(run, "items")
+    )  # fmt: skip
+    return users, items
+
+
 def _materialize(args) -> None:
     from tqdm import tqdm
 
     from towerflow.components.ingestion import deletions
-    from towerflow.models import features
     from towerflow.serving import feature_store
     from towerflow.serving.feature_store.materialize import MaterializeConfig, materialize
     from towerflow.serving.feature_store.privacy import DeletionLedger
@@ -138,16 +154,7 @@ def _materialize(args) -> None:
     ledger = DeletionLedger(deletions.ledger_for_pipeline_root(str(Path(args.run_dir) / "pipeline_root")))
     excluded = ledger.excluder()
     events_dir = feature_store.events_dir(args.serving_root or Path(args.run_dir) / "serving")
-    users = (
-        {features.USER_ID: u.user_id, features.USER_AGE: u.age, features.USER_GENDER: u.gender,
-         features.USER_OCCUPATION: u.occupation, features.USER_ZIP: u.zip_code}
-        for u in _rows(run, "users")
-    )  # fmt: skip
-    items = (
-        {features.ITEM_ID: i.item_id, features.ITEM_TITLE: i.title, features.ITEM_GENRES: list(i.genres),
-         features.ITEM_RELEASE_YEAR: i.release_year}
-        for i in _rows(run, "items")
-    )  # fmt: skip
+    users, items = profile_rows(run)
     where = args.redis_url or args.redis_cluster or f"a local redis-server on {Path(args.run_dir) / 'feature_store'}"
     print(f"Materializing {run.source} ({run.data_dir}, {run.dataset_format}) into {where}")
     # Items and users are small next to the events; the bar follows the events.

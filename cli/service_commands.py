@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 from pathlib import Path
 
@@ -167,17 +166,10 @@ def add_commands(subparsers) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry point with the `towerflow` CLI's error convention."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    parser = argparse.ArgumentParser(prog="towerflow")
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        print(f"towerflow {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    """Standalone entry point (`python -m ...`): the `towerflow` CLI itself, so errors read the same."""
+    from towerflow.cli.main import main as towerflow_main
+
+    return towerflow_main(argv)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,7 @@ Standalone: `python -m towerflow.cli.serving_commands serve ...`.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import signal
 import sys
 import threading
@@ -270,18 +268,10 @@ def add_commands(subparsers) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry point with the `towerflow` CLI's error convention."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    parser = argparse.ArgumentParser(prog="towerflow")
-    commands = parser.add_subparsers(dest="command", required=True)
-    add_commands(commands)
-    args = parser.parse_args(argv)
-    try:
-        args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        print(f"towerflow {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    """Standalone entry point (`python -m ...`): the `towerflow` CLI itself, so errors read the same."""
+    from towerflow.cli.main import main as towerflow_main
+
+    return towerflow_main(argv)
 
 
 if __name__ == "__main__":
