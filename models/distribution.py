@@ -51,6 +51,10 @@ STRATEGIES: tuple[str, ...] = get_args(StrategyName)
 # How multi-worker input is split: by file when there are enough files, else by record ("auto").
 ShardPolicy = Literal["auto", "file", "data"]
 SHARD_POLICIES: tuple[str, ...] = get_args(ShardPolicy)
+# How the learning rate follows the global batch (batch_size x replicas x micro-batches): "linear"
+# multiplies it by that factor (Goyal et al. 2017), "sqrt" by its square root, "none" leaves it alone.
+LearningRateScaling = Literal["linear", "sqrt", "none"]
+LEARNING_RATE_SCALINGS: tuple[str, ...] = get_args(LearningRateScaling)
 CONFIG_KEY = "distribution"  # the key of this section in the Trainers' custom_config
 TF_CONFIG_ENV = "TF_CONFIG"
 CLUSTER_ROLES = ("chief", "worker", "ps", "evaluator")
@@ -69,6 +73,9 @@ class DistributionConfig:
     strategy: StrategyName = "none"
     shard_policy: ShardPolicy = "auto"
     gradient_accumulation_steps: int = 1  # micro-batches of `batch_size` per optimizer step
+    # An epoch over 2 replicas takes half the optimizer steps of one process; the rule keeps the
+    # progress per epoch. Strategy "none" with no accumulation has factor 1 whatever the rule.
+    learning_rate_scaling: LearningRateScaling = "linear"
     steps_per_epoch: int = 0  # 0 = one pass over the training data per epoch
     validation_steps: int = 0  # 0 = one pass over the eval data after each epoch
     backup: bool | None = None  # BackupAndRestore; None = on for every strategy but "none"
@@ -82,6 +89,7 @@ class DistributionConfig:
     def __post_init__(self):
         E.require_choice("strategy", self.strategy, STRATEGIES)
         E.require_choice("shard_policy", self.shard_policy, SHARD_POLICIES)
+        E.require_choice("learning_rate_scaling", self.learning_rate_scaling, LEARNING_RATE_SCALINGS)
         E.require_int("gradient_accumulation_steps", self.gradient_accumulation_steps, minimum=1)
         for name in (
             "steps_per_epoch",
@@ -207,6 +215,24 @@ class Distribution:
         """
         replicas = self.strategy.num_replicas_in_sync if self.config.distributed else 1
         return batch_size * replicas * self.config.gradient_accumulation_steps
+
+    def learning_rate(self, learning_rate: float, batch_size: int) -> float:
+        """The learning rate for a global batch of `global_batch_size(batch_size)` examples under the
+        config's `learning_rate_scaling`, given the one tuned for `batch_size` examples per step."""
+        factor = self.global_batch_size(batch_size) / batch_size
+        if self.config.learning_rate_scaling == "linear":
+            return learning_rate * factor
+        if self.config.learning_rate_scaling == "sqrt":
+            return learning_rate * factor**0.5
+        return learning_rate
+
+    def scaled(self, config):
+        """A Trainer config (anything with `learning_rate` and `batch_size`) with its learning rate scaled
+        for this run's global batch; the same object when nothing changes."""
+        learning_rate = self.learning_rate(config.learning_rate, config.batch_size)
+        if learning_rate == config.learning_rate:
+            return config
+        return dataclasses.replace(config, learning_rate=learning_rate)
 
     def output_dir(self, path: str) -> str:
         """`path` on the chief; a scratch dir elsewhere (all workers write, only the chief's output is kept)."""

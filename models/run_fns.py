@@ -258,7 +258,7 @@ def run_two_tower(fn_args) -> None:
     dist = distribution.start(fn_args.custom_config)
     if dist is None:
         return  # a parameter-server cluster's worker or ps task; it served until stopped
-    config = _config(fn_args.custom_config, "two_tower", TwoTowerConfig)
+    config = dist.scaled(_config(fn_args.custom_config, "two_tower", TwoTowerConfig))
     seed = int((fn_args.custom_config or {}).get("seed", 0))
     tf.keras.utils.set_random_seed(seed)
     tft_output = tft.TFTransformOutput(fn_args.transform_output)
@@ -282,7 +282,7 @@ def run_ranking(fn_args) -> None:
     dist = distribution.start(fn_args.custom_config)
     if dist is None:
         return  # a parameter-server cluster's worker or ps task; it served until stopped
-    config = _config(fn_args.custom_config, "ranking", RankingConfig)
+    config = dist.scaled(_config(fn_args.custom_config, "ranking", RankingConfig))
     seed = int((fn_args.custom_config or {}).get("seed", 0))
     tf.keras.utils.set_random_seed(seed)
     tft_output = tft.TFTransformOutput(fn_args.transform_output)

@@ -146,6 +146,39 @@ def test_global_batch_is_per_replica_times_replicas_times_micro_batches():
     assert _dist(2).global_batch_size(256) == 256
 
 
+@pytest.mark.parametrize(
+    "rule, replicas, micro_batches, expected",
+    [
+        ("linear", 2, 1, 0.2),
+        ("linear", 2, 4, 0.8),
+        ("sqrt", 4, 1, 0.2),
+        ("none", 2, 4, 0.1),
+        ("linear", 1, 1, 0.1),
+    ],
+)
+def test_learning_rate_follows_the_global_batch(rule, replicas, micro_batches, expected):
+    dist = _dist(
+        replicas,
+        strategy="multi_worker_mirrored",
+        gradient_accumulation_steps=micro_batches,
+        learning_rate_scaling=rule,
+    )
+    config = TwoTowerConfig(learning_rate=0.1, batch_size=256)
+    scaled = dist.scaled(config)
+    assert scaled.learning_rate == pytest.approx(expected)
+    assert scaled.batch_size == 256 and config.learning_rate == 0.1  # the caller's config is untouched
+
+
+def test_one_process_keeps_its_learning_rate_whatever_the_rule():
+    config = TwoTowerConfig(learning_rate=0.1)
+    assert _dist(2).scaled(config) is config  # strategy "none": batch_size is the global batch
+
+
+def test_unknown_learning_rate_rule_is_a_clear_error():
+    with pytest.raises(ValueError, match="learning_rate_scaling"):
+        DistributionConfig(learning_rate_scaling="cubic")
+
+
 def test_non_chief_writes_to_a_scratch_dir_that_is_discarded(tmp_path):
     cluster = {"worker": ["h:1", "h:2"]}
     worker = Distribution(DistributionConfig(strategy="multi_worker_mirrored"), ClusterRole(cluster, "worker", 1), None)
