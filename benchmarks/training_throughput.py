@@ -5,8 +5,8 @@ Uses the transformed examples and Transform graph of an existing run:
     .venv/bin/python benchmarks/training_throughput.py --output-dir runs/local
 
 For each input pipeline (models.run_fns.input_fn: parallel interleave,
-batch-then-parse, prefetch; models.run_fns.time_local_input_fn: the same plus
-grouping into one-day batches, what the ranker trains on;
+batch-then-parse, prefetch; models.input_pipeline.day_batches: the same reading
+plus grouping into one-day batches, what the ranker trains on;
 models.run_fns.naive_input_fn: sequential read, per-example parse, no
 prefetch) it measures the input pipeline alone and one
 training epoch of the two-tower and of the DCN model, and prints examples/s and
@@ -29,7 +29,7 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_transform as tft  # noqa: E402
 from machine import cores, cpu_model, memory_gib  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 
-from towerflow.models import run_fns  # noqa: E402
+from towerflow.models import input_pipeline, run_fns  # noqa: E402
 from towerflow.models.preprocessing import table_sizes_from_transform_output  # noqa: E402
 from towerflow.models.ranking import DCNRankingModel, RankingConfig  # noqa: E402
 from towerflow.models.two_tower import TwoTowerConfig, TwoTowerModel  # noqa: E402
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
             pattern, tft_output, args.batch_size, shuffle=False
         ),
         # What the ranker trains on: the same reading, then examples grouped into one-day batches.
-        "time-local (tf.data + one-day group_by_window)": lambda: run_fns.time_local_input_fn(
+        "day batches (tf.data + one-day buckets by chunk)": lambda: input_pipeline.day_batches(
             pattern, tft_output, args.batch_size, bucket_hours=24.0, seed=0
         ),
         "naive (sequential, per-example parse)": lambda: run_fns.naive_input_fn(pattern, tft_output, args.batch_size),

@@ -1,10 +1,12 @@
-"""The Trainers' time-bucketed input: batches whose examples share one time bucket, built a chunk at a time.
+"""The Trainers' example reading, and the ranker's time-bucketed batches built a chunk at a time.
 
-`day_batches` makes the same batches as grouping the shuffled example stream
-with a per-example `group_by_window` keyed by time bucket (the ranker's
-one-day batches, `run_fns.time_local_input_fn`): every bucket's examples, in
-stream order, cut into batches of `batch_size`, plus one smaller batch of each
-bucket's remainder at the end of the data. Only the order in which the batches
+`records` is the parallel, shuffled read of the transformed TFRecords that
+every input function starts from. `day_batches` makes the same batches as
+grouping the shuffled example stream with a per-example `group_by_window`
+keyed by time bucket (the ranker's one-day batches; the tests hold that
+reference): every bucket's examples, in stream order, cut into batches of
+`batch_size`, plus one smaller batch of each bucket's remainder at the end
+of the data. Only the order in which the batches
 come out differs. The work is per chunk instead of per example: a chunk of
 parsed examples is sorted by bucket (a stable sort, so stream order holds
 within a bucket), the full batches are cut with vectorised index arithmetic
@@ -30,17 +32,19 @@ SHUFFLE_BUFFER = 50_000
 CHUNK_SIZE = 16_384
 
 
-def _records(file_pattern: str | Sequence[str], seed: int | None) -> tf.data.Dataset:
-    """Serialized examples of every file in a shuffled, parallel read (as `run_fns.input_fn` reads them)."""
+def records(file_pattern: str | Sequence[str], shuffle: bool, seed: int | None) -> tf.data.Dataset:
+    """Serialized examples of every file, read in parallel; shuffled with a SHUFFLE_BUFFER if asked."""
     patterns = [file_pattern] if isinstance(file_pattern, str) else list(file_pattern)
-    files = tf.data.Dataset.list_files(patterns, shuffle=True, seed=seed)
-    records = files.interleave(
+    files = tf.data.Dataset.list_files(patterns, shuffle=shuffle, seed=seed)
+    dataset = files.interleave(
         lambda path: tf.data.TFRecordDataset(path, compression_type="GZIP"),
         cycle_length=tf.data.AUTOTUNE,
         num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=False,
+        deterministic=not shuffle,
     )
-    return records.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
+    if shuffle:
+        dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
+    return dataset
 
 
 def _empty_like(spec: dict) -> dict[str, tf.Tensor]:
@@ -90,15 +94,16 @@ def day_batches(
 ) -> tf.data.Dataset:
     """Shuffled batches of transformed features whose examples all fall in one `bucket_hours` time bucket.
 
-    A drop-in for `run_fns.time_local_input_fn` (same arguments, same batches,
-    see the module docstring); a bucket's last batch may be smaller than `batch_size`.
+    In-batch negatives then are items picked at about the same moment, so their
+    point-in-time features (recent counts) are close to what they were at the
+    positive's time. A bucket's last batch may be smaller than `batch_size`.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not bucket_hours > 0:
         raise ValueError(f"bucket_hours must be > 0, got {bucket_hours}")
     spec = tft_output.transformed_feature_spec()
-    return _regrouped(_records(file_pattern, seed), spec, batch_size, bucket_hours, seed, chunk_size)
+    return _regrouped(records(file_pattern, True, seed), spec, batch_size, bucket_hours, seed, chunk_size)
 
 
 def _regrouped(records: tf.data.Dataset, spec: dict, batch_size: int, bucket_hours: float, seed, chunk_size: int):

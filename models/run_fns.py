@@ -25,7 +25,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 from absl import logging
 
-from towerflow.models import distribution, export
+from towerflow.models import distribution, export, input_pipeline
 from towerflow.models import embeddings as E
 from towerflow.models import features as F
 from towerflow.models.preprocessing import table_sizes_from_transform_output
@@ -38,22 +38,6 @@ RANKER = "ranker"
 EMBEDDING_OUTPUT = "embedding"
 # The ranker also sees the item's popularity as of the request (`features.item_features_at`).
 RANKER_FEATURES = F.QUERY_FEATURES + F.CANDIDATE_FEATURES + F.ITEM_POINT_IN_TIME_FEATURES
-SHUFFLE_BUFFER = 50_000
-
-
-def _records(file_pattern: str | Sequence[str], shuffle: bool, seed: int | None) -> tf.data.Dataset:
-    """Serialized examples of every file, read in parallel; shuffled with a SHUFFLE_BUFFER if asked."""
-    patterns = [file_pattern] if isinstance(file_pattern, str) else list(file_pattern)
-    files = tf.data.Dataset.list_files(patterns, shuffle=shuffle, seed=seed)
-    records = files.interleave(
-        lambda path: tf.data.TFRecordDataset(path, compression_type="GZIP"),
-        cycle_length=tf.data.AUTOTUNE,
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=not shuffle,
-    )
-    if shuffle:
-        records = records.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
-    return records
 
 
 def input_fn(
@@ -67,38 +51,9 @@ def input_fn(
     spec = tft_output.transformed_feature_spec()
     # Parsing a whole batch in one op is much cheaper than one example at a time.
     return (
-        _records(file_pattern, shuffle, seed)
+        input_pipeline.records(file_pattern, shuffle, seed)
         .batch(batch_size, drop_remainder=shuffle)
         .map(lambda serialized: tf.io.parse_example(serialized, spec), num_parallel_calls=tf.data.AUTOTUNE)
-        .prefetch(tf.data.AUTOTUNE)
-    )
-
-
-def time_local_input_fn(
-    file_pattern: str | Sequence[str],
-    tft_output: tft.TFTransformOutput,
-    batch_size: int,
-    bucket_hours: float,
-    seed: int | None = None,
-) -> tf.data.Dataset:
-    """Shuffled batches whose examples all fall in one `bucket_hours` time bucket.
-
-    In-batch negatives then are items picked at about the same moment, so their
-    point-in-time features (recent counts) are close to what they were at the
-    positive's time. A bucket's last batch may be smaller than `batch_size`.
-    """
-    spec = tft_output.transformed_feature_spec()
-    bucket_seconds = max(int(bucket_hours * 3600), 1)
-    return (
-        _records(file_pattern, True, seed)
-        .batch(4096)
-        .map(lambda serialized: tf.io.parse_example(serialized, spec), num_parallel_calls=tf.data.AUTOTUNE)
-        .unbatch()
-        .group_by_window(
-            key_func=lambda x: x[F.TIMESTAMP_XF] // bucket_seconds,
-            reduce_func=lambda _, window: window.batch(batch_size),
-            window_size=batch_size,
-        )
         .prefetch(tf.data.AUTOTUNE)
     )
 
@@ -172,11 +127,11 @@ def _fit(
     if bucket_hours:
 
         def make_train(batch):
-            return time_local_input_fn(fn_args.train_files, tft_output, batch, bucket_hours, seed=seed)
+            return input_pipeline.day_batches(fn_args.train_files, tft_output, batch, bucket_hours, seed=seed)
 
         def make_eval(batch):
             # A fixed seed: the same validation batches every epoch.
-            return time_local_input_fn(fn_args.eval_files, tft_output, batch, bucket_hours, seed=0)
+            return input_pipeline.day_batches(fn_args.eval_files, tft_output, batch, bucket_hours, seed=0)
 
     else:
 

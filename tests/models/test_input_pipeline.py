@@ -30,7 +30,7 @@ def _stream(n: int, seed: int) -> tuple[tf.data.Dataset, np.ndarray]:
 
 
 def _group_by_window(records, batch_size):
-    """The per-example reference: what run_fns.time_local_input_fn does after its shuffle."""
+    """The per-example reference: a group_by_window keyed by time bucket over the shuffled stream."""
     return (
         records.batch(64)
         .map(lambda s: tf.io.parse_example(s, SPEC))
@@ -79,3 +79,21 @@ def test_bad_arguments_are_rejected():
         input_pipeline.day_batches("x", None, 8, 0.0)
     with pytest.raises(ValueError, match="fixed-length features"):
         input_pipeline._empty_like({"ids": tf.io.VarLenFeature(tf.int64)})
+
+
+def _write_gzip(path, records):
+    with tf.io.TFRecordWriter(str(path), options="GZIP") as writer:
+        for record in records:
+            writer.write(record)
+
+
+def test_records_reads_every_file_in_order_or_shuffled(tmp_path):
+    names = [f"r{i}".encode() for i in range(40)]
+    _write_gzip(tmp_path / "a.gz", names[:25])
+    _write_gzip(tmp_path / "b.gz", names[25:])
+    pattern = str(tmp_path / "*.gz")
+    ordered = list(input_pipeline.records(pattern, shuffle=False, seed=None).as_numpy_iterator())
+    assert sorted(ordered) == sorted(names) and len(ordered) == len(names)
+    assert [n for n in ordered if n in names[:25]] == names[:25]  # a file's records keep their order unshuffled
+    shuffled = list(input_pipeline.records([pattern], shuffle=True, seed=1).as_numpy_iterator())
+    assert sorted(shuffled) == sorted(names) and shuffled != ordered
