@@ -29,6 +29,18 @@ def add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--leave-last-n", type=int, default=None, help="leave_last_n: test rows per user (default 1)")
     group.add_argument("--history-length", type=int, default=None, help="history items per example (default 20)")
     group.add_argument("--max-bad-fraction", type=float, default=None, help="malformed rows tolerated (default 0.01)")
+    group.add_argument(
+        "--stats-sample-rate", type=float, default=None, help="StatisticsGen's sample of large data (default 0.1)"
+    )
+    group.add_argument(
+        "--stats-sample-above",
+        type=int,
+        default=None,
+        help="sample statistics above this many raw interactions (default 500000; 0: always)",
+    )
+    group.add_argument(
+        "--no-stats-sketch", action="store_true", default=None, help="exact top-k/unique statistics (not TFDV's sketch)"
+    )
     group.add_argument("--schema", default=None, help="schema to import (default: the checked-in one)")
     group.add_argument("--infer-schema", action="store_true", default=None, help="infer the schema with SchemaGen")
     group.add_argument("--no-cache", action="store_true", default=None, help="re-run every component")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import tensorflow_data_validation as tfdv
 from tfx import v1 as tfx
 
 from towerflow.components.evaluation.model_evaluator import ModelEvaluator
@@ -128,6 +129,16 @@ def _training_components(config: PipelineConfig, ingestion, schema_gen) -> list:
     return [transform, *trainers, index_builder, index_evaluator, *evaluation, *pushers]
 
 
+def _statistics_gen(config: PipelineConfig, ingestion, data_dir: str, dataset_format: str):
+    """StatisticsGen with TFDV options for the data's size: a sample of large data (`StatisticsConfig`).
+
+    The size is the raw interactions' line count, known before ingestion runs, as the options must be.
+    """
+    rows = readers.count_lines(data_dir, dataset_format)
+    options = tfdv.StatsOptions(**config.statistics.stats_options(rows))
+    return tfx.components.StatisticsGen(examples=ingestion.outputs["examples"], stats_options=options)
+
+
 def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> tfx.dsl.Pipeline:
     """Ingestion -> StatisticsGen -> SchemaGen|ImportSchemaGen -> ExampleValidator -> Transform -> Trainers
     -> IndexBuilder -> IndexEvaluator -> ModelEvaluator -> Pushers (when `serving_root` is set)."""
@@ -149,7 +160,7 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> 
         deletion_ledger=ledger,
         deletion_ledger_fingerprint=deletions.fingerprint(ledger),
     )
-    statistics_gen = tfx.components.StatisticsGen(examples=ingestion.outputs["examples"])
+    statistics_gen = _statistics_gen(config, ingestion, data_dir, dataset_format)
     if config.schema_path and Path(config.schema_path).is_file():
         schema_gen = tfx.components.ImportSchemaGen(schema_file=str(config.schema_path))
     else:

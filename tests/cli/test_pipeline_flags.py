@@ -13,7 +13,7 @@ import pytest
 
 from towerflow.cli.main import build_parser
 from towerflow.cli.pipeline_commands import compile_config, run_config
-from towerflow.pipeline.config import IngestionConfig, PipelineConfig
+from towerflow.pipeline.config import IngestionConfig, PipelineConfig, StatisticsConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = REPO_ROOT / "tests" / "fixtures" / "ml-100k"
@@ -30,6 +30,9 @@ FLAGS = [
     "--seed", "3",
     "--train-splits", "train",
     "--epochs", "2",
+    "--stats-sample-rate", "0.25",
+    "--stats-sample-above", "3",
+    "--no-stats-sketch",
     "--no-cache",
 ]  # fmt: skip
 
@@ -59,6 +62,7 @@ def test_every_flag_reaches_the_config_of_both_commands(tmp_path):
         assert (config.seed, config.train_splits, config.enable_cache) == (3, ("train",), False)
         assert config.two_tower == {"epochs": 2} and config.ranking == {"epochs": 2}
         assert config.data_dir == str(FIXTURE)
+        assert config.statistics == StatisticsConfig(sample_rate=0.25, sample_above_rows=3, sketch_top_k=False)
 
 
 def test_no_flags_means_the_dataclass_defaults(tmp_path):
@@ -112,6 +116,20 @@ def test_compiled_spec_has_every_parameter_of_the_local_pipeline(both_pipelines)
     assert compared >= 30  # ingestion, transform, both trainers, index, evaluators: nothing silently skipped
 
 
+def test_statistics_flags_reach_statisticsgen(both_pipelines):
+    """The fixture's 6 interactions are above --stats-sample-above 3: both pipelines sample at 0.25, exact top-k."""
+    import tensorflow_data_validation as tfdv
+
+    from towerflow.pipeline.kubeflow_runner import task_parameters
+
+    local, spec = both_pipelines
+    (statistics_gen,) = [c for c in local.components if c.id == "StatisticsGen"]
+    compiled = json.dumps(task_parameters(spec, "StatisticsGen")["stats_options_json"])
+    for options in (statistics_gen.exec_properties["stats_options_json"], compiled):
+        options = tfdv.StatsOptions.from_json(options)
+        assert options.sample_rate == 0.25 and options.use_sketch_based_topk_uniques is False
+
+
 @pytest.mark.e2e
 def test_local_run_records_the_parameters_the_spec_compiles(both_pipelines, tmp_path):
     """The data part of the pipeline run locally from the same flags: MLMD holds the spec's values."""
@@ -127,3 +145,15 @@ def test_local_run_records_the_parameters_the_spec_compiles(both_pipelines, tmp_
     compared = {k for k in expected if ("Ingestion", k) not in RUNNER_LOCATIONS}
     assert len(compared) >= 10
     assert {k: recorded[k] for k in compared} == {k: expected[k] for k in compared}
+
+
+def test_statistics_are_sampled_only_above_the_threshold():
+    config = StatisticsConfig(sample_rate=0.1, sample_above_rows=1000)
+    assert config.stats_options(1000) == {"use_sketch_based_topk_uniques": True}
+    assert config.stats_options(1001) == {"use_sketch_based_topk_uniques": True, "sample_rate": 0.1}
+    assert "sample_rate" not in StatisticsConfig(sample_rate=1.0, sample_above_rows=0).stats_options(10**9)
+    assert StatisticsConfig(sketch_top_k=False).stats_options(0) == {"use_sketch_based_topk_uniques": False}
+    with pytest.raises(ValueError, match="sample_rate"):
+        StatisticsConfig(sample_rate=0.0)
+    with pytest.raises(ValueError, match="sample_above_rows"):
+        StatisticsConfig(sample_above_rows=-1)

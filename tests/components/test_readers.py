@@ -118,6 +118,19 @@ def test_detect_format(fmt):
 
 
 @pytest.mark.parametrize("fmt", ALL_FORMATS)
+def test_count_lines_is_the_row_count_without_parsing(fmt, tmp_path):
+    assert readers.count_lines(FIXTURES / fmt, fmt) == len(EXPECTED_INTERACTIONS)
+    data_dir = tmp_path / fmt
+    shutil.copytree(FIXTURES / fmt, data_dir)
+    spec = resolve_spec(data_dir, fmt, "interactions")
+    path = data_dir / spec.filename
+    path.write_bytes(path.read_bytes().rstrip(b"\r\n"))  # the last line loses its newline
+    assert readers.count_lines(data_dir, fmt) == len(EXPECTED_INTERACTIONS)
+    path.write_bytes(b"".join(path.read_bytes().splitlines(keepends=True)[: spec.header_lines]))
+    assert readers.count_lines(data_dir, fmt) == 0
+
+
+@pytest.mark.parametrize("fmt", ALL_FORMATS)
 def test_every_format_reads_to_the_same_rows(fmt):
     data_dir = FIXTURES / fmt
     assert _rows(data_dir, fmt, "interactions") == EXPECTED_INTERACTIONS

@@ -62,6 +62,7 @@ from towerflow.components.ingestion.readers.recbole import RECBOLE_DEFAULT_HEADE
 from towerflow.components.ingestion.readers.registry import (
     FORMATS,
     NormalizedDataset,
+    count_lines,
     detect_format,
     load_dataset,
     read_table,
@@ -94,6 +95,7 @@ __all__ = [
     "Row",
     "TableSpec",
     "User",
+    "count_lines",
     "detect_format",
     "load_dataset",
     "parse_raw_line",

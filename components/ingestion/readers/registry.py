@@ -90,6 +90,24 @@ def read_table(data_dir: str | Path, fmt: str, table: str) -> Iterator[Row | Mal
     return iter_rows(path, spec, table)
 
 
+def count_lines(data_dir: str | Path, fmt: str, table: str = "interactions") -> int:
+    """Lines of one table after its header: its row count without parsing (malformed and blank lines included).
+
+    A cheap size for decisions made before ingestion runs (StatisticsGen's sampling); 0 when the table is absent.
+    """
+    spec = resolve_spec(data_dir, fmt, table)
+    path = Path(data_dir) / spec.filename if spec is not None else None
+    if path is None or not path.exists():
+        return 0
+    lines, last = 0, b"\n"
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            lines += block.count(b"\n")
+            last = block[-1:]
+    lines += last != b"\n"  # a last line without its newline
+    return max(lines - spec.header_lines, 0)
+
+
 @dataclass
 class NormalizedDataset:
     """A whole (small) dataset in memory, normalized."""
