@@ -41,6 +41,11 @@ def add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--no-stats-sketch", action="store_true", default=None, help="exact top-k/unique statistics (not TFDV's sketch)"
     )
+    group.add_argument("--user-top-k", type=int, default=None, help="keep the k most frequent user ids (default all)")
+    group.add_argument("--user-min-count", type=int, default=None, help="drop user ids seen fewer times (default 1)")
+    group.add_argument("--item-top-k", type=int, default=None, help="keep the k most frequent item ids (default all)")
+    group.add_argument("--item-min-count", type=int, default=None, help="drop item ids seen fewer times (default 1)")
+    group.add_argument("--title-token-top-k", type=int, default=None, help="title token vocabulary size (default all)")
     group.add_argument("--schema", default=None, help="schema to import (default: the checked-in one)")
     group.add_argument("--infer-schema", action="store_true", default=None, help="infer the schema with SchemaGen")
     group.add_argument("--no-cache", action="store_true", default=None, help="re-run every component")

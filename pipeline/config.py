@@ -17,6 +17,7 @@ from towerflow.components.ingestion.splits import (
     SPLIT_STRATEGIES,
 )
 from towerflow.models.features import DEFAULT_HISTORY_LENGTH
+from towerflow.models.vocabulary import VocabularyLimits
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SCHEMA = REPO_ROOT / "schemas" / "schema.pbtxt"
@@ -155,6 +156,8 @@ class PipelineConfig:
     enable_cache: bool = True
     # Transform and the two Trainers; off gives the data-only pipeline.
     train_models: bool = True
+    # Bounds on Transform's id vocabularies (models/vocabulary.py); the defaults bound nothing.
+    vocabulary: VocabularyLimits = field(default_factory=VocabularyLimits)
     # TwoTowerConfig / RankingConfig fields overriding their defaults (models/two_tower.py, models/ranking.py).
     two_tower: dict = field(default_factory=dict)
     ranking: dict = field(default_factory=dict)
@@ -211,9 +214,15 @@ class PipelineConfig:
         }
         if given("no_stats_sketch"):
             statistics["sketch_top_k"] = False
+        vocabulary = {
+            name: given(name)
+            for name in ("user_top_k", "user_min_count", "item_top_k", "item_min_count", "title_token_top_k")
+            if given(name) is not None
+        }
         values: dict = {
             "ingestion": IngestionConfig(**ingestion),
             "statistics": StatisticsConfig(**statistics),
+            "vocabulary": VocabularyLimits(**vocabulary),
             "data_dir": given("data_dir") or DEFAULT_DATA_DIR,
         }
         if given("pipeline_name"):

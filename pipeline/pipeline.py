@@ -17,6 +17,7 @@ from towerflow.components.index.component import IndexBuilder, IndexEvaluator
 from towerflow.components.ingestion import deletions, readers
 from towerflow.components.ingestion.component import Ingestion
 from towerflow.components.pusher import ServingPusher
+from towerflow.models.vocabulary import VOCABULARY_CONFIG_KEY
 from towerflow.pipeline.config import PipelineConfig, code_fingerprint, fingerprint_dir
 
 PREPROCESSING_FN = "towerflow.models.preprocessing.preprocessing_fn"
@@ -102,7 +103,10 @@ def _training_components(config: PipelineConfig, ingestion, schema_gen) -> list:
         schema=schema_gen.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN,
         splits_config=tfx.proto.SplitsConfig(analyze=["train"], transform=["train", "eval", "test"]),
-        custom_config={"code_fingerprint": code_fingerprint("models")},
+        custom_config={
+            "code_fingerprint": code_fingerprint("models"),
+            VOCABULARY_CONFIG_KEY: config.vocabulary.settings(),
+        },
     )
     trainers = []
     for component_id, run_fn, key, values in (

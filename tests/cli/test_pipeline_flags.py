@@ -13,6 +13,7 @@ import pytest
 
 from towerflow.cli.main import build_parser
 from towerflow.cli.pipeline_commands import compile_config, run_config
+from towerflow.models.vocabulary import VOCABULARY_CONFIG_KEY, VocabularyLimits
 from towerflow.pipeline.config import IngestionConfig, PipelineConfig, StatisticsConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -33,6 +34,11 @@ FLAGS = [
     "--stats-sample-rate", "0.25",
     "--stats-sample-above", "3",
     "--no-stats-sketch",
+    "--user-top-k", "50",
+    "--user-min-count", "2",
+    "--item-top-k", "60",
+    "--item-min-count", "3",
+    "--title-token-top-k", "70",
     "--no-cache",
 ]  # fmt: skip
 
@@ -62,6 +68,7 @@ def test_every_flag_reaches_the_config_of_both_commands(tmp_path):
         assert (config.seed, config.train_splits, config.enable_cache) == (3, ("train",), False)
         assert config.two_tower == {"epochs": 2} and config.ranking == {"epochs": 2}
         assert config.data_dir == str(FIXTURE)
+        assert config.vocabulary == VocabularyLimits(50, 2, 60, 3, 70)
         assert config.statistics == StatisticsConfig(sample_rate=0.25, sample_above_rows=3, sketch_top_k=False)
 
 
@@ -145,6 +152,16 @@ def test_local_run_records_the_parameters_the_spec_compiles(both_pipelines, tmp_
     compared = {k for k in expected if ("Ingestion", k) not in RUNNER_LOCATIONS}
     assert len(compared) >= 10
     assert {k: recorded[k] for k in compared} == {k: expected[k] for k in compared}
+
+
+def test_vocabulary_flags_reach_transform(both_pipelines):
+    from towerflow.pipeline.kubeflow_runner import task_parameters
+
+    local, spec = both_pipelines
+    (transform,) = [c for c in local.components if c.id == "Transform"]
+    expected = VocabularyLimits(50, 2, 60, 3, 70).settings()
+    assert json.loads(transform.exec_properties["custom_config"])[VOCABULARY_CONFIG_KEY] == expected
+    assert task_parameters(spec, "Transform")["custom_config"][VOCABULARY_CONFIG_KEY] == expected
 
 
 def test_statistics_are_sampled_only_above_the_threshold():
