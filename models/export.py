@@ -5,6 +5,13 @@ names): scalars as 1-D tensors, list features (`hist_item_ids`, `item_genres`)
 as 2-D string tensors right-padded with "". Every signature also exists in a
 serialized-tf.Example form (`<name>_examples`, input `examples`).
 
+A broadcast signature (`broadcast_signature`) serves the online case of one
+query and N candidates: the query's features come ONCE (shape [1] / [1, L])
+and the candidates' features N times. The Transform graph runs on the one
+query row and its transformed features are repeated N times inside the graph,
+so a request no longer carries (and the server no longer decodes and
+transforms) N copies of the user's history ids.
+
 The Transform layer needs every raw feature it was built with; a signature
 that only gets the user's features fills the item-side ones with neutral
 defaults (and vice versa). Transformed features of one side never depend on
@@ -104,6 +111,33 @@ class ServingModule(tf.Module):
 
         return {name: from_tensors.get_concrete_function(), f"{name}_examples": from_examples.get_concrete_function()}
 
+    def broadcast_signature(
+        self,
+        query_keys: Sequence[str],
+        candidate_keys: Sequence[str],
+        query_transformed_keys: Sequence[str],
+        head: Callable[[dict], Mapping[str, tf.Tensor]],
+    ) -> tf.types.experimental.ConcreteFunction:
+        """`head` over one query row ([1] / [1, L] inputs) paired with each of N candidate rows.
+
+        Equal, row for row, to the plain signature fed the query's row repeated N times: the
+        transformed query features do not depend on the candidate side (the module docstring).
+        """
+        specs = raw_input_specs(self.tft_output, candidate_keys)
+        for key, spec in raw_input_specs(self.tft_output, query_keys).items():
+            specs[key] = tf.TensorSpec([1, *spec.shape[1:]], spec.dtype, name=key)
+
+        @tf.function(input_signature=[specs])
+        def broadcast(raw):
+            query = self.transformed({k: raw[k] for k in query_keys})
+            out = dict(self.transformed({k: raw[k] for k in candidate_keys}))
+            n = tf.shape(raw[candidate_keys[0]])[0]
+            for key in query_transformed_keys:
+                out[key] = tf.repeat(query[key], n, axis=0)
+            return dict(head(out))
+
+        return broadcast.get_concrete_function()
+
 
 def export_saved_model(
     path: str,
@@ -111,12 +145,22 @@ def export_saved_model(
     models: Mapping[str, tf.keras.Model],
     heads: Mapping[str, tuple[Sequence[str], Callable[[ServingModule, dict], Mapping[str, tf.Tensor]]]],
     default: str,
+    broadcast: Mapping[str, tuple[str, Sequence[str], Sequence[str], Sequence[str]]] | None = None,
 ) -> dict[str, tf.types.experimental.ConcreteFunction]:
-    """Saves a SavedModel whose signatures are `heads` (name -> (raw keys, fn(module, transformed)))."""
+    """Saves a SavedModel whose signatures are `heads` (name -> (raw keys, fn(module, transformed))).
+
+    `broadcast`: name -> (head name, query raw keys, candidate raw keys, transformed query keys), a
+    broadcast signature over that head (`ServingModule.broadcast_signature`).
+    """
     module = ServingModule(tft_output, models)
     signatures = {}
     for name, (keys, head) in heads.items():
         signatures.update(module.signature_pair(name, keys, lambda xf, head=head: head(module, xf)))
+    for name, (head_name, query_keys, candidate_keys, query_xf_keys) in (broadcast or {}).items():
+        head = heads[head_name][1]
+        signatures[name] = module.broadcast_signature(
+            query_keys, candidate_keys, query_xf_keys, lambda xf, head=head: head(module, xf)
+        )
     signatures["serving_default"] = signatures[default]
     tf.saved_model.save(module, path, signatures=signatures)
     return signatures

@@ -204,7 +204,23 @@ def export_ranking(model: DCNRankingModel, tft_output: tft.TFTransformOutput, pa
     def head(module, xf):
         return {key: tf.reshape(value, [-1]) for key, value in module.models["ranker"](xf).items()}
 
-    export.export_saved_model(path, tft_output, {"ranker": model}, {RANKER: (RANKER_FEATURES, head)}, default=RANKER)
+    export.export_saved_model(
+        path,
+        tft_output,
+        {"ranker": model},
+        {RANKER: (RANKER_FEATURES, head)},
+        default=RANKER,
+        # rank_candidates: the same outputs for ONE query row ([1] inputs) and N candidate rows, the
+        # online call (the service sends the user's features once; models/export.py)
+        broadcast={
+            "rank_candidates": (
+                RANKER,
+                F.QUERY_FEATURES,
+                F.CANDIDATE_FEATURES + F.ITEM_POINT_IN_TIME_FEATURES,
+                F.QUERY_FEATURES_XF,
+            )
+        },
+    )
 
 
 def run_two_tower(fn_args) -> None:

@@ -4,7 +4,11 @@
 `query_tower` and the DCN's `ranker` -- over TF Serving's gRPC
 PredictionService (default) or its REST API, always naming the version, with
 a timeout equal to the stage's budget and no retries (a retry would blow the
-budget; the caller falls back instead).
+budget; the caller falls back instead). A ranker exported with
+`rank_candidates` (models/export.py) gets the user's query features ONCE and
+repeats them inside the graph; an older export without it gets them repeated
+N times under `ranker`. The served version's signatures are asked once
+(GetModelMetadata) and remembered.
 
 `VersionWatcher` decides which versions the service uses. It reads the
 serving root (`model_repository`) for the version TF Serving sends
@@ -42,6 +46,8 @@ RANKER = "ranker"
 QUERY_SIGNATURE = "query_tower"
 CANDIDATE_SIGNATURE = "candidate_tower"
 RANKER_SIGNATURE = "ranker"
+# The ranker over one query row ([1] inputs) and N candidate rows (models/run_fns.py export_ranking).
+RANK_CANDIDATES_SIGNATURE = "rank_candidates"
 EMBEDDING = "embedding"
 INTERACTION_SCORE = "interaction_score"
 INDEX_EXTRA = "index"  # names the pusher gives the extras (components/pusher/executor.py)
@@ -112,6 +118,7 @@ class ModelClient:
             raise ValueError("the REST protocol needs the model server's REST URL")
         self.protocol, self.grpc_target, self.rest_url = protocol, grpc_target, rest_url
         self._clients: dict[tuple[str, float], object] = {}
+        self._signatures: dict[tuple[str, int], frozenset[str]] = {}
         self._lock = threading.Lock()
 
     def _client(self, timeout: float):
@@ -155,13 +162,40 @@ class ModelClient:
         out = self.predict(TWO_TOWER, CANDIDATE_SIGNATURE, inputs, version, timeout)
         return np.asarray(out.get(EMBEDDING, out.get("_")), dtype=np.float32).reshape(len(items), -1)
 
+    def signatures(self, model: str, version: int, timeout: float = 2.0) -> frozenset[str]:
+        """The signature names of one served version, asked once (empty, and asked again, if it cannot say)."""
+        key = (model, int(version))
+        known = self._signatures.get(key)
+        if known is not None:
+            return known
+        try:
+            client = self._client(timeout)
+            if self.protocol == "grpc":
+                _, signature_map = client.metadata(model, version=version)
+                names = frozenset(signature_map.signature_def)
+            else:
+                names = frozenset(client.metadata(model, version=version)["metadata"]["signature_def"]["signature_def"])
+        except (ServingError, KeyError, TypeError) as err:
+            log.warning("signatures of %s v%s unknown: %s", model, version, err)
+            return frozenset()
+        self._signatures[key] = names
+        return names
+
     def rank(
         self, query: Mapping, candidates: Sequence[Mapping], version: int, timeout: float
     ) -> dict[str, np.ndarray]:
-        """One batched ranker call: the user's query features with each candidate's item features."""
+        """One batched ranker call: the user's query features with each candidate's item features.
+
+        `rank_candidates` if the version has it (the query features sent once), else `ranker` with the
+        query features repeated for every candidate.
+        """
         n = len(candidates)
         inputs: dict = columns(candidates, features.CANDIDATE_FEATURES + features.ITEM_POINT_IN_TIME_FEATURES)
-        for key, value in columns([query], features.QUERY_FEATURES).items():
+        query_columns = columns([query], features.QUERY_FEATURES)
+        if RANK_CANDIDATES_SIGNATURE in self.signatures(RANKER, version, timeout):
+            inputs.update(query_columns)
+            return self.predict(RANKER, RANK_CANDIDATES_SIGNATURE, inputs, version, timeout)
+        for key, value in query_columns.items():
             inputs[key] = tensor_proto(value, repeat=n) if self.protocol == "grpc" else np.repeat(value, n, axis=0)
         return self.predict(RANKER, RANKER_SIGNATURE, inputs, version, timeout)
 
@@ -271,6 +305,8 @@ class VersionWatcher:
                     index, source = current.index, current.index_source
                 else:
                     index, source = self._load_index(tt_version, tt_dir)
+                if rk_version is not None:
+                    self.client.signatures(RANKER, rk_version)  # remembered for the ranking calls
                 evaluation = read_evaluation(Path(rk_base) / str(rk_version)) if rk_version else {}
                 evaluation = evaluation or read_evaluation(tt_dir)
             except (ModelUnavailableError, OSError, ValueError) as err:

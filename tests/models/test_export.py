@@ -141,3 +141,24 @@ def test_user_side_signature_ignores_item_defaults(two_tower_export):
     b = instance("u1", "i4", ["i2"])  # same user state, different item
     out = loaded.signatures["query_tower_examples"](examples=_serialized([a, b]))["embedding"].numpy()
     np.testing.assert_allclose(out[0], out[1], atol=1e-6)
+
+
+def test_rank_candidates_equals_the_ranker_on_repeated_query_rows(ranker_export):
+    """The online signature: one query row ([1] inputs) with N candidates, broadcast inside the graph."""
+    _, loaded, _ = ranker_export
+    instances = [instance(*row) for row in INTERACTIONS]
+    candidate_keys = F.CANDIDATE_FEATURES + F.ITEM_POINT_IN_TIME_FEATURES
+    for user in (4, len(instances) - 1):  # two different users' query features
+        rows = [{**inst, **{k: instances[user][k] for k in F.QUERY_FEATURES}} for inst in instances]
+        expected = loaded.signatures["ranker"](**_raw_tensors(rows, run_fns.RANKER_FEATURES))
+        inputs = _raw_tensors(instances, candidate_keys)
+        inputs.update(_raw_tensors([instances[user]], F.QUERY_FEATURES))
+        broadcast = loaded.signatures["rank_candidates"](**inputs)
+        assert set(broadcast) == set(expected)
+        for key, value in expected.items():
+            assert broadcast[key].shape == (len(instances),)
+            np.testing.assert_allclose(broadcast[key].numpy(), value.numpy(), atol=1e-5)
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError, TypeError)):  # two query rows: refused
+        two = _raw_tensors(instances, candidate_keys)
+        two.update(_raw_tensors(instances[:2], F.QUERY_FEATURES))
+        loaded.signatures["rank_candidates"](**two)

@@ -8,7 +8,13 @@ import pytest
 from towerflow.components.index.scann_index import ScannIndex
 from towerflow.components.pusher import model_repository
 from towerflow.models import features
-from towerflow.serving.recommender.served import ModelUnavailableError, VersionWatcher, columns, tensor_proto
+from towerflow.serving.recommender.served import (
+    ModelClient,
+    ModelUnavailableError,
+    VersionWatcher,
+    columns,
+    tensor_proto,
+)
 
 
 class Server:
@@ -22,6 +28,9 @@ class Server:
         if self.down:
             raise ModelUnavailableError("connection refused")
         return set(self.available[model])
+
+    def signatures(self, model, version, timeout=2.0):
+        return frozenset({"ranker"})
 
 
 def push_version(root, tiny_model, tmp_path, offset: float, weight: float) -> int:
@@ -97,3 +106,22 @@ def test_tensor_proto_repeat_equals_stacking_the_rows():
     ages = np.array([31], dtype=np.int64)
     assert np.array_equal(tf.make_ndarray(tensor_proto(hist, repeat=4)), np.repeat(hist, 4, axis=0).astype(bytes))
     assert tf.make_ndarray(tensor_proto(ages, repeat=3)).tolist() == [31, 31, 31]
+
+
+def test_rank_sends_the_query_once_when_the_ranker_has_rank_candidates(monkeypatch):
+    client = ModelClient(grpc_target="127.0.0.1:1")
+    calls = []
+    monkeypatch.setattr(client, "predict", lambda model, sig, inputs, version, timeout: calls.append((sig, inputs)))
+    client._signatures[("ranker", 1)] = frozenset({"ranker", "rank_candidates"})  # what GetModelMetadata said
+    client._signatures[("ranker", 2)] = frozenset({"ranker"})  # an export from before rank_candidates
+    query = {features.USER_ID: "u1", features.HIST_ITEM_IDS: ["a", "b"], features.USER_AGE: 30}
+    candidates = [{features.ITEM_ID: f"i{n}", features.ITEM_GENRES: ["Drama"]} for n in range(3)]
+    client.rank(query, candidates, 1, 1.0)
+    client.rank(query, candidates, 2, 1.0)
+    (broadcast, once), (plain, repeated) = calls
+    assert broadcast == "rank_candidates"
+    assert once[features.USER_ID].shape == (1,) and once[features.HIST_ITEM_IDS].shape == (1, 2)
+    assert once[features.ITEM_ID].shape == (3,)
+    assert plain == "ranker"
+    assert [d.size for d in repeated[features.HIST_ITEM_IDS].tensor_shape.dim] == [3, 2]
+    assert list(repeated[features.USER_ID].string_val) == [b"u1"] * 3
