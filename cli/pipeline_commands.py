@@ -53,6 +53,12 @@ def add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--epochs", type=int, default=None, help="override both models' epochs")
     group.add_argument("--seed", type=int, default=None, help="the Trainers' random seed (default 0)")
     group.add_argument(
+        "--example-budget",
+        type=int,
+        default=None,
+        help="Trainers run min(epochs, max(1, budget // training examples)) epochs (default 2000000; 0: no budget)",
+    )
+    group.add_argument(
         "--train-splits",
         nargs="+",
         choices=("train", "eval"),

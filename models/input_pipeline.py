@@ -30,6 +30,8 @@ from towerflow.models import features as F
 SHUFFLE_BUFFER = 50_000
 # Examples parsed and regrouped per step; large enough that the sort and gathers dominate the per-step overhead.
 CHUNK_SIZE = 16_384
+# The Trainers' custom_config key of the example budget (`budgeted_epochs`, run_fns._fit).
+EXAMPLE_BUDGET_KEY = "example_budget"
 
 
 def records(file_pattern: str | Sequence[str], shuffle: bool, seed: int | None) -> tf.data.Dataset:
@@ -45,6 +47,24 @@ def records(file_pattern: str | Sequence[str], shuffle: bool, seed: int | None) 
     if shuffle:
         dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
     return dataset
+
+
+def count_records(file_pattern: str | Sequence[str]) -> int:
+    """Examples in the files: one parallel read, nothing parsed."""
+    batches = records(file_pattern, shuffle=False, seed=None).batch(8192)
+    return int(batches.reduce(tf.constant(0, tf.int64), lambda n, batch: n + tf.size(batch, out_type=tf.int64)))
+
+
+def budgeted_epochs(epochs: int, examples: int, budget: int | None) -> int:
+    """The epochs a Trainer runs under an example budget: min(epochs, max(1, budget // examples)).
+
+    Larger data needs fewer passes; every example is still seen at least once. None: no budget.
+    """
+    if budget is None or examples <= 0:
+        return epochs
+    if budget < 1:
+        raise ValueError(f"the example budget must be >= 1, got {budget}")
+    return min(epochs, max(1, budget // examples))
 
 
 def _empty_like(spec: dict) -> dict[str, tf.Tensor]:

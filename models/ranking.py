@@ -17,7 +17,7 @@ None keeps them full rank. Three tasks share the trunk:
 * interaction: which item the user picks. A sampled softmax of each positive
   against `num_negatives` other items of the same batch, with the sampling
   probability corrected out (log-Q) and accidental hits removed. Training
-  batches hold examples of one time bucket (`run_fns.time_local_batches`), so
+  batches hold examples of one time bucket (`input_pipeline.day_batches`), so
   the negatives are items picked at about the same moment and their
   point-in-time features are (nearly) current; the in-batch sampling
   probability is then an item's recent share, hence the correction by its
@@ -163,16 +163,24 @@ class DCNRankingModel(tfrs.Model):
             x = layer(x0, x)
         return x
 
-    def _trunk(self, features: Mapping[str, tf.Tensor]) -> tf.Tensor:
+    def _encode(self, features: Mapping[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+        """(query vector, candidate vector) of every row: user, history and context; item and its popularity."""
         # One lookup for every id feature, the form TPU embeddings need.
         embedded = self.embeddings(E.select(features, E.QUERY_ID_FEATURES + E.CANDIDATE_ID_FEATURES))
-        parts = [self.query_features(features, embedded), self.candidate_features(features, embedded)]
+        candidate = [self.candidate_features(features, embedded)]
         if self.config.use_item_popularity:
-            parts.extend(tf.cast(features[key], tf.float32)[:, tf.newaxis] for key in F.ITEM_POPULARITY_XF)
-        x0 = tf.concat(parts, axis=-1)
+            candidate.extend(tf.cast(features[key], tf.float32)[:, tf.newaxis] for key in F.ITEM_POPULARITY_XF)
+        return self.query_features(features, embedded), tf.concat(candidate, axis=-1)
+
+    def _top(self, query: tf.Tensor, candidate: tf.Tensor) -> tf.Tensor:
+        """The crosses and the deep layers over x0 = [query, candidate]."""
+        x0 = tf.concat([query, candidate], axis=-1)
         if self.config.structure == "stacked":
             return self.deep(self._cross(x0))
         return tf.concat([self._cross(x0), self.deep(x0)], axis=-1)
+
+    def _trunk(self, features: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        return self._top(*self._encode(features))
 
     def call(self, features: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         trunk = self._trunk(features)
@@ -181,28 +189,37 @@ class DCNRankingModel(tfrs.Model):
             out[INTERACTION_OUTPUT] = self.interaction_head(trunk)
         return out
 
-    def _negatives(self, features: Mapping[str, tf.Tensor]) -> list[dict[str, tf.Tensor]]:
-        """The batch's users paired with other rows' items (a random non-zero roll per negative)."""
+    def negative_shifts(self, features: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        """[num_negatives] random non-zero rolls: negative j pairs row i's user with row i - shift_j's item."""
         batch = tf.shape(features[F.ITEM_ID_XF])[0]
-        out = []
-        for _ in range(self.config.num_negatives):
-            shift = tf.random.uniform([], 1, tf.maximum(batch, 2), dtype=tf.int32)
-            rolled = dict(features)
-            for key in CANDIDATE_SIDE_FEATURES:
-                rolled[key] = tf.roll(features[key], shift, axis=0)
-            out.append(rolled)
-        return out
+        return tf.random.uniform([self.config.num_negatives], 1, tf.maximum(batch, 2), dtype=tf.int32)
 
-    def interaction_logits(self, features: Mapping[str, tf.Tensor], trunk: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """[B, 1 + num_negatives] corrected logits (positive first) and the accidental-hit mask."""
-        candidates = [features] + self._negatives(features)
-        logits = [self.interaction_head(trunk)] + [self.interaction_head(self._trunk(c)) for c in candidates[1:]]
-        logits = tf.concat(logits, axis=1)
+    def interaction_logits(
+        self,
+        features: Mapping[str, tf.Tensor],
+        query: tf.Tensor,
+        candidate: tf.Tensor,
+        trunk: tf.Tensor,
+        shifts: tf.Tensor,
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        """[B, 1 + num_negatives] corrected logits (positive first) and the accidental-hit mask.
+
+        A negative is the batch's users with other rows' items (`shifts`). The rows' encoded candidate
+        vectors are rolled, not their raw features re-encoded -- the same vectors, as the encoders work
+        row by row -- and all negatives go through the crosses and deep layers as one [N x B] batch.
+        """
+        batch = tf.shape(query)[0]
+        rolled = tf.concat([tf.roll(candidate, shifts[j], axis=0) for j in range(self.config.num_negatives)], axis=0)
+        queries = tf.tile(query, [self.config.num_negatives, 1])
+        negative_logits = tf.reshape(self.interaction_head(self._top(queries, rolled)), [-1, batch])
+        logits = tf.concat([self.interaction_head(trunk), tf.transpose(negative_logits)], axis=1)
         # log-Q: an item's chance of being a sampled negative is its share of the batch's time bucket,
         # i.e. proportional to its recent count (log1p in the feature; +1 also covers brand-new items).
-        log_q = tf.stack([tf.cast(c[F.ITEM_RECENT_COUNT_LOG_XF], tf.float32) for c in candidates], axis=1)
-        item_ids = tf.stack([c[F.ITEM_ID_XF] for c in candidates], axis=1)
-        hits = tf.equal(item_ids[:, 1:], item_ids[:, :1])  # a negative that is the positive item itself
+        item_ids, log_q = features[F.ITEM_ID_XF], tf.cast(features[F.ITEM_RECENT_COUNT_LOG_XF], tf.float32)
+        negative_ids = [tf.roll(item_ids, shifts[j], axis=0) for j in range(self.config.num_negatives)]
+        negative_log_q = [tf.roll(log_q, shifts[j], axis=0) for j in range(self.config.num_negatives)]
+        log_q = tf.stack([log_q, *negative_log_q], axis=1)
+        hits = tf.equal(tf.stack(negative_ids, axis=1), item_ids[:, tf.newaxis])  # a negative that is the positive
         mask = tf.concat([tf.zeros_like(hits[:, :1]), hits], axis=1)
         return logits - log_q, mask
 
@@ -212,7 +229,8 @@ class DCNRankingModel(tfrs.Model):
         return loss_sum / tf.cast(rows * replicas, loss_sum.dtype)
 
     def compute_loss(self, features: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:
-        trunk = self._trunk(features)
+        query, candidate = self._encode(features)
+        trunk = self._top(query, candidate)
         rows = tf.shape(trunk)[0]
         loss = tf.constant(0.0)
         if self.config.rating_weight:
@@ -228,7 +246,8 @@ class DCNRankingModel(tfrs.Model):
             )
             loss += self.config.liked_weight * self._per_example(liked_loss, rows)
         if self.config.interaction_weight:
-            logits, hits = self.interaction_logits(features, trunk)
+            shifts = self.negative_shifts(features)
+            logits, hits = self.interaction_logits(features, query, candidate, trunk, shifts)
             logits = tf.where(hits, tf.fill(tf.shape(logits), logits.dtype.min), logits)
             labels = tf.one_hot(tf.zeros(tf.shape(logits)[0], tf.int32), tf.shape(logits)[1])
             interaction_loss = self.interaction_task(labels=labels, predictions=logits)

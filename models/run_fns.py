@@ -122,8 +122,20 @@ def _fit(
     bucket_hours: float = 0.0,
 ):
     """Trains on the train files, validates on the eval files (not under parameter_server: the chief
-    only coordinates there). `batch_size` is per replica and micro-batch (`Distribution.global_batch_size`)."""
+    only coordinates there). `batch_size` is per replica and micro-batch (`Distribution.global_batch_size`).
+
+    With an example budget (custom_config["example_budget"], the pipeline's --example-budget) the
+    epochs are `input_pipeline.budgeted_epochs`: fewer passes over larger data, at least one.
+    """
     tft_output = tft.TFTransformOutput(fn_args.transform_output)
+    budget = (fn_args.custom_config or {}).get(input_pipeline.EXAMPLE_BUDGET_KEY)
+    if budget is not None and not dist.config.steps_per_epoch:
+        examples = input_pipeline.count_records(fn_args.train_files)
+        configured, epochs = epochs, input_pipeline.budgeted_epochs(epochs, examples, int(budget))
+        print(
+            f"{name}: {examples:,} training examples, budget {int(budget):,}: {epochs} of {configured} epochs",
+            flush=True,
+        )
     if bucket_hours:
 
         def make_train(batch):

@@ -162,6 +162,10 @@ class PipelineConfig:
     two_tower: dict = field(default_factory=dict)
     ranking: dict = field(default_factory=dict)
     seed: int = 0
+    # Both Trainers run min(epochs, max(1, example_budget // training examples)) epochs: fewer passes
+    # over larger data, at least one (models/input_pipeline.budgeted_epochs). ml-100k's ~90k training
+    # examples keep their 5 epochs; 1M interactions get 2, 20M get 1. None: always the configured epochs.
+    example_budget: int | None = 2_000_000
     # The splits both Trainers fit on. Settings are chosen on the eval window with models fit on
     # train only (benchmarks/model_quality.py --window eval, --tune-weight); the final models are
     # then fit on train+eval, all the data before the test cut-off (on ml-100k: two-tower NDCG@10
@@ -242,6 +246,8 @@ class PipelineConfig:
             values["train_splits"] = tuple(given("train_splits"))
         if given("seed") is not None:
             values["seed"] = given("seed")
+        if given("example_budget") is not None:
+            values["example_budget"] = given("example_budget") or None
         return cls(**values, **runner_fields)
 
     def settings(self) -> dict:

@@ -17,6 +17,7 @@ from towerflow.components.index.component import IndexBuilder, IndexEvaluator
 from towerflow.components.ingestion import deletions, readers
 from towerflow.components.ingestion.component import Ingestion
 from towerflow.components.pusher import ServingPusher
+from towerflow.models.input_pipeline import EXAMPLE_BUDGET_KEY
 from towerflow.models.vocabulary import VOCABULARY_CONFIG_KEY
 from towerflow.pipeline.config import PipelineConfig, code_fingerprint, fingerprint_dir
 
@@ -96,6 +97,14 @@ def _pushers(config: PipelineConfig, two_tower_trainer, ranking_trainer, index_e
     ]
 
 
+def _trainer_config(config: PipelineConfig, key: str, values: dict) -> dict:
+    """A Trainer's custom_config: its model's settings, the seed, the example budget (run_fns._fit)."""
+    custom_config = {key: dict(values), "seed": config.seed, "code_fingerprint": code_fingerprint("models")}
+    if config.example_budget is not None:
+        custom_config[EXAMPLE_BUDGET_KEY] = config.example_budget
+    return custom_config
+
+
 def _training_components(config: PipelineConfig, ingestion, schema_gen) -> list:
     """Transform (analysed on train only) -> two-tower Trainer and DCN Trainer -> index -> pushes."""
     transform = tfx.components.Transform(
@@ -120,7 +129,7 @@ def _training_components(config: PipelineConfig, ingestion, schema_gen) -> list:
             schema=schema_gen.outputs["schema"],
             train_args=tfx.proto.TrainArgs(splits=list(config.train_splits)),
             eval_args=tfx.proto.EvalArgs(splits=["eval"]),
-            custom_config={key: dict(values), "seed": config.seed, "code_fingerprint": code_fingerprint("models")},
+            custom_config=_trainer_config(config, key, values),
         ).with_id(component_id)
         trainers.append(trainer)
     two_tower_trainer, ranking_trainer = trainers

@@ -29,6 +29,7 @@ FLAGS = [
     "--history-length", "7",
     "--max-bad-fraction", "0.05",
     "--seed", "3",
+    "--example-budget", "5000",
     "--train-splits", "train",
     "--epochs", "2",
     "--stats-sample-rate", "0.25",
@@ -66,6 +67,7 @@ def test_every_flag_reaches_the_config_of_both_commands(tmp_path):
         assert config.ingestion == expected_ingestion
         assert config.pipeline_name == "flags-check"
         assert (config.seed, config.train_splits, config.enable_cache) == (3, ("train",), False)
+        assert config.example_budget == 5000
         assert config.two_tower == {"epochs": 2} and config.ranking == {"epochs": 2}
         assert config.data_dir == str(FIXTURE)
         assert config.vocabulary == VocabularyLimits(50, 2, 60, 3, 70)
@@ -162,6 +164,18 @@ def test_vocabulary_flags_reach_transform(both_pipelines):
     expected = VocabularyLimits(50, 2, 60, 3, 70).settings()
     assert json.loads(transform.exec_properties["custom_config"])[VOCABULARY_CONFIG_KEY] == expected
     assert task_parameters(spec, "Transform")["custom_config"][VOCABULARY_CONFIG_KEY] == expected
+
+
+def test_the_example_budget_reaches_both_trainers(both_pipelines, tmp_path):
+    from towerflow.pipeline.kubeflow_runner import task_parameters
+
+    local, spec = both_pipelines
+    for trainer in ("TwoTowerTrainer", "RankingTrainer"):
+        (component,) = [c for c in local.components if c.id == trainer]
+        assert json.loads(component.exec_properties["custom_config"])["example_budget"] == 5000
+        assert task_parameters(spec, trainer)["custom_config"]["example_budget"] == 5000
+    unbounded = run_config(_args("run", tmp_path, "--example-budget", "0"))
+    assert unbounded.example_budget is None
 
 
 def test_statistics_are_sampled_only_above_the_threshold():

@@ -97,3 +97,28 @@ def test_records_reads_every_file_in_order_or_shuffled(tmp_path):
     assert [n for n in ordered if n in names[:25]] == names[:25]  # a file's records keep their order unshuffled
     shuffled = list(input_pipeline.records([pattern], shuffle=True, seed=1).as_numpy_iterator())
     assert sorted(shuffled) == sorted(names) and shuffled != ordered
+
+
+def test_count_records_counts_every_file(tmp_path):
+    _write_gzip(tmp_path / "a.gz", [b"x"] * 9000)
+    _write_gzip(tmp_path / "b.gz", [b"y"] * 7)
+    assert input_pipeline.count_records(str(tmp_path / "*.gz")) == 9007
+
+
+@pytest.mark.parametrize(
+    "epochs, examples, budget, expected",
+    [
+        (5, 90_000, 2_000_000, 5),  # ml-100k: the configured epochs
+        (5, 900_000, 2_000_000, 2),  # 1M interactions
+        (5, 18_000_000, 2_000_000, 1),  # 20M: at least one pass
+        (5, 900_000, None, 5),  # no budget
+        (3, 0, 10, 3),  # nothing counted: the configured epochs
+    ],
+)
+def test_budgeted_epochs(epochs, examples, budget, expected):
+    assert input_pipeline.budgeted_epochs(epochs, examples, budget) == expected
+
+
+def test_budget_must_be_positive():
+    with pytest.raises(ValueError, match="example budget"):
+        input_pipeline.budgeted_epochs(5, 100, 0)

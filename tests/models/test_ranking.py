@@ -124,6 +124,30 @@ def test_interaction_loss_is_a_log_q_corrected_softmax_over_another_rows_item(ta
     assert float(model.compute_loss(batch)) == pytest.approx(_softmax_ce(logits), rel=1e-4)
 
 
+def test_negatives_score_like_rows_whose_raw_item_features_were_rolled(table_sizes, make_batch):
+    # The candidate vectors are rolled once encoded; that must equal encoding the rolled raw features.
+    for structure in ("stacked", "parallel"):
+        model = DCNRankingModel(RankingConfig(num_negatives=3, structure=structure, **SMALL), table_sizes)
+        batch = make_batch(5, seed=11)
+        batch[F.ITEM_ID_XF] = np.array([1, 2, 3, 2, 5], np.int64)
+        features = {key: tf.constant(value) for key, value in batch.items()}
+        shifts = tf.constant([1, 3, 4], tf.int32)
+        query, candidate = model._encode(features)
+        logits, hits = model.interaction_logits(features, query, candidate, model._top(query, candidate), shifts)
+        log_q = batch[F.ITEM_RECENT_COUNT_LOG_XF]
+        expected = [model(batch)[INTERACTION_OUTPUT].numpy()[:, 0] - log_q]
+        expected_hits = [np.zeros(5, bool)]
+        for shift in (1, 3, 4):
+            rolled = dict(batch)
+            for key in CANDIDATE_SIDE_FEATURES:
+                rolled[key] = np.roll(batch[key], shift, axis=0)
+            expected.append(model(rolled)[INTERACTION_OUTPUT].numpy()[:, 0] - rolled[F.ITEM_RECENT_COUNT_LOG_XF])
+            expected_hits.append(rolled[F.ITEM_ID_XF] == batch[F.ITEM_ID_XF])
+        np.testing.assert_allclose(logits.numpy(), np.stack(expected, axis=1), rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(hits.numpy(), np.stack(expected_hits, axis=1))
+        assert hits.numpy()[1, 2]  # rows 1 and 3 share item 2: the roll by 3 pairs row 1 with row 3's item
+
+
 def test_interaction_loss_ignores_a_negative_that_is_the_positive_item(table_sizes, make_batch):
     # Both rows hold item 4: each row's only negative is an accidental hit, so only the positive is left.
     config = RankingConfig(rating_weight=0.0, liked_weight=0.0, num_negatives=1, **SMALL)

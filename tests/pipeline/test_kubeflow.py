@@ -110,6 +110,7 @@ def test_parameters_carry_the_split_config_run_fns_and_data_location(compiled):
         "two_tower": {"epochs": 3},
         "seed": 0,
         "code_fingerprint": code_fingerprint("models"),
+        "example_budget": 2_000_000,
     }
     assert two_tower["train_args"] == {"splits": ["train", "eval"]} and two_tower["eval_args"] == {"splits": ["eval"]}
     assert kubeflow_runner.task_parameters(spec, "RankingTrainer")["run_fn"] == RANKING_RUN_FN
