@@ -64,6 +64,10 @@ GOAL_PEAK_RSS_GB = {"20m": 12.0}
 # Stages shorter than this get no rows/s or growth exponent: timing noise and fixed costs dominate.
 MIN_SECONDS = 2.0
 _PROGRESS = re.compile(r"^\[\s*[\d.]+s\]\s+(?P<name>\S+)\s+(?P<state>\w+)")
+# What run_fns._fit prints when an example budget sets a Trainer's epochs.
+_BUDGET = re.compile(r"^(?:two_tower|ranking): [\d,]+ training examples, budget [\d,]+: \d+ of \d+ epochs$")
+# The results file's hand-written part: everything from this line on survives the benchmark re-writing the table.
+NOTES_MARKER = "<!-- notes: kept when the benchmark re-writes this file -->"
 
 
 @dataclass
@@ -84,6 +88,7 @@ class SizeResult:
     lock_wait: float = 0.0
     load_before: tuple[float, float, float] = (0.0, 0.0, 0.0)
     load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    training: list[str] = field(default_factory=list)  # the Trainers' epochs under the example budget
 
     @property
     def total(self) -> Stage:
@@ -230,9 +235,29 @@ def run_size(size: Size, work_dir: Path, train: bool, keep: bool) -> SizeResult:
         evaluate.name = "evaluate"
         result.stages.append(evaluate)
     result.load_after = os.getloadavg()
+    result.training = budget_lines(log_path)
     if not keep:
         shutil.rmtree(out_dir, ignore_errors=True)
     return result
+
+
+def budget_lines(log_path: Path) -> list[str]:
+    """The Trainers' lines saying how many epochs the example budget gave them (the last run in the log)."""
+    lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("$ ") and " run " in line]
+    return [line.strip() for line in lines[starts[-1] if starts else 0 :] if _BUDGET.match(line.strip())]
+
+
+def kept_notes(path: Path) -> str:
+    """The hand-written notes of an existing results file (from NOTES_MARKER on), or ''."""
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    return text[text.index(NOTES_MARKER) :] if NOTES_MARKER in text else ""
+
+
+def write_report(path: Path, report: str) -> None:
+    notes = kept_notes(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(report + ("\n" + notes if notes else ""), encoding="utf-8")
 
 
 # --- the table ----------------------------------------------------------------
@@ -355,6 +380,7 @@ def format_results(results: list[SizeResult], command: str) -> str:
             f"interactions): waited {r.lock_wait:.0f} s for the machine; load average "
             f"{r.load_before[0]:.1f} before, {r.load_after[0]:.1f} after"
         )
+        lines += [f"  - {line}" for line in r.training]
     return "\n".join(lines) + "\n"
 
 
@@ -366,6 +392,7 @@ def _load_result(raw: dict, unobserved: frozenset[str] = frozenset({"ImportSchem
         raw["lock_wait"],
         tuple(raw["load_before"]),
         tuple(raw["load_after"]),
+        raw.get("training", []),
     )
 
 
@@ -385,7 +412,7 @@ def main(argv: list[str] | None = None) -> None:
     command = "benchmarks/pipeline_scaling.py " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.render:
         results = [_load_result(r) for r in json.loads(Path(args.render).read_text())]
-        Path(args.results).write_text(format_results(results, args.command or command))
+        write_report(Path(args.results), format_results(results, args.command or command))
         print(Path(args.results).read_text())
         return
     work_dir = (REPO / args.work_dir).resolve()
@@ -406,8 +433,7 @@ def main(argv: list[str] | None = None) -> None:
         with open(work_dir / "pipeline_scaling.json", "w") as f:
             json.dump([asdict(r) for r in results], f, indent=1)
         report = format_results(results, command)
-        Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.results).write_text(report)
+        write_report(Path(args.results), report)
         print(report, flush=True)
     print(f"Measured {', '.join(args.sizes)}; table in {args.results}, raw numbers in {work_dir}/pipeline_scaling.json")
 
