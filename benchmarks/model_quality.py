@@ -164,11 +164,20 @@ def train_seed(artifacts: dict, out: Path, seed: int, args) -> tuple[str, str | 
     return dirs[0], dirs[1] if len(dirs) > 1 else None
 
 
+def _trained(seed_dir: Path) -> tuple[str, str | None]:
+    """(two-tower, ranker or None) serving dirs already exported under a work dir's fold/seed."""
+    two_tower, ranker = seed_dir / "two_tower" / "serving", seed_dir / "ranking" / "serving"
+    if not (two_tower / "saved_model.pb").is_file():
+        raise FileNotFoundError(f"no trained two-tower under {seed_dir}: train it first (--train-only)")
+    return str(two_tower), str(ranker) if (ranker / "saved_model.pb").is_file() else None
+
+
 # --------------------------------------------------------------------------- scoring
 
 METRICS = ("recall@100", "ndcg@10", "hit_rate@10")
 SLICES = ("all", "warm", "cold")
 MODELS = ("two_tower", "two_tower+dcn")
+BLENDED = "two_tower+dcn+pop"  # the full pipeline's score when --blend-from chooses the blend weights
 SELECTION_METRIC = "ndcg@10"
 
 
@@ -200,17 +209,35 @@ def score_fold(fold: dict, args) -> dict:
     from towerflow.components.evaluation.offline import OfflineData, evaluate_models
 
     artifacts = fold["artifacts"]
-    data = OfflineData.from_artifacts(artifacts["Ingestion.examples"], artifacts["Ingestion.item_catalog"])
+    full = OfflineData.from_artifacts(artifacts["Ingestion.examples"], artifacts["Ingestion.item_catalog"])
+    # --window eval: the eval window is scored (test rows dropped), the baselines keep their train-only
+    # fits, and the models must be train-only fits too (checked in main).
+    on_eval = args.window == "eval"
+    data = full.validation_view() if on_eval else full
     eval_set = data.eval_set()
-    fitted = baseline_models.select(data.frame, data.users, data.catalog.index)
+    refit = ("train",) if on_eval else ("train", "eval")
+    fitted = baseline_models.select(full.frame, full.users, full.catalog.index, args.baselines, refit_splits=refit)
     ks = (10, 100)
     entries, per_seed, settings = {}, {}, {}
     reports = evaluate_models(data, None, None, ks=ks, baselines={n: b.recommend for n, b in fitted.items()})
     for name, report in reports.items():
         entries[name] = _scored(report)
         settings[name] = {"describe": fitted[name].describe(), "selection": fitted[name].selection}
+    blend, blend_scores = None, {}
+    if fold.get("blend_models"):
+        # Chosen on the EVAL window with the train-only fits, then applied to the models scored here.
+        from towerflow.components.evaluation.offline import tune_blend
+
+        tuned = fold["blend_models"]
+        blend, blend_scores = tune_blend(
+            full.validation_view(), [t for t, _ in tuned], [r for _, r in tuned], depth=args.rerank_depth
+        )
+        top = sorted(blend_scores.items(), key=lambda kv: -kv[1])[:5]
+        print(f"  fold {fold['index']}: blend chosen on the eval window {blend}; best: {top}", flush=True)
     for seed, (two_tower_dir, ranker_dir) in fold["models"].items():
-        reports = evaluate_models(data, two_tower_dir, ranker_dir, ks=ks, rerank_depth=args.rerank_depth, baselines={})
+        reports = evaluate_models(
+            data, two_tower_dir, ranker_dir, ks=ks, rerank_depth=args.rerank_depth, baselines={}, blend=blend
+        )
         for name, report in reports.items():
             per_seed.setdefault(name, {})[seed] = _scored(report)
     for name, seeds in per_seed.items():  # a model's value for a user: its mean over seeds
@@ -230,6 +257,9 @@ def score_fold(fold: dict, args) -> dict:
         test_cutoff=eval_set.cutoff,
         baselines=list(fitted),
         settings=settings,
+        window=args.window,
+        blend=blend,
+        blend_scores=blend_scores,
         best=best,
         entries=entries,
         per_seed={
@@ -327,7 +357,8 @@ def score_folds(folds: list[dict], args) -> dict:
     pooled = pool(scored, args)
     print(f"\npooled over {len(scored)} folds: {pooled['users']} test users, best baseline {pooled['best']}")
     print(table(pooled))
-    goals = goal_check(pooled) if "two_tower+dcn" in pooled["comparisons"] else []
+    model = BLENDED if BLENDED in pooled["comparisons"] else "two_tower+dcn"
+    goals = goal_check(pooled, model) if model in pooled["comparisons"] else []
     print("\n".join(goals))
     return dict(folds=scored, pooled=pooled, goals=goals, seeds=args.seeds)
 
@@ -359,9 +390,10 @@ def write_outputs(result: dict, json_path: Path, results_md: str | None) -> None
             f"### Fold {fold['index']}: test window q{q[1]:g}..q{q[2]:g} ({fold['users']} users: "
             f"{fold['warm']} warm, {fold['cold']} cold); best baseline {fold['best']}\n"
         )
-        parts.append(
-            "Settings chosen on the eval window: " + "; ".join(s["describe"] for s in fold["settings"].values()) + "\n"
-        )
+        chosen = "; ".join(s["describe"] for s in fold["settings"].values())
+        if fold.get("blend"):
+            chosen += f"; {BLENDED}(rerank_weight={fold['blend'][0]:g}, popularity_weight={fold['blend'][1]:g})"
+        parts.append(f"Settings chosen on the eval window: {chosen}\n")
         parts.append(table(fold) + "\n")
     pooled = result["pooled"]
     parts.append(
@@ -392,7 +424,32 @@ def main(argv=None) -> int:
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap / permutation resamples")
     parser.add_argument("--train-only", action="store_true", help="prepare the folds and train, do not score")
     parser.add_argument("--results", default=None, help="also write the markdown results table here")
+    parser.add_argument(
+        "--window",
+        choices=("test", "eval"),
+        default="test",
+        help="score the test window, or the eval window (for choosing settings; needs --train-splits train)",
+    )
+    parser.add_argument(
+        "--blend-from",
+        default=None,
+        help="a --work-dir of train-only fits (--train-splits train, same folds and seeds): per fold, the "
+        "recency blend's weights are chosen with them on the eval window and two_tower+dcn+pop is scored",
+    )
+    parser.add_argument(
+        "--blend-seeds", type=int, nargs="+", default=None, help="seeds of --blend-from's fits (default: --seeds)"
+    )
+    parser.add_argument("--only-folds", type=int, nargs="+", default=None, help="run only these fold indices")
+    parser.add_argument(
+        "--baselines", nargs="+", default=None, help="baselines to score (default: all of baselines.BASELINES)"
+    )
     args = parser.parse_args(argv)
+    if args.window == "eval" and list(args.train_splits or []) != ["train"]:
+        parser.error("--window eval scores the eval window: the models must be fit with --train-splits train")
+    if args.baselines is None:
+        from towerflow.components.evaluation.baselines import BASELINES
+
+        args.baselines = list(BASELINES)
 
     from towerflow.pipeline.mlmd import latest_artifacts
 
@@ -401,12 +458,18 @@ def main(argv=None) -> int:
     work = Path(args.work_dir)
     folds = []
     for i, quantiles in enumerate(fold_quantiles(args.folds)):
+        if args.only_folds is not None and i not in args.only_folds:
+            continue
         fold_dir = work / f"fold{i}"
         print(f"fold {i}: eval from q{quantiles[0]:g}, test q{quantiles[1]:g}..q{quantiles[2]:g}", flush=True)
         run_dir = fold_run(Path(args.data_dir), fold_dir, quantiles, args.pipeline_epochs)
         artifacts = latest_artifacts(str(run_dir / "metadata.sqlite"))
         models = {seed: train_seed(artifacts, fold_dir / f"seed{seed}", seed, args) for seed in args.seeds}
-        folds.append(dict(index=i, quantiles=quantiles, artifacts=artifacts, models=models))
+        fold = dict(index=i, quantiles=quantiles, artifacts=artifacts, models=models)
+        if args.blend_from:
+            blend_seeds = args.blend_seeds or args.seeds
+            fold["blend_models"] = [_trained(Path(args.blend_from) / f"fold{i}" / f"seed{s}") for s in blend_seeds]
+        folds.append(fold)
     if args.train_only:
         print(f"trained {len(folds)} folds x seeds {args.seeds} under {work} in {time.time() - started:.0f}s")
         return 0

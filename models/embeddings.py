@@ -45,7 +45,7 @@ EmbeddingBackend = Literal["keras", "tpu"]
 EMBEDDING_BACKENDS: tuple[str, ...] = get_args(EmbeddingBackend)
 OptimizerName = Literal["adagrad", "adam"]
 OPTIMIZERS: tuple[str, ...] = get_args(OptimizerName)
-HistoryPoolingMode = Literal["mean", "attention"]
+HistoryPoolingMode = Literal["mean", "attention", "transformer"]
 HISTORY_POOLING_MODES: tuple[str, ...] = get_args(HistoryPoolingMode)
 
 # Which table each transformed id feature reads. History entries and candidate
@@ -328,8 +328,12 @@ class HistoryPooling(tf.keras.layers.Layer):
 
     "mean" averages the real (non-padding) items. "attention" weights them by
     their scaled dot product with a projection of the user's id embedding, so
-    different users read different parts of the same history. An empty
-    history pools to zeros in both modes.
+    different users read different parts of the same history. "transformer" is
+    a SASRec-style sequential encoder (Kang & McAuley 2018): learned position
+    embeddings, one causal self-attention block (2 heads, residual + layer norm,
+    then a residual feed-forward + layer norm) over the oldest-first history,
+    and the output at the newest real item is the pooled vector. An empty
+    history pools to zeros in every mode.
     """
 
     def __init__(self, mode: HistoryPoolingMode = "mean", **kwargs):
@@ -339,15 +343,43 @@ class HistoryPooling(tf.keras.layers.Layer):
         self.mode = mode
 
     def build(self, input_shape):
+        item_dim = int(input_shape[0][-1])
         if self.mode == "attention":
-            item_dim = int(input_shape[0][-1])
             self._query_projection = tf.keras.layers.Dense(item_dim, use_bias=False, name="query_projection")
+        if self.mode == "transformer":
+            length = int(input_shape[0][1])
+            self._positions = self.add_weight(
+                name="positions",
+                shape=(length, item_dim),
+                initializer=tf.keras.initializers.TruncatedNormal(stddev=0.02),
+            )
+            heads = 2 if item_dim % 2 == 0 else 1
+            self._self_attention = tf.keras.layers.MultiHeadAttention(
+                num_heads=heads, key_dim=item_dim // heads, name="self_attention"
+            )
+            self._attention_norm = tf.keras.layers.LayerNormalization(name="attention_norm")
+            self._feed_forward = mlp((2 * item_dim,), item_dim, name="feed_forward")
+            self._feed_forward_norm = tf.keras.layers.LayerNormalization(name="feed_forward_norm")
         super().build(input_shape)
+
+    def _sequential(self, history: tf.Tensor, ids: tf.Tensor) -> tf.Tensor:
+        mask = padding_mask(ids)  # [B, L], histories are right-padded
+        x = history + self._positions[tf.newaxis] * mask[:, :, tf.newaxis]
+        length = tf.shape(ids)[1]
+        causal = tf.linalg.band_part(tf.ones([length, length]), -1, 0)  # position i sees positions <= i
+        allowed = causal[tf.newaxis] * mask[:, tf.newaxis, :]
+        x = self._attention_norm(x + self._self_attention(x, x, attention_mask=tf.cast(allowed, tf.bool)))
+        x = self._feed_forward_norm(x + self._feed_forward(x))
+        count = tf.cast(tf.reduce_sum(mask, axis=1), tf.int32)
+        newest = tf.gather(x, tf.maximum(count - 1, 0), batch_dims=1)
+        return newest * tf.cast(count > 0, tf.float32)[:, tf.newaxis]
 
     def call(self, inputs):
         history, ids, query = inputs
         if self.mode == "mean":
             return masked_mean(history, ids)
+        if self.mode == "transformer":
+            return self._sequential(history, ids)
         mask = padding_mask(ids)
         q = self._query_projection(query)
         scores = tf.einsum("bld,bd->bl", history, q) / math.sqrt(float(history.shape[-1]))

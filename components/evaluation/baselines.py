@@ -286,11 +286,14 @@ def select(
     catalog: Sequence[str],
     names: Sequence[str] = BASELINES,
     grids: BaselineGrids | None = None,
+    refit_splits: Sequence[str] = ("train", "eval"),
 ) -> dict[str, FittedBaseline]:
     """Chooses every baseline's settings on the eval window (train-only fits) and refits on train+eval.
 
     `frame` holds user_id, item_id, timestamp and split (train / eval / test) columns; test rows are
     never read except for the test cut-off (the earliest test timestamp), the refit's `as_of`.
+    `refit_splits=("train",)` keeps the train-only fits (as of the eval cut-off), for scoring the
+    chosen settings on the eval window itself.
     """
     grids = grids or BaselineGrids()
     unknown = [n for n in names if n not in BASELINES]
@@ -309,7 +312,7 @@ def select(
     except ValueError:  # no eval window (or no user in it): settings fall back to the first grid value
         eval_set = None
     val_fit = _fit_input(val, users, catalog, ("train",))
-    final_fit = _fit_input(frame, users, catalog, ("train", "eval"))
+    final_fit = _fit_input(frame, users, catalog, tuple(refit_splits))
 
     window, window_scores = _choose(list(grids.recent_days), lambda d: RecentPopularity(val_fit, d), eval_set, grids)
     fallback = RecentPopularity(val_fit, window)

@@ -39,6 +39,8 @@ from towerflow.components.evaluation.statistics import (
 POPULARITY = "popularity"
 TWO_TOWER = "two_tower"
 TWO_TOWER_DCN = "two_tower+dcn"
+# retrieval + DCN + the item's recent popularity (offline.BlendedRecommender): the pipeline's final score
+TWO_TOWER_DCN_POP = "two_tower+dcn+pop"
 FULL_PIPELINE = "full_pipeline"
 BEST_BASELINE = "best_baseline"
 LAST_BLESSED = "last_blessed"
@@ -67,7 +69,7 @@ class GateConfig:
     guarded_metrics: tuple[str, ...] = ("recall@100", "ndcg@10")
     tolerance: float = 0.02
     min_lift: float = 0.0
-    gated_models: tuple[str, ...] = (TWO_TOWER, TWO_TOWER_DCN)
+    gated_models: tuple[str, ...] = (TWO_TOWER, TWO_TOWER_DCN, TWO_TOWER_DCN_POP)
     baseline_metric: str = "ndcg@10"
     baseline_min_lift: float = 0.0
     alpha: float = 1 - CONFIDENCE

@@ -9,6 +9,10 @@ Scores, by the one protocol path (`offline.evaluate_models` over `protocol.evalu
                    train-only fits, then refit on train+eval)
   two_tower        retrieval alone: exact top-K over the catalog minus seen items
   two_tower+dcn    retrieval, then the DCN ranker re-orders the top `rerank_depth`
+  two_tower+dcn+pop  retrieval logit + rerank_weight x DCN interaction score + popularity_weight x
+                   log(1 + the item's recent count), over the retrieval's top `rerank_depth` and the
+                   `rerank_depth` most recently popular items (offline.BlendedRecommender); only
+                   with popularity_weight > 0
   full_pipeline    retrieval + ranking + re-ranking: the hook for the serving re-ranker; set
                    `full_pipeline_fn` to the dotted name of a factory
                    `fn(data, retrieval, ranker_dir, as_of) -> recommend(user_ids, k, exclude)`
@@ -71,6 +75,7 @@ from towerflow.components.evaluation.gate import (  # noqa: F401 - FULL_PIPELINE
 )
 from towerflow.components.evaluation.offline import (
     DEFAULT_KS,
+    DEFAULT_POPULARITY_WEIGHT,
     DEFAULT_RERANK_SCORE,
     DEFAULT_RERANK_WEIGHT,
     FullPipelineFactory,
@@ -145,6 +150,7 @@ class EvaluatorConfig:
     rerank_depth: int = 100
     rerank_score: str = DEFAULT_RERANK_SCORE
     rerank_weight: float = DEFAULT_RERANK_WEIGHT
+    popularity_weight: float = DEFAULT_POPULARITY_WEIGHT  # 0: no two_tower+dcn+pop
     full_pipeline_fn: str = ""
     baselines: tuple[str, ...] = baseline_models.BASELINES
     bootstrap_resamples: int = 1000
@@ -174,6 +180,8 @@ class EvaluatorConfig:
             raise ValueError(f"rerank_depth must be >= 1, got {self.rerank_depth}")
         if not self.rerank_weight >= 0:
             raise ValueError(f"rerank_weight must be >= 0, got {self.rerank_weight}")
+        if not (math.isfinite(self.popularity_weight) and self.popularity_weight >= 0):
+            raise ValueError(f"popularity_weight must be a finite number >= 0, got {self.popularity_weight}")
         if self.bootstrap_resamples < 100:
             raise ValueError(f"bootstrap_resamples must be >= 100, got {self.bootstrap_resamples}")
         if self.ann_k < 1 or self.ann_queries < 0:
@@ -231,6 +239,7 @@ def run_evaluation(
         rerank_depth=config.rerank_depth,
         rerank_scores=(config.rerank_score,),
         weight=config.rerank_weight,
+        blend=(config.rerank_weight, config.popularity_weight) if config.popularity_weight > 0 else None,
         full_pipeline=factory,
         slicings=user_slicings(data.users),
     )
@@ -435,12 +444,13 @@ def ModelEvaluator(  # noqa: N802 - TFX names components like classes
     index_evaluation: InputArtifact[standard_artifacts.ModelBlessing] = None,
     ks: Parameter[str] = "10,50,100",
     guarded_metrics: Parameter[str] = "recall@100,ndcg@10",
-    gated_models: Parameter[str] = "two_tower,two_tower+dcn",
+    gated_models: Parameter[str] = "two_tower,two_tower+dcn,two_tower+dcn+pop",
     tolerance: Parameter[float] = 0.02,
     min_lift: Parameter[float] = 0.0,
     rerank_depth: Parameter[int] = 100,
     rerank_score: Parameter[str] = DEFAULT_RERANK_SCORE,
     rerank_weight: Parameter[float] = DEFAULT_RERANK_WEIGHT,
+    popularity_weight: Parameter[float] = DEFAULT_POPULARITY_WEIGHT,
     full_pipeline_fn: Parameter[str] = "",
     baselines: Parameter[str] = DEFAULT_BASELINES,
     baseline_min_lift: Parameter[float] = 0.0,
@@ -467,6 +477,7 @@ def ModelEvaluator(  # noqa: N802 - TFX names components like classes
         rerank_depth=rerank_depth,
         rerank_score=rerank_score,
         rerank_weight=rerank_weight,
+        popularity_weight=popularity_weight,
         full_pipeline_fn=full_pipeline_fn,
         baselines=baselines,
         bootstrap_resamples=bootstrap_resamples,

@@ -312,6 +312,183 @@ def tune_rerank_weight(
     return max(scores, key=lambda w: (scores[w], -w)), scores
 
 
+# --------------------------------------------------------------------------- recency-aware blend
+
+# The blend's report names, and its popularity weight when none is chosen per run (the pipeline's
+# ModelEvaluator): the value the eval windows of the rolling-origin folds chose most
+# (benchmarks/results/model_quality.md).
+BLENDED = "two_tower+dcn+pop"
+BLENDED_RETRIEVAL = "two_tower+pop"
+DEFAULT_POPULARITY_WEIGHT = 3.0
+# Grids the blend's weights are chosen from on the eval window (`tune_blend`).
+POPULARITY_WEIGHT_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 10.0)
+BLEND_RERANK_WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 2.0)
+
+
+def recent_log_popularity(data: OfflineData, item_ids: Sequence[str], as_of: int) -> np.ndarray:
+    """log(1 + the item's interactions in the RECENT_WINDOW_DAYS before `as_of`), per item: the
+    point-in-time ITEM_RECENT_COUNT the ranker and the feature store already compute."""
+    counts = item_popularity_features(data, item_ids, as_of)[F.ITEM_RECENT_COUNT]
+    return np.log1p(counts.astype(np.float64))
+
+
+class BlendedRecommender:
+    """Retrieval, DCN re-ranking and the item's recent popularity in one score:
+
+        score(u, i, t) = dot(q_u, e_i) / temperature + rerank_weight x interaction_score(u, i, t)
+                         + popularity_weight x log(1 + recent_count(i, t))
+
+    over the candidates = the retrieval's top `depth` UNION the `depth` most recently popular
+    items (recent count, then all-time count), both without the user's seen items. The two-tower
+    learns with log-Q correction, i.e. a score with the item's popularity taken out; the third
+    term puts back a time-aware popularity prior (weight 1 with all-time counts would undo log-Q
+    exactly). Without a ranker the second term is absent. A service reproduces this with its ANN
+    top-`depth`, a top-`depth` list by recent count and the ITEM_RECENT_COUNT it already reads for
+    the ranker.
+
+    The candidates' component scores are computed once per (users, k) request and cached, so
+    `with_weights` re-scores the same candidates with other weights cheaply (for `tune_blend`).
+    """
+
+    def __init__(
+        self,
+        retrieval: TwoTowerRecommender,
+        ranker_dir: str | None,
+        data: OfflineData,
+        as_of: int,
+        depth: int = 100,
+        rerank_weight: float = DEFAULT_RERANK_WEIGHT,
+        popularity_weight: float = 0.0,
+        temperature: float | None = None,
+        _shared: dict | None = None,
+    ):
+        self._retrieval, self._data, self._as_of, self._depth = retrieval, data, as_of, depth
+        self.rerank_weight, self.popularity_weight = float(rerank_weight), float(popularity_weight)
+        self._temperature = temperature or TwoTowerConfig().temperature
+        self._ranker_dir = ranker_dir
+        self._shared = _shared if _shared is not None else {"cache": {}}
+        if "log_pop" not in self._shared:
+            catalog = list(data.catalog.index)
+            popularity = item_popularity_features(data, catalog, as_of)
+            self._shared["item_popularity"] = popularity
+            self._shared["log_pop"] = dict(zip(catalog, np.log1p(popularity[F.ITEM_RECENT_COUNT].astype(np.float64))))
+            order = np.lexsort((-popularity[F.ITEM_PRIOR_COUNT], -popularity[F.ITEM_RECENT_COUNT]))
+            self._shared["by_popularity"] = [catalog[j] for j in order]
+            self._shared["ranker"] = tf.saved_model.load(ranker_dir).signatures["ranker"] if ranker_dir else None
+
+    def with_weights(self, rerank_weight: float, popularity_weight: float) -> BlendedRecommender:
+        return BlendedRecommender(
+            self._retrieval,
+            self._ranker_dir,
+            self._data,
+            self._as_of,
+            self._depth,
+            rerank_weight,
+            popularity_weight,
+            self._temperature,
+            _shared=self._shared,
+        )
+
+    def _popular(self, k: int, seen) -> list[str]:
+        out = []
+        for item in self._shared["by_popularity"]:
+            if item not in seen:
+                out.append(item)
+                if len(out) == k:
+                    break
+        return out
+
+    def components(self, user_ids, k, exclude) -> list[dict]:
+        """Per user: candidate ids and their retrieval logit, interaction score and log popularity."""
+        key = (tuple(user_ids), int(k))
+        cache = self._shared["cache"]
+        if key in cache:
+            return cache[key]
+        depth = max(k, self._depth)
+        retrieved, _ = self._retrieval.scored(user_ids, depth, exclude)
+        candidates = []
+        for cands, seen in zip(retrieved, exclude):
+            have = set(cands)
+            extra = [i for i in self._popular(depth, seen) if i not in have]
+            candidates.append(list(cands) + extra)
+        queries = self._retrieval.query_embeddings(user_ids)
+        index = self._retrieval._index
+        out = []
+        for u, cands in enumerate(candidates):
+            rows = [index[i] for i in cands]
+            out.append(
+                {
+                    "items": cands,
+                    "logit": self._retrieval.item_embeddings[rows] @ queries[u] / self._temperature,
+                    "log_pop": np.array([self._shared["log_pop"][i] for i in cands]),
+                }
+            )
+        ranker = self._shared["ranker"]
+        if ranker is not None:
+            query = query_features(self._data, user_ids, self._as_of)
+            rows, items = [], []
+            for u, cands in enumerate(candidates):
+                rows.extend([u] * len(cands))
+                items.extend(cands)
+            inputs = {name: value[rows] for name, value in query.items()}
+            inputs.update(candidate_features(self._data, items))
+            position = {item: j for j, item in enumerate(self._data.catalog.index)}
+            at = [position[i] for i in items]
+            for name, values in self._shared["item_popularity"].items():
+                inputs[name] = np.asarray(values)[at]
+            interaction = _call(ranker, inputs)["interaction_score"].reshape(-1)
+            start = 0
+            for entry in out:
+                entry["interaction"] = interaction[start : start + len(entry["items"])]
+                start += len(entry["items"])
+        cache[key] = out
+        return out
+
+    def __call__(self, user_ids, k, exclude):
+        lists = []
+        for entry in self.components(user_ids, k, exclude):
+            score = entry["logit"] + self.popularity_weight * entry["log_pop"]
+            if "interaction" in entry:
+                score = score + self.rerank_weight * entry["interaction"]
+            lists.append([entry["items"][j] for j in np.argsort(-score, kind="stable")[:k]])
+        return lists
+
+
+def tune_blend(
+    data: OfflineData,
+    two_tower_dirs: Sequence[str],
+    ranker_dirs: Sequence[str | None],
+    popularity_grid: Sequence[float] = POPULARITY_WEIGHT_GRID,
+    rerank_grid: Sequence[float] = BLEND_RERANK_WEIGHT_GRID,
+    depth: int = 100,
+    metric: str = "ndcg",
+    k: int = 10,
+    kmax: int = 100,
+) -> tuple[tuple[float, float], dict[str, float]]:
+    """(rerank_weight, popularity_weight) with the best mean `metric@k` on the EVAL window.
+
+    `data` must be the view whose "test" split is the eval window (`OfflineData.validation_view`)
+    and the models fit on the train split only (one per seed; the score is their mean). Ties go
+    to the smaller popularity weight, then the smaller re-ranking weight. Without rankers the
+    re-ranking weight is 0.
+    """
+    eval_set = data.eval_set()
+    as_of = int(np.ceil(eval_set.cutoff))
+    has_ranker = all(r is not None for r in ranker_dirs)
+    rerank_grid = tuple(rerank_grid) if has_ranker else (0.0,)
+    totals: dict[tuple[float, float], list[float]] = {}
+    for two_tower_dir, ranker_dir in zip(two_tower_dirs, ranker_dirs):
+        retrieval = TwoTowerRecommender(two_tower_dir, data, as_of)
+        base = BlendedRecommender(retrieval, ranker_dir if has_ranker else None, data, as_of, depth=depth)
+        for w in rerank_grid:
+            for beta in popularity_grid:
+                report = evaluate(base.with_weights(w, beta), eval_set, (k, kmax))
+                totals.setdefault((w, beta), []).append(report.metric(metric, k))
+    means = {key: float(np.mean(v)) for key, v in totals.items()}
+    best = max(means, key=lambda key: (round(means[key], 12), -key[1], -key[0]))
+    return best, {f"w={w:g},pop={b:g}": s for (w, b), s in means.items()}
+
+
 # factory(data, retrieval, ranker_dir, as_of) -> recommend(user_ids, k, exclude): the full-pipeline hook
 FullPipelineFactory = Callable[["OfflineData", TwoTowerRecommender, str, int], Recommend]
 
@@ -327,6 +504,7 @@ def evaluate_models(
     baselines: Mapping[str, Recommend] | None = None,
     full_pipeline: FullPipelineFactory | None = None,
     slicings: Mapping[str, Mapping[str, str]] | None = None,
+    blend: tuple[float, float] | None = None,
 ) -> dict[str, EvalReport]:
     """The one evaluation path (ModelEvaluator, benchmarks, notebooks): every recommender scored on
     the test split by `protocol.evaluate`, keeping per-user metric vectors.
@@ -335,6 +513,8 @@ def evaluate_models(
     `{}` for none), "two_tower" (exact retrieval), "two_tower+dcn" (the top `rerank_depth` re-ranked
     by the first of `rerank_scores`; "+dcn:<score>" for the others), "full_pipeline" (with a
     factory) -- those whose models are given. `slicings` adds user slices (`user_slicings`).
+    `blend` = (rerank_weight, popularity_weight) adds "two_tower+dcn+pop" ("two_tower+pop" without a
+    ranker): `BlendedRecommender` with those weights.
     """
     eval_set = data.eval_set()
     as_of = int(np.ceil(eval_set.cutoff))
@@ -355,6 +535,17 @@ def evaluate_models(
                     retrieval, ranker_dir, data, as_of, depth=rerank_depth, score=score, weight=weight
                 )
                 reports["two_tower+dcn" if i == 0 else f"+dcn:{score}"] = run(reranked)
+        if blend is not None:
+            blended = BlendedRecommender(
+                retrieval,
+                ranker_dir,
+                data,
+                as_of,
+                depth=rerank_depth,
+                rerank_weight=blend[0],
+                popularity_weight=blend[1],
+            )
+            reports[BLENDED if ranker_dir else BLENDED_RETRIEVAL] = run(blended)
         if full_pipeline is not None:
             reports["full_pipeline"] = run(full_pipeline(data, retrieval, ranker_dir, as_of))
     return reports

@@ -79,6 +79,38 @@ def test_attention_pooling_masks_padding():
     assert np.all(np.isfinite(pooled.numpy()))
 
 
+def test_transformer_pooling_reads_every_real_item_and_masks_padding():
+    tf.keras.utils.set_random_seed(3)
+    pooling = E.HistoryPooling("transformer")
+    history = tf.random.normal([3, 5, 4], seed=1)
+    ids = tf.constant([[3, 4, F.PAD_ID, F.PAD_ID, F.PAD_ID], [F.PAD_ID] * 5, [1, 2, 3, 4, 5]])
+    query = tf.random.normal([3, 6], seed=2)
+    pooled = pooling((history, ids, query)).numpy()
+    assert pooled.shape == (3, 4)
+    np.testing.assert_allclose(pooled[1], np.zeros(4))  # empty history
+    # Padding positions change nothing.
+    noisy = tf.concat([history[:, :2], 50.0 + history[:, 2:]], axis=1)
+    np.testing.assert_allclose(pooling((noisy, ids, query)).numpy()[0], pooled[0], atol=1e-5)
+    # The output is the newest real position's: an older item matters, and so does the newest.
+    for position in (0, 4):
+        changed = history.numpy()
+        changed[2, position] += 1.0
+        assert np.abs(pooling((tf.constant(changed), ids, query)).numpy()[2] - pooled[2]).max() > 1e-4
+    # A shorter history: the item that became padding no longer matters.
+    shorter = tf.constant([[3, 4, F.PAD_ID, F.PAD_ID, F.PAD_ID], [F.PAD_ID] * 5, [1, 2, 3, 4, F.PAD_ID]])
+    base = pooling((history, shorter, query)).numpy()[2]
+    changed = history.numpy()
+    changed[2, 4] += 5.0
+    np.testing.assert_allclose(pooling((tf.constant(changed), shorter, query)).numpy()[2], base, atol=1e-5)
+
+
+def test_two_tower_with_transformer_history_trains(table_sizes, make_dataset):
+    tf.keras.utils.set_random_seed(1)
+    losses = _train(_two_tower("keras", table_sizes, learning_rate=0.5, history_pooling="transformer"), make_dataset())
+    assert np.all(np.isfinite(losses))
+    assert losses[-1] < losses[0]
+
+
 def _train(model, steps_dataset, epochs=3):
     model.compile()
     history = model.fit(steps_dataset, epochs=epochs, verbose=0)

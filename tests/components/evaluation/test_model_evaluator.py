@@ -106,6 +106,9 @@ def test_evaluator_config_checks_guarded_k_is_evaluated():
         ME.EvaluatorConfig(ks="10,x")
     with pytest.raises(ValueError, match="rerank_weight"):
         ME.EvaluatorConfig(rerank_weight=-0.5)
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="popularity_weight"):
+            ME.EvaluatorConfig(popularity_weight=bad)
 
 
 # --------------------------------------------------------------------------- slicing
@@ -207,7 +210,7 @@ def good_result(world, model_dirs, artifact_dirs, tmp_path_factory):
 def test_good_model_is_blessed(good_result):
     result, out = good_result
     assert result["blessed"], result["reasons"]
-    assert set(result["reports"]) == {"popularity", "two_tower", "two_tower+dcn"}
+    assert set(result["reports"]) == {"popularity", "two_tower", "two_tower+dcn", "two_tower+dcn+pop"}
     two_tower = result["reports"]["two_tower"]["metrics"]["all"]
     popularity = result["reports"]["popularity"]["metrics"]["all"]
     assert two_tower["recall@20"] > popularity["recall@20"] and two_tower["ndcg@10"] > popularity["ndcg@10"]
@@ -276,7 +279,7 @@ def test_regression_vs_blessed_baseline_is_not_blessed(world, model_dirs, artifa
         ),
         data=world,
     )
-    assert set(result["baseline_reports"]) == {"two_tower", "two_tower+dcn"}
+    assert set(result["baseline_reports"]) == {"two_tower", "two_tower+dcn", "two_tower+dcn+pop"}
     pop_checks = [c for c in result["checks"] if c["against"] == "popularity"]
     assert all(c["passed"] for c in pop_checks)
     assert not result["blessed"]

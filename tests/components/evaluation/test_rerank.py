@@ -10,10 +10,13 @@ from index_fakes import _raw_specs
 
 from towerflow.components.evaluation.offline import (
     RETRIEVAL_PLUS_INTERACTION,
+    BlendedRecommender,
     RerankedRecommender,
     TwoTowerRecommender,
     item_popularity_features,
+    tune_blend,
 )
+from towerflow.components.evaluation.protocol import evaluate
 from towerflow.models import features as F
 from towerflow.models.run_fns import RANKER_FEATURES
 
@@ -84,3 +87,58 @@ def test_a_dominant_ranker_score_orders_the_retrieved_candidates(world, retrieva
         assert got == expected
         moved += got != cands[:10]
     assert moved  # the ranker did change some lists
+
+
+# --------------------------------------------------------------------------- the recency-aware blend
+
+
+def _recent(world, as_of=AS_OF):
+    counts = item_popularity_features(world, world.catalog.index, as_of)[F.ITEM_RECENT_COUNT]
+    return dict(zip(world.catalog.index, counts))
+
+
+def test_blend_without_popularity_or_ranker_weight_is_retrieval(world, retrieval, ranker_dir):
+    users, seen = _users_and_seen(world)
+    blended = BlendedRecommender(retrieval, ranker_dir, world, AS_OF, depth=30, rerank_weight=0.0, popularity_weight=0)
+    assert blended(users, 10, seen) == retrieval(users, 10, seen)
+
+
+def test_a_dominant_popularity_weight_serves_the_most_recently_popular_unseen_items(world, retrieval):
+    users, seen = _users_and_seen(world)
+    recent = _recent(world)
+    blended = BlendedRecommender(retrieval, None, world, AS_OF, depth=30, popularity_weight=1e4)
+    lists = blended(users, 10, seen)
+    retrieved = retrieval(users, 30, seen)
+    brought_in = 0
+    for got, exclude, cands in zip(lists, seen, retrieved):
+        assert not set(got) & exclude
+        unseen = sorted((recent[i] for i in world.catalog.index if i not in exclude), reverse=True)
+        assert [recent[i] for i in got] == unseen[:10]  # popular candidates join retrieval's
+        brought_in += bool(set(got) - set(cands))
+    assert brought_in  # some came from the popularity list, not from retrieval
+
+
+def test_blend_adds_the_weighted_log_recent_count_to_the_scores(world, retrieval, ranker_dir):
+    users, seen = _users_and_seen(world, n=4)
+    recent = _recent(world)
+    blended = BlendedRecommender(retrieval, ranker_dir, world, AS_OF, depth=30, rerank_weight=0.5, popularity_weight=2)
+    for entry, got in zip(blended.components(users, 10, seen), blended(users, 10, seen)):
+        # RecentCountRanker's interaction score is the recent count itself
+        np.testing.assert_allclose(entry["interaction"], [recent[i] for i in entry["items"]])
+        np.testing.assert_allclose(entry["log_pop"], np.log1p([recent[i] for i in entry["items"]]))
+        score = entry["logit"] + 0.5 * entry["interaction"] + 2 * entry["log_pop"]
+        assert got == [entry["items"][j] for j in np.argsort(-score, kind="stable")[:10]]
+
+
+def test_tune_blend_chooses_the_best_eval_window_score_and_scores_like_the_protocol(world, model_dirs, ranker_dir):
+    validation = world.validation_view()
+    tower = os.path.join(model_dirs["good"], "Format-Serving")
+    best, scores = tune_blend(validation, [tower], [ranker_dir], popularity_grid=(0.0, 1.0, 100.0), rerank_grid=(0, 1))
+    assert len(scores) == 6
+    assert scores[f"w={best[0]:g},pop={best[1]:g}"] == max(scores.values())
+    eval_set = validation.eval_set()
+    as_of = int(np.ceil(eval_set.cutoff))
+    plain = TwoTowerRecommender(tower, validation, as_of)
+    assert scores["w=0,pop=0"] == pytest.approx(evaluate(plain, eval_set, (10, 100)).metric("ndcg", 10))
+    _, no_ranker = tune_blend(validation, [tower], [None], popularity_grid=(0.0, 1.0))
+    assert set(no_ranker) == {"w=0,pop=0", "w=0,pop=1"}  # no ranker: no re-ranking weight
