@@ -41,6 +41,12 @@ def add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--no-stats-sketch", action="store_true", default=None, help="exact top-k/unique statistics (not TFDV's sketch)"
     )
+    group.add_argument(
+        "--transform-statistics",
+        action="store_true",
+        default=None,
+        help="Transform also computes pre-/post-transform statistics (default off: nothing reads them)",
+    )
     group.add_argument("--user-top-k", type=int, default=None, help="keep the k most frequent user ids (default all)")
     group.add_argument("--user-min-count", type=int, default=None, help="drop user ids seen fewer times (default 1)")
     group.add_argument("--item-top-k", type=int, default=None, help="keep the k most frequent item ids (default all)")

@@ -72,6 +72,9 @@ class StatisticsConfig:
     sample_above_rows: int = 500_000
     # TFDV's sketch-based top-k and unique counts (Misra-Gries, KMV) instead of exact ones, at every size.
     sketch_top_k: bool = True
+    # Transform's own pre- and post-transform TFDV statistics: two more statistics passes (over the
+    # analysed and all transformed splits) that nothing in the pipeline reads, so off by default.
+    transform_statistics: bool = False
 
     def __post_init__(self):
         if not 0.0 < self.sample_rate <= 1.0:
@@ -218,6 +221,8 @@ class PipelineConfig:
         }
         if given("no_stats_sketch"):
             statistics["sketch_top_k"] = False
+        if given("transform_statistics"):
+            statistics["transform_statistics"] = True
         vocabulary = {
             name: given(name)
             for name in ("user_top_k", "user_min_count", "item_top_k", "item_min_count", "title_token_top_k")

@@ -112,6 +112,7 @@ def _training_components(config: PipelineConfig, ingestion, schema_gen) -> list:
         schema=schema_gen.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN,
         splits_config=tfx.proto.SplitsConfig(analyze=["train"], transform=["train", "eval", "test"]),
+        disable_statistics=not config.statistics.transform_statistics,
         custom_config={
             "code_fingerprint": code_fingerprint("models"),
             VOCABULARY_CONFIG_KEY: config.vocabulary.settings(),

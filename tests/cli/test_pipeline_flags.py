@@ -35,6 +35,7 @@ FLAGS = [
     "--stats-sample-rate", "0.25",
     "--stats-sample-above", "3",
     "--no-stats-sketch",
+    "--transform-statistics",
     "--user-top-k", "50",
     "--user-min-count", "2",
     "--item-top-k", "60",
@@ -71,7 +72,9 @@ def test_every_flag_reaches_the_config_of_both_commands(tmp_path):
         assert config.two_tower == {"epochs": 2} and config.ranking == {"epochs": 2}
         assert config.data_dir == str(FIXTURE)
         assert config.vocabulary == VocabularyLimits(50, 2, 60, 3, 70)
-        assert config.statistics == StatisticsConfig(sample_rate=0.25, sample_above_rows=3, sketch_top_k=False)
+        assert config.statistics == StatisticsConfig(
+            sample_rate=0.25, sample_above_rows=3, sketch_top_k=False, transform_statistics=True
+        )
 
 
 def test_no_flags_means_the_dataclass_defaults(tmp_path):
@@ -164,6 +167,9 @@ def test_vocabulary_flags_reach_transform(both_pipelines):
     expected = VocabularyLimits(50, 2, 60, 3, 70).settings()
     assert json.loads(transform.exec_properties["custom_config"])[VOCABULARY_CONFIG_KEY] == expected
     assert task_parameters(spec, "Transform")["custom_config"][VOCABULARY_CONFIG_KEY] == expected
+    # --transform-statistics: Transform computes its own statistics (off by default)
+    assert transform.exec_properties["disable_statistics"] == 0
+    assert task_parameters(spec, "Transform")["disable_statistics"] == 0
 
 
 def test_the_example_budget_reaches_both_trainers(both_pipelines, tmp_path):
