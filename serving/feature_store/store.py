@@ -218,6 +218,11 @@ class FeatureStore(WritesMixin):
 
     def query_features(self, user_id: str, as_of: int) -> dict:
         """Raw QUERY_FEATURES as retrieval uses them, at `as_of` (only events strictly before it)."""
+        return self.query_state(user_id, as_of)[0]
+
+    def query_state(self, user_id: str, as_of: int) -> tuple[dict, bool, list[features.Event]]:
+        """(query_features, whether the store knows the user, the user's events before `as_of`, oldest
+        first) in one round trip: what a recommend request reads about its user."""
         as_of = int(as_of)
         k, meta = self._keys()
         with unavailable_on_redis_errors():
@@ -227,12 +232,14 @@ class FeatureStore(WritesMixin):
             raw_profile, rows = pipe.execute()
         profile = self._profile(raw_profile) if raw_profile else dict(USER_DEFAULTS)
         history_length = int(meta.get("history_length", features.DEFAULT_HISTORY_LENGTH))
-        return {
+        events = sorted(self._events(rows))
+        query = {
             features.USER_ID: user_id,
             **profile,
-            **features.history_features(self._events(rows), as_of, history_length),
+            **features.history_features(events, as_of, history_length),
             **features.context_features(as_of),
         }
+        return query, bool(raw_profile), events
 
     # --- items -------------------------------------------------------------------
 

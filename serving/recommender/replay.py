@@ -18,6 +18,8 @@ import concurrent.futures
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from towerflow.components.evaluation import metrics
 
 
@@ -27,6 +29,19 @@ class ReplayResult:
     lists: list[list[str]]
     fallbacks: int
     user_states: dict[str, int] = field(default_factory=dict)
+
+
+def score_lists(
+    lists: list[list[str]], eval_set, item_genres: Mapping[str, list] | None, k: int = 100, top: int = 10
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """(Recall@k, NDCG@10, coverage@top and diversity@top of the lists, the per-user metrics)."""
+    per_user = metrics.ranking_metrics_per_user(lists, list(eval_set.relevant), (10, k))
+    values = {f"recall@{k}": float(per_user[f"recall@{k}"].mean()), "ndcg@10": float(per_user["ndcg@10"].mean())}
+    heads = [items[:top] for items in lists]
+    values[f"coverage@{top}"] = metrics.catalog_coverage(heads, eval_set.catalog)
+    if item_genres is not None:
+        values[f"diversity@{top}"] = metrics.mean_intra_list_diversity(heads, item_genres)
+    return values, per_user
 
 
 def replay(
@@ -46,12 +61,7 @@ def replay(
     with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
         responses = list(pool.map(one, eval_set.user_ids))
     lists = [[item["item_id"] for item in r["items"]] for r in responses]
-    per_user = metrics.ranking_metrics_per_user(lists, list(eval_set.relevant), (10, k))
-    values = {f"recall@{k}": float(per_user[f"recall@{k}"].mean()), "ndcg@10": float(per_user["ndcg@10"].mean())}
-    heads = [items[:top] for items in lists]
-    values[f"coverage@{top}"] = metrics.catalog_coverage(heads, eval_set.catalog)
-    if item_genres is not None:
-        values[f"diversity@{top}"] = metrics.mean_intra_list_diversity(heads, item_genres)
+    values, _ = score_lists(lists, eval_set, item_genres, k, top)
     states: dict[str, int] = {}
     for r in responses:
         states[r["user_state"]] = states.get(r["user_state"], 0) + 1

@@ -52,14 +52,12 @@ class Candidate:
         return frozenset(self.item.get(features.ITEM_GENRES) or ())
 
 
-def _jaccard(a: frozenset, b: frozenset) -> float:
-    if not a and not b:
-        return 1.0
-    return len(a & b) / len(a | b)
-
-
 def mmr(candidates: Sequence[Candidate], k: int, diversity_lambda: float, depth: int) -> list[Candidate]:
-    """Greedy MMR over genre sets among the best `max(k, depth)` (input sorted by score, best first)."""
+    """Greedy MMR over genre sets among the best `max(k, depth)` (input sorted by score, best first).
+
+    Vectorised: the pool's genre sets are one boolean matrix, so each pick updates every remaining item's
+    highest genre Jaccard similarity in one step (two empty genre sets count as similarity 1).
+    """
     if diversity_lambda >= 1.0 or len(candidates) <= 1:
         return list(candidates)
     pool = list(candidates[: max(k, depth)])
@@ -67,18 +65,26 @@ def mmr(candidates: Sequence[Candidate], k: int, diversity_lambda: float, depth:
     scores = np.array([c.score for c in pool], dtype=np.float64)
     span = scores.max() - scores.min()
     relevance = (scores - scores.min()) / span if span > 0 else np.ones_like(scores)
-    genres = [c.genres for c in pool]
+    genre_sets = [c.genres for c in pool]
+    vocabulary = {g: i for i, g in enumerate(sorted(set().union(*genre_sets)))}
+    matrix = np.zeros((len(pool), max(1, len(vocabulary))), dtype=bool)
+    for row, genres in enumerate(genre_sets):
+        matrix[row, [vocabulary[g] for g in genres]] = True
+    sizes = matrix.sum(axis=1)
     max_sim = np.zeros(len(pool))
+    left = np.ones(len(pool), dtype=bool)
     chosen: list[int] = []
-    left = list(range(len(pool)))
-    while left and len(chosen) < k:
-        gains = [diversity_lambda * relevance[i] - (1 - diversity_lambda) * max_sim[i] for i in left]
-        best = left.pop(int(np.argmax(gains)))  # argmax takes the first on ties: the higher-scored item
+    while left.any() and len(chosen) < k:
+        gains = np.where(left, diversity_lambda * relevance - (1 - diversity_lambda) * max_sim, -np.inf)
+        best = int(np.argmax(gains))  # argmax takes the first on ties: the higher-scored item
         chosen.append(best)
-        for i in left:
-            max_sim[i] = max(max_sim[i], _jaccard(genres[i], genres[best]))
+        left[best] = False
+        inter = (matrix & matrix[best]).sum(axis=1)
+        union = sizes + sizes[best] - inter
+        sim = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+        max_sim = np.maximum(max_sim, sim)
     picked = [pool[i] for i in chosen]
-    return picked + [pool[i] for i in left] + rest
+    return picked + [pool[i] for i in np.flatnonzero(left)] + rest
 
 
 def rerank(

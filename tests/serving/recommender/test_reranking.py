@@ -159,3 +159,39 @@ def test_rules_availability():
     rules = Rules(available_in={"x": frozenset({"us"})}, context_field="region")
     assert rules.allowed("y", {}) and rules.allowed("x", {"region": "us"})
     assert not rules.allowed("x", {"region": "de"}) and not rules.allowed("x", {})
+
+
+def _mmr_reference(candidates, k, diversity_lambda, depth):
+    """MMR written out item by item (the definition the vectorised `mmr` must reproduce)."""
+
+    def jaccard(a, b):
+        return 1.0 if not a and not b else len(a & b) / len(a | b)
+
+    pool, rest = list(candidates[: max(k, depth)]), list(candidates[max(k, depth) :])
+    scores = [c.score for c in pool]
+    low, span = min(scores), max(scores) - min(scores)
+    relevance = [(x - low) / span if span > 0 else 1.0 for x in scores]
+    max_sim, chosen, left = [0.0] * len(pool), [], list(range(len(pool)))
+    while left and len(chosen) < k:
+        gains = [diversity_lambda * relevance[i] - (1 - diversity_lambda) * max_sim[i] for i in left]
+        best = left.pop(gains.index(max(gains)))
+        chosen.append(best)
+        for i in left:
+            max_sim[i] = max(max_sim[i], jaccard(pool[i].genres, pool[best].genres))
+    return [pool[i] for i in chosen] + [pool[i] for i in left] + rest
+
+
+def test_mmr_equals_the_item_by_item_definition():
+    rng = np.random.default_rng(3)
+    names = ["Action", "Comedy", "Drama", "Horror", "War"]
+    for trial in range(200):
+        n = int(rng.integers(2, 40))
+        cands = []
+        for i in range(n):
+            genres = [g for g in names if rng.random() < 0.3]
+            score = float(rng.integers(0, 5)) if trial % 2 else float(rng.normal())  # ties on odd trials
+            cands.append(Candidate(f"i{i}", score, item={features.ITEM_GENRES: genres}))
+        cands.sort(key=lambda c: -c.score)
+        k, lam, depth = int(rng.integers(1, 12)), float(rng.choice([0.0, 0.3, 0.7, 0.9])), int(rng.integers(1, 30))
+        got = [c.item_id for c in reranking.mmr(cands, k, lam, depth)]
+        assert got == [c.item_id for c in _mmr_reference(cands, k, lam, depth)], (trial, k, lam, depth)
