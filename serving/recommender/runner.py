@@ -62,7 +62,12 @@ class ServiceServer:
 
     def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
         self.host, self.port = host, port or free_port(host)
-        config = uvicorn.Config(app, host=self.host, port=self.port, log_level=log_level, access_log=False)
+        # log_config=None: uvicorn must not run logging.config.dictConfig in the host process -- that closes
+        # every handler already installed (absl's closes the stream it was made with, which under pytest's
+        # capture is the capture file); uvicorn's loggers propagate to the process's own handlers instead.
+        config = uvicorn.Config(
+            app, host=self.host, port=self.port, log_level=log_level, access_log=False, log_config=None
+        )
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
 

@@ -92,10 +92,6 @@ def _shadow_mode_keeps_the_served_list(service, run_dir) -> int:
 
 
 @pytest.mark.e2e
-@pytest.mark.skip(
-    reason="open defect: under pytest's output capture this test fails and the run then loses sys.stderr "
-    "(a background thread writes to a closed capture stream); it passed with -s. Not run until fixed."
-)
 def test_ab_and_aa_replays_through_the_live_service(pipeline_run, tmp_path, capsys):
     from tests.serving.experiments.live_service import live_service, prepare_run
 
