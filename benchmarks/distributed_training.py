@@ -9,14 +9,16 @@ processes over 127.0.0.1 with TensorFlow's own runtime:
 * throughput: `--steps` optimizer steps per epoch, `--epochs` epochs; the last
   epoch's examples/s (warm: tracing and start-up excluded), validation cut to
   one batch; default model config;
-* quality: one process vs 2 workers (multi_worker_mirrored), full epochs, a
-  few seeds, scored on the test split with the evaluation protocol
-  (`components.evaluation.offline.evaluate_models`); the seed-to-seed spread of
-  the single-process runs is the noise the 2-worker numbers are compared with.
+* quality: one process vs 2 workers (multi_worker_mirrored) with and without
+  the learning-rate rule, full epochs, a few seeds, scored on the test split
+  with the evaluation protocol (`components.evaluation.offline.evaluate_models`);
+  each user's value averaged over the seeds, compared user by user with one
+  process (paired bootstrap CI of the difference, permutation p-value).
 
 On a 2-core machine the cluster processes share the cores the single process
 has to itself, so expect overhead, not speed-up: this measures the path's cost.
-Writes benchmarks/results/distributed_training.md.
+Writes benchmarks/results/distributed_training.md (throughput) and
+distributed_training_quality.md (quality); `--skip-throughput` / `--skip-quality`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ import argparse
 import os
 import platform
 import re
-import statistics
 import sys
 import tempfile
 import time
@@ -34,16 +35,20 @@ from pathlib import Path
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from machine import cores, cpu_model, memory_gib  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 
 from towerflow.cli.train_commands import LocalCluster, job_from_run, launch  # noqa: E402
 from towerflow.components.evaluation.offline import OfflineData, evaluate_models  # noqa: E402
+from towerflow.components.evaluation.statistics import paired_comparison  # noqa: E402
 from towerflow.pipeline.mlmd import latest_artifacts  # noqa: E402
 
 CLUSTERS = ("local:1", "local:2w", "local:1c2w2ps")
 EPOCH_LINE = re.compile(r"two_tower epoch (\d+): ([\d.]+)s, ([\d,]+) examples/s")
 RESULTS = Path(__file__).parent / "results" / "distributed_training.md"
+QUALITY_RESULTS = Path(__file__).parent / "results" / "distributed_training_quality.md"
+QUALITY_METRICS = ("recall@100", "ndcg@10")
 # The quality runs' model: the default two-tower at half width, so that the comparison fits in minutes.
 QUALITY_MODEL = {"embedding_dim": 32, "user_id_dim": 16, "item_id_dim": 16, "feature_dim": 8, "mlp_layers": [64]}
 
@@ -80,43 +85,51 @@ def throughput(run_dir: str, steps: int, epochs: int, work: str) -> list[dict]:
     return rows
 
 
+# The quality arms: one process, and 2 workers with and without the learning-rate rule (an epoch over 2
+# replicas takes half the optimizer steps; DistributionConfig.learning_rate_scaling).
+QUALITY_ARMS = (
+    ("1 process", "local:1", {}),
+    ("2 workers, learning rate as configured", "local:2w", {"learning_rate_scaling": "none"}),
+    ("2 workers, linear learning-rate rule (default)", "local:2w", {"learning_rate_scaling": "linear"}),
+)
+
+
 def quality(run_dir: str, epochs: int, seeds: list[int], work: str) -> list[dict]:
+    """Every arm x seed trained and scored on the test split; rows keep the per-user metric vectors."""
     artifacts = latest_artifacts(os.path.join(run_dir, "metadata.sqlite"))
     data = OfflineData.from_artifacts(artifacts["Ingestion.examples"], artifacts["Ingestion.item_catalog"])
     rows = []
-    for spec in ("local:1", "local:2w"):
+    for index, (arm, spec, dist) in enumerate(QUALITY_ARMS):
         for seed in seeds:
-            output = os.path.join(work, f"quality_{spec.replace(':', '_')}_{seed}")
-            result, _ = train(run_dir, spec, output, epochs, QUALITY_MODEL, {}, seed)
+            output = os.path.join(work, f"quality_{index}_{seed}")
+            result, _ = train(run_dir, spec, output, epochs, QUALITY_MODEL, dist, seed)
             report = evaluate_models(data, result.serving_model_dir, None)["two_tower"]
             row = {
-                "cluster": spec,
+                "arm": arm,
                 "seed": seed,
-                "recall@100": report.metric("recall", 100),
-                "ndcg@10": report.metric("ndcg", 10),
+                "users": report.user_ids,
+                "per_user": {m: np.asarray(report.per_user[m], dtype=np.float64) for m in QUALITY_METRICS},
                 "wall": result.seconds,
             }
             rows.append(row)
-            print(f"{spec:>9} seed {seed}: recall@100 {row['recall@100']:.4f}  ndcg@10 {row['ndcg@10']:.4f}")
+            shown = "  ".join(f"{m} {row['per_user'][m].mean():.4f}" for m in QUALITY_METRICS)
+            print(f"{arm} seed {seed}: {shown}", flush=True)
     return rows
 
 
-def _summary(rows: list[dict], spec: str, metric: str) -> str:
-    values = [r[metric] for r in rows if r["cluster"] == spec]
-    spread = f" (min {min(values):.4f}, max {max(values):.4f})" if len(values) > 1 else ""
-    return f"{statistics.mean(values):.4f}{spread}"
+def _seed_mean(rows: list[dict], arm: str, metric: str) -> np.ndarray:
+    """A user's value averaged over the seeds of one arm (the seed noise averages out per user)."""
+    return np.mean([r["per_user"][metric] for r in rows if r["arm"] == arm], axis=0)
 
 
-def write_results(path: Path, speed: list[dict], scores: list[dict], args, seconds: float) -> None:
+def write_results(path: Path, speed: list[dict], args, seconds: float) -> None:
     base = next(r["rate"] for r in speed if r["cluster"] == "local:1")
     lines = [
-        "# Distributed training on one machine",
+        "# Distributed training on one machine: throughput",
         "",
         f"Machine: {machine()}. Command: `.venv/bin/python benchmarks/distributed_training.py "
-        f"--run-dir {args.run_dir} --steps {args.steps} --epochs {args.epochs} --quality-epochs "
-        f"{args.quality_epochs} --seeds {' '.join(map(str, args.seeds))}` ({seconds / 60:.1f} min).",
-        "",
-        "## Throughput (two-tower, default config)",
+        f"--run-dir {args.run_dir} --steps {args.steps} --epochs {args.epochs} --skip-quality` "
+        f"({seconds / 60:.1f} min); load average {_load()}.",
         "",
         f"Examples/s of the last of {args.epochs} epochs of {args.steps} optimizer steps (warm), from the chief's",
         "progress line; 1 process and 2 workers validate on one batch per epoch, the ps run does not validate.",
@@ -131,35 +144,61 @@ def write_results(path: Path, speed: list[dict], scores: list[dict], args, secon
             f"| {row['cluster']} | {len(cluster.roles())} | {row['rate']:,.0f} | {row['rate'] / base:.2f}x | "
             f"{row['epoch_seconds']:.1f} | {row['wall']:.0f} |"
         )
-    if not scores:
-        lines += ["", "(quality runs skipped)"]
-    else:
-        lines += _quality_lines(scores, args)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print(f"Wrote {path}")
+    _write(path, lines)
 
 
-def _quality_lines(scores: list[dict], args) -> list[str]:
+def write_quality(path: Path, scores: list[dict], args, seconds: float) -> None:
+    reference_arm = QUALITY_ARMS[0][0]
+    users = {tuple(r["users"]) for r in scores}
+    if len(users) != 1:
+        raise RuntimeError("the arms were scored on different users")
     lines = [
+        "# Distributed training on one machine: quality of 2 workers against 1 process",
         "",
-        f"## Quality (test split, all users; {args.quality_epochs} full epochs, model {QUALITY_MODEL})",
+        f"Machine: {machine()}. Command: `.venv/bin/python benchmarks/distributed_training.py "
+        f"--run-dir {args.run_dir} --quality-epochs {args.quality_epochs} --seeds "
+        f"{' '.join(map(str, args.seeds))} --skip-throughput` ({seconds / 60:.1f} min); load average {_load()}.",
         "",
-        "| cluster | seed | Recall@100 | NDCG@10 | wall s |",
+        f"The two-tower ({QUALITY_MODEL}, the rest default) trained for {args.quality_epochs} full epoch(s) on",
+        "train+eval through `towerflow train`'s launcher, scored on the test split with the evaluation protocol",
+        f"(`components.evaluation.offline.evaluate_models`, {len(next(iter(users)))} test users).",
+        "",
+        "| arm | seed | Recall@100 | NDCG@10 | wall s |",
         "|---|---|---|---|---|",
     ]
     lines += [
-        f"| {r['cluster']} | {r['seed']} | {r['recall@100']:.4f} | {r['ndcg@10']:.4f} | {r['wall']:.0f} |"
+        f"| {r['arm']} | {r['seed']} | {r['per_user']['recall@100'].mean():.4f} | "
+        f"{r['per_user']['ndcg@10'].mean():.4f} | {r['wall']:.0f} |"
         for r in scores
     ]
     lines += [
         "",
-        "| cluster | mean Recall@100 | mean NDCG@10 |",
-        "|---|---|---|",
+        f"Each user's value averaged over the seeds, then compared user by user with `{reference_arm}`: the",
+        "difference of the means with its paired bootstrap 95% CI and the paired permutation p-value",
+        "(components/evaluation/statistics.py). Within noise = the interval holds 0.",
+        "",
+        "| arm | metric | mean | 1 process | difference [95% CI] | p | within noise |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for spec in ("local:1", "local:2w"):
-        lines.append(f"| {spec} | {_summary(scores, spec, 'recall@100')} | {_summary(scores, spec, 'ndcg@10')} |")
-    return lines
+    for arm, _, _ in QUALITY_ARMS[1:]:
+        for metric in QUALITY_METRICS:
+            c = paired_comparison(_seed_mean(scores, arm, metric), _seed_mean(scores, reference_arm, metric))
+            within = "yes" if c["ci_low"] <= 0.0 <= c["ci_high"] else "NO"
+            lines.append(
+                f"| {arm} | {metric} | {c['mean']:.4f} | {c['reference_mean']:.4f} | {c['difference']:+.4f} "
+                f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] | {c['p_value']:.3f} | {within} |"
+            )
+    _write(path, lines)
+
+
+def _load() -> str:
+    return " / ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def _write(path: Path, lines: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"Wrote {path}")
 
 
 def main(argv=None) -> int:
@@ -170,14 +209,20 @@ def main(argv=None) -> int:
     parser.add_argument("--quality-epochs", type=int, default=1)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--skip-quality", action="store_true")
-    parser.add_argument("--results", default=str(RESULTS))
+    parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--results", default=str(RESULTS), help="the throughput table")
+    parser.add_argument("--quality-results", default=str(QUALITY_RESULTS), help="the quality comparison")
     args = parser.parse_args(argv)
     print(machine())
-    started = time.time()
     with tempfile.TemporaryDirectory(prefix="towerflow_dist_bench_") as work:
-        speed = throughput(args.run_dir, args.steps, args.epochs, work)
-        scores = [] if args.skip_quality else quality(args.run_dir, args.quality_epochs, args.seeds, work)
-    write_results(Path(args.results), speed, scores, args, time.time() - started)
+        if not args.skip_throughput:
+            started = time.time()
+            speed = throughput(args.run_dir, args.steps, args.epochs, work)
+            write_results(Path(args.results), speed, args, time.time() - started)
+        if not args.skip_quality:
+            started = time.time()
+            scores = quality(args.run_dir, args.quality_epochs, args.seeds, work)
+            write_quality(Path(args.quality_results), scores, args, time.time() - started)
     return 0
 
 
