@@ -121,12 +121,27 @@ def build_stand_in_models(root: Path, dim: int = 64) -> tuple[str, str]:
         score = 3.0 * dot + 0.1 * pop
         return {"interaction_score": score, "rating": 3.0 + score, "liked_probability": tf.sigmoid(score)}
 
+    # the pipeline's rank_candidates: one query row ([1] inputs), N candidates, broadcast in the graph
+    broadcast_specs = dict(specs)
+    for key in features.QUERY_FEATURES:
+        spec = specs[key]
+        broadcast_specs[key] = tf.TensorSpec([1, *spec.shape[1:]], spec.dtype, name=key)
+
+    @tf.function(input_signature=[broadcast_specs])
+    def rank_candidates(f):
+        n = tf.shape(f[features.ITEM_ID])[0]
+        rows = dict(f)
+        for key in features.QUERY_FEATURES:
+            rows[key] = tf.repeat(f[key], n, axis=0)
+        return ranker(rows)
+
     two_tower, ranker_dir = str(root / "two_tower_model"), str(root / "ranker_model")
     tf.saved_model.save(towers, two_tower, signatures={
         "serving_default": query_tower.get_concrete_function(), "query_tower": query_tower.get_concrete_function(),
         "candidate_tower": candidate_tower.get_concrete_function()})  # fmt: skip
     tf.saved_model.save(towers, ranker_dir, signatures={
-        "serving_default": ranker.get_concrete_function(), "ranker": ranker.get_concrete_function()})  # fmt: skip
+        "serving_default": ranker.get_concrete_function(), "ranker": ranker.get_concrete_function(),
+        "rank_candidates": rank_candidates.get_concrete_function()})  # fmt: skip
     return two_tower, ranker_dir
 
 
@@ -249,8 +264,74 @@ def run_level(url: str, users: list[str], concurrency: int, requests: int, secon
             "fallbacks": fallbacks, "rps": len(e2e) / elapsed, "n": len(e2e)}  # fmt: skip
 
 
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """User + system CPU seconds so far of each named process (this process included as "client")."""
+    import psutil
+
+    out = {}
+    for name, pid in pids.items():
+        try:
+            times = psutil.Process(pid).cpu_times()
+            out[name] = times.user + times.system
+        except psutil.Error:
+            out[name] = float("nan")
+    return out
+
+
 def pct(values: np.ndarray, q: float) -> float:
     return float(np.percentile(values, q)) if len(values) else float("nan")
+
+
+def measure(args, name: str, setup: dict, url: str, users: list[str], pids: dict[str, int], emit) -> None:
+    """One service: every concurrency level, the tables and the target line."""
+    emit(f"## {name}")
+    emit()
+    emit(f"Machine: {cpu_model()}, {cores()} cores, {memory_gib()}; {platform.platform()}; "
+         f"Python {platform.python_version()}. Loopback; redis-server, model server, service and this "
+         f"load generator each a process on the same cores.")  # fmt: skip
+    emit(f"Set-up: {setup}")
+    emit(f"Requests: k={args.k}, random users, no timestamp (now), explore on; {args.requests} per level "
+         f"(at most {args.seconds:.0f}s). Load average (1 min) before: {os.getloadavg()[0]:.1f}.")  # fmt: skip
+    emit()
+    emit("| concurrency | req/s | errors | fallbacks | e2e p50 | e2e p95 | e2e p99 | "
+         + " | ".join(f"{s} p50/p95/p99" for s in STAGES[:-1]) + " | load avg (1 min) |")  # fmt: skip
+    emit("|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * (len(STAGES) - 1) + "---:|")
+    results, cpu_rows = {}, []
+    for c in [int(x) for x in args.concurrency.split(",")]:
+        run_level(url, users, c, min(50, args.requests), 20, args.k, seed=99)  # warm-up, not counted
+        before = cpu_seconds(pids)
+        r = run_level(url, users, c, args.requests, args.seconds, args.k, seed=0)
+        after = cpu_seconds(pids)
+        results[c] = r
+        cpu_rows.append((c, {n: (after[n] - before[n]) * 1000 / max(1, r["n"]) for n in pids}))
+        cells = [f"{pct(r['stages'][s], 50):.1f}/{pct(r['stages'][s], 95):.1f}/{pct(r['stages'][s], 99):.1f}"
+                 for s in STAGES[:-1]]  # fmt: skip
+        emit(f"| {c} | {r['rps']:.1f} | {len(r['errors'])} | {r['fallbacks']} | {pct(r['e2e'], 50):.1f} | "
+             f"{pct(r['e2e'], 95):.1f} | {pct(r['e2e'], 99):.1f} | " + " | ".join(cells)
+             + f" | {os.getloadavg()[0]:.1f} |")  # fmt: skip
+        if r["errors"]:
+            print("first errors:", r["errors"][:3], flush=True)
+    emit()
+    emit("CPU per request (ms, user + system, of each process over the level's requests):")
+    emit()
+    emit("| concurrency | " + " | ".join(pids) + " | total |")
+    emit("|---:|" + "---:|" * (len(pids) + 1))
+    for c, row in cpu_rows:
+        emit(f"| {c} | " + " | ".join(f"{v:.1f}" for v in row.values()) + f" | {sum(row.values()):.1f} |")
+    emit()
+    target = 50.0 if args.synthetic else 25.0
+    if 4 in results:
+        p99 = pct(results[4]["e2e"], 99)
+        verdict = "MET" if p99 < target else f"MISSED by {p99 - target:.1f} ms ({p99 / target:.2f}x)"
+        emit(f"Target: e2e p99 < {target:.0f} ms at concurrency 4: {p99:.1f} ms, {verdict}. "
+             f"Errors at all levels: {sum(len(r['errors']) for r in results.values())}.")  # fmt: skip
+    metrics = httpx.get(f"{url}/metrics").text
+    hits = sum(float(line.split()[-1]) for line in metrics.splitlines()
+               if line.startswith('towerflow_embedding_cache_total{result="hit"}'))  # fmt: skip
+    misses = sum(float(line.split()[-1]) for line in metrics.splitlines()
+                 if line.startswith('towerflow_embedding_cache_total{result="miss"}'))  # fmt: skip
+    emit(f"Query-embedding cache hit ratio over the run: {hits / max(1.0, hits + misses):.2f}")
+    emit()
 
 
 def main(argv=None) -> int:
@@ -265,6 +346,19 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="at most, per concurrency level")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--config", default=None, help="service YAML")
+    parser.add_argument(
+        "--model-server-threads",
+        type=int,
+        default=None,
+        help="TensorFlow intra- and inter-op threads of the model server (TF_NUM_INTRAOP/INTEROP_THREADS)",
+    )
+    parser.add_argument(
+        "--before-pythonpath",
+        default=None,
+        help="first measure a service started with this PYTHONPATH (e.g. a sitecustomize mapping towerflow to an "
+        "older checkout), then this checkout's: same world, same model server, one after the other",
+    )
+    parser.add_argument("--before-label", default="an older checkout", help="names the --before-pythonpath code")
     parser.add_argument("--out", help="write (or with --append, add to) this Markdown file")
     parser.add_argument("--append", action="store_true")
     args = parser.parse_args(argv)
@@ -299,61 +393,46 @@ def main(argv=None) -> int:
                             "--redis-url", redis_server.url], check=True, env=env, cwd=REPO)  # fmt: skip
             setup = {"materialize_s": round(time.time() - started, 1)}
             users = [str(u) for u in range(1, 944)]  # ml-100k's user ids
-        grpc_port, rest_port, service_port = free_port(), free_port(), free_port()
+        grpc_port, rest_port = free_port(), free_port()
         log = open(tmp / "model_server.log", "w")
+        server_env = dict(env)
+        if args.model_server_threads:
+            threads = str(args.model_server_threads)
+            server_env.update(TF_NUM_INTRAOP_THREADS=threads, TF_NUM_INTEROP_THREADS=threads)
         procs.append(subprocess.Popen(
             [*TOWERFLOW, "serve", "--serving-root", str(serving_root), "--backend", "embedded",
              "--port", str(grpc_port), "--rest-api-port", str(rest_port)],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO))  # fmt: skip
+            stdout=log, stderr=subprocess.STDOUT, env=server_env, cwd=REPO))  # fmt: skip
         wait_http(f"http://127.0.0.1:{rest_port}/v1/models/ranker", 300, "model server")
         service_cmd = [*TOWERFLOW, "service", "--run-dir", str(run_dir), "--model-server", f"127.0.0.1:{grpc_port}",
-                       "--redis-url", redis_server.url, "--port", str(service_port)]  # fmt: skip
+                       "--redis-url", redis_server.url]  # fmt: skip
         if args.config:
             service_cmd += ["--config", args.config]
-        log = open(tmp / "service.log", "w")
-        procs.append(subprocess.Popen(service_cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO))
-        url = f"http://127.0.0.1:{service_port}"
-        wait_http(f"{url}/readyz", 600, "recommender service")
-
-        if args.config:
             name += f", service config {Path(args.config).name}: {Path(args.config).read_text().strip()}"
-        emit(f"## {name}")
-        emit()
-        emit(f"Machine: {cpu_model()}, {cores()} cores, {memory_gib()}; {platform.platform()}; "
-             f"Python {platform.python_version()}. Loopback; redis-server, model server, service and this "
-             f"load generator each a process on the same cores.")  # fmt: skip
-        emit(f"Set-up: {setup}")
-        emit(f"Requests: k={args.k}, random users, no timestamp (now), explore on; {args.requests} per level "
-             f"(at most {args.seconds:.0f}s).")  # fmt: skip
-        emit()
-        emit("| concurrency | req/s | errors | fallbacks | e2e p50 | e2e p95 | e2e p99 | "
-             + " | ".join(f"{s} p50/p95/p99" for s in STAGES[:-1]) + " |")  # fmt: skip
-        emit("|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * (len(STAGES) - 1))
-        results = {}
-        for c in [int(x) for x in args.concurrency.split(",")]:
-            run_level(url, users, c, min(50, args.requests), 20, args.k, seed=99)  # warm-up, not counted
-            r = run_level(url, users, c, args.requests, args.seconds, args.k, seed=0)
-            results[c] = r
-            cells = [f"{pct(r['stages'][s], 50):.1f}/{pct(r['stages'][s], 95):.1f}/{pct(r['stages'][s], 99):.1f}"
-                     for s in STAGES[:-1]]  # fmt: skip
-            emit(f"| {c} | {r['rps']:.1f} | {len(r['errors'])} | {r['fallbacks']} | {pct(r['e2e'], 50):.1f} | "
-                 f"{pct(r['e2e'], 95):.1f} | {pct(r['e2e'], 99):.1f} | " + " | ".join(cells) + " |")  # fmt: skip
-            if r["errors"]:
-                print("first errors:", r["errors"][:3], flush=True)
-        emit()
-        target = 50.0 if args.synthetic else 25.0
-        if 4 in results:
-            p99 = pct(results[4]["e2e"], 99)
-            verdict = "MET" if p99 < target else f"MISSED by {p99 - target:.1f} ms ({p99 / target:.2f}x)"
-            emit(f"Target: e2e p99 < {target:.0f} ms at concurrency 4: {p99:.1f} ms, {verdict}. "
-                 f"Errors at all levels: {sum(len(r['errors']) for r in results.values())}.")  # fmt: skip
-        metrics = httpx.get(f"{url}/metrics").text
-        hits = sum(float(line.split()[-1]) for line in metrics.splitlines()
-                   if line.startswith('towerflow_embedding_cache_total{result="hit"}'))  # fmt: skip
-        misses = sum(float(line.split()[-1]) for line in metrics.splitlines()
-                     if line.startswith('towerflow_embedding_cache_total{result="miss"}'))  # fmt: skip
-        emit(f"Query-embedding cache hit ratio over the run: {hits / max(1.0, hits + misses):.2f}")
-        emit()
+        if args.model_server_threads:
+            name += f", model server with {args.model_server_threads} TensorFlow intra/inter-op thread(s)"
+        variants = [("this checkout", {})]
+        if args.before_pythonpath:
+            variants.insert(0, (f"BEFORE: the service code of {args.before_label}",
+                                {"PYTHONPATH": args.before_pythonpath}))  # fmt: skip
+        for label, extra_env in variants:
+            service_port = free_port()
+            log = open(tmp / "service.log", "a")
+            service = subprocess.Popen([*service_cmd, "--port", str(service_port)], stdout=log,
+                                       stderr=subprocess.STDOUT, env={**env, **extra_env}, cwd=REPO)  # fmt: skip
+            procs.append(service)
+            url = f"http://127.0.0.1:{service_port}"
+            wait_http(f"{url}/readyz", 600, "recommender service")
+            title = name if len(variants) == 1 else f"{name} -- {label}"
+            measure(args, title, setup, url, users,
+                    {"service": service.pid, "model server": procs[0].pid, "redis": redis_server.process.pid,
+                     "client": os.getpid()}, emit)  # fmt: skip
+            service.send_signal(signal.SIGINT)
+            try:
+                service.wait(30)
+            except subprocess.TimeoutExpired:
+                service.kill()
+            procs.remove(service)
     finally:
         for p in reversed(procs):
             p.send_signal(signal.SIGINT)
