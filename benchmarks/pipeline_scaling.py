@@ -273,12 +273,34 @@ def exponent(t1: float, t2: float, n1: int, n2: int) -> float | None:
     return math.log(t2 / t1) / math.log(n2 / n1)
 
 
+_BUDGET_FIELDS = re.compile(
+    r"^(?P<model>two_tower|ranking): (?P<examples>[\d,]+) training examples, budget (?P<budget>[\d,]+): "
+    r"(?P<epochs>\d+) of (?P<configured>\d+) epochs$"
+)
+TRAINER_MODELS = {"RankingTrainer": "ranking", "TwoTowerTrainer": "two_tower"}
+
+
+def trainer_scale(result: SizeResult, stage: str, size: Size) -> float | None:
+    """How much more training a Trainer does at `size` than in `result`: (examples x epochs) ratio, with the
+    epochs the example budget gives at `size` (models/input_pipeline.budgeted_epochs). None: no budget line."""
+    for line in result.training:
+        match = _BUDGET_FIELDS.match(line)
+        if match and match["model"] == TRAINER_MODELS.get(stage):
+            examples, budget = int(match["examples"].replace(",", "")), int(match["budget"].replace(",", ""))
+            epochs, configured = int(match["epochs"]), int(match["configured"])
+            target = examples * size.interactions / result.size.interactions
+            target_epochs = min(configured, max(1, int(budget // target)))
+            return target * target_epochs / (examples * epochs)
+    return None
+
+
 def extrapolation_lines(results: list[SizeResult]) -> list[str]:
     """Sizes not measured, estimated from the two largest measured ones (clearly marked as estimates).
 
     Each stage is scaled from the largest measured size with exponent max(measured exponent, 1): no stage
     is assumed to grow slower than linearly, so fixed costs at small sizes do not make the estimate optimistic
-    (`other`, the run's start-up, keeps its measured exponent).
+    (`other`, the run's start-up, keeps its measured exponent). A Trainer is scaled by the examples it
+    trains on (examples x the epochs the example budget gives at each size), at least linearly in those.
     """
     if len(results) < 2:
         return []
@@ -287,8 +309,8 @@ def extrapolation_lines(results: list[SizeResult]) -> list[str]:
     if not targets:
         return []
     lines = ["", f"## Extrapolation (NOT measured; from {a.size.name} and {b.size.name})", ""]
-    lines.append("| size | stage | estimated wall s | exponent used |")
-    lines.append("|---|---|---:|---:|")
+    lines.append("| size | stage | estimated wall s | scaled by |")
+    lines.append("|---|---|---:|---|")
     by_name_a = {s.name: s for s in a.stages}
     for size in targets:
         total = 0.0
@@ -300,11 +322,16 @@ def extrapolation_lines(results: list[SizeResult]) -> list[str]:
                 if (stage.name in by_name_a)
                 else None
             )
-            # `other` is start-up and the runner's fixed work: it keeps its measured growth
-            used = max(measured or 0.0, 0.0) if stage.name == "other" else max(measured or 1.0, 1.0)
-            estimate = stage.wall * (size.interactions / b.size.interactions) ** used
+            trained = trainer_scale(b, stage.name, size)
+            if trained is not None:
+                estimate, how = stage.wall * trained, f"x{trained:.1f} examples x epochs"
+            else:
+                # `other` and a stage charged the run's start-up (*) are fixed work: they keep their measured growth
+                fixed = stage.name == "other" or stage.unobserved_start
+                used = max(measured or 0.0, 0.0) if fixed else max(measured or 1.0, 1.0)
+                estimate, how = stage.wall * (size.interactions / b.size.interactions) ** used, f"n^{used:.2f}"
             total += estimate
-            lines.append(f"| {size.name} | {stage.name} | {estimate:,.0f} | {used:.2f} |")
+            lines.append(f"| {size.name} | {stage.name} | {estimate:,.0f} | {how} |")
         lines.append(f"| {size.name} | **total** | {total:,.0f} | |")
     return lines
 
