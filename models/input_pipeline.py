@@ -85,7 +85,6 @@ def regroup(carry: dict, chunk: dict, final: tf.Tensor, batch_size: int, bucket_
     rows = {key: tf.concat([carry[key], chunk[key]], axis=0) for key in carry}
     bucket = rows[F.TIMESTAMP_XF] // bucket_seconds
     order = tf.argsort(bucket, stable=True)
-    rows = {key: tf.gather(value, order) for key, value in rows.items()}
     bucket = tf.gather(bucket, order)
     n = tf.size(bucket, out_type=tf.int64)
     index = tf.range(n)
@@ -97,8 +96,10 @@ def regroup(carry: dict, chunk: dict, final: tf.Tensor, batch_size: int, bucket_
     position = index - tf.gather(run_start, run)
     in_full_batch = position < tf.gather(run_length // batch_size * batch_size, run)
     emit = tf.logical_or(in_full_batch, final)
-    emitted = {key: tf.boolean_mask(value, emit) for key, value in rows.items()}
-    new_carry = {key: tf.boolean_mask(value, tf.logical_not(emit)) for key, value in rows.items()}
+    # One gather per feature and side, straight from the unsorted rows.
+    emitted_rows, carried_rows = tf.boolean_mask(order, emit), tf.boolean_mask(order, tf.logical_not(emit))
+    emitted = {key: tf.gather(value, emitted_rows) for key, value in rows.items()}
+    new_carry = {key: tf.gather(value, carried_rows) for key, value in rows.items()}
     starts = tf.where(tf.boolean_mask(position % batch_size == 0, emit))[:, 0]
     row_splits = tf.concat([starts, [tf.reduce_sum(tf.cast(emit, tf.int64))]], axis=0)
     return new_carry, (emitted, row_splits)
