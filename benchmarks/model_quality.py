@@ -20,6 +20,18 @@ of different folds are different test cases; a model's value for a user is its m
 
     flock /tmp/towerflow-heavy.lock .venv/bin/python benchmarks/model_quality.py --folds 3 --seeds 0 1 2
 
+The recency-aware blend (`offline.BlendedRecommender`, "two_tower+dcn+pop": retrieval logit +
+w x the DCN's interaction score + beta x log(1 + the item's recent count), over retrieval's top-N
+and the N most recently popular items) is scored with --blend-from: per fold, (w, beta) are chosen
+on the EVAL window with train-only fits of the same folds (a work dir made with --train-splits
+train), then applied to the models scored here; the goals are then checked for it.
+
+    .venv/bin/python benchmarks/model_quality.py --work-dir runs/q13_train --train-splits train --seeds 0 --train-only
+    .venv/bin/python benchmarks/model_quality.py --folds 3 --seeds 0 1 2 --blend-from runs/q13_train --blend-seeds 0
+
+--window eval scores the eval window instead (models must be train-only fits), for choosing
+settings; --only-folds and --baselines narrow a run for exploring.
+
 Steps are cached under --work-dir (fold runs, trained models), so a second invocation only
 re-scores; --train-only stops after training. Prints per-fold and pooled tables; writes
 <work-dir>/quality.json and (with --results) benchmarks/results/model_quality.md.
@@ -223,7 +235,7 @@ def score_fold(fold: dict, args) -> dict:
     for name, report in reports.items():
         entries[name] = _scored(report)
         settings[name] = {"describe": fitted[name].describe(), "selection": fitted[name].selection}
-    blend, blend_scores = None, {}
+    blend, blend_scores = (tuple(args.blend) if args.blend else None), {}
     if fold.get("blend_models"):
         # Chosen on the EVAL window with the train-only fits, then applied to the models scored here.
         from towerflow.components.evaluation.offline import tune_blend
@@ -346,8 +358,9 @@ def score_folds(folds: list[dict], args) -> dict:
         result = score_fold(fold, args)
         scored.append(result)
         q = result["quantiles"]
+        window = f"test q{q[1]:g}..q{q[2]:g}" if result["window"] == "test" else f"EVAL window q{q[0]:g}..q{q[1]:g}"
         print(
-            f"\nfold {result['index']}: test q{q[1]:g}..q{q[2]:g}, {result['users']} test users "
+            f"\nfold {result['index']}: {window}, {result['users']} test users "
             f"({result['warm']} warm, {result['cold']} cold), best baseline {result['best']} "
             f"[{time.time() - started:.0f}s]"
         )
@@ -437,6 +450,14 @@ def main(argv=None) -> int:
         "recency blend's weights are chosen with them on the eval window and two_tower+dcn+pop is scored",
     )
     parser.add_argument(
+        "--blend",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("RERANK_WEIGHT", "POPULARITY_WEIGHT"),
+        help="score two_tower+dcn+pop with these fixed weights (e.g. the pipeline's defaults) instead of --blend-from",
+    )
+    parser.add_argument(
         "--blend-seeds", type=int, nargs="+", default=None, help="seeds of --blend-from's fits (default: --seeds)"
     )
     parser.add_argument("--only-folds", type=int, nargs="+", default=None, help="run only these fold indices")
@@ -444,6 +465,8 @@ def main(argv=None) -> int:
         "--baselines", nargs="+", default=None, help="baselines to score (default: all of baselines.BASELINES)"
     )
     args = parser.parse_args(argv)
+    if args.blend and args.blend_from:
+        parser.error("--blend and --blend-from exclude each other")
     if args.window == "eval" and list(args.train_splits or []) != ["train"]:
         parser.error("--window eval scores the eval window: the models must be fit with --train-splits train")
     if args.baselines is None:
