@@ -221,10 +221,14 @@ def synthetic_world(root: Path, items: int, users: int, events: int, redis_url: 
 # --------------------------------------------------------------------------- the load
 
 
+REQUESTED: set[str] = set()  # every user a level asked for (their cached query embeddings, between variants)
+
+
 def run_level(url: str, users: list[str], concurrency: int, requests: int, seconds: float, k: int, seed: int):
     """`requests` recommend calls from `concurrency` client threads; per-request e2e ms and stage ms."""
     rng = np.random.default_rng(seed + concurrency)
     order = [users[i] for i in rng.integers(0, len(users), size=requests)]
+    REQUESTED.update(order)
     lock, nxt = threading.Lock(), [0]
     e2e, stages, errors, fallbacks = [], {s: [] for s in STAGES}, [], 0
     deadline = time.monotonic() + seconds
@@ -276,6 +280,19 @@ def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
         except psutil.Error:
             out[name] = float("nan")
     return out
+
+
+def drop_cached_embeddings(redis_url: str, users: list[str]) -> None:
+    """Empties the users' query-embedding cache entries (the next variant must not inherit the last one's)."""
+    from towerflow.serving.feature_store import FeatureStore, StoreConfig
+    from towerflow.serving.feature_store.server import connect
+
+    client = connect(redis_url)
+    store = FeatureStore(client, StoreConfig())
+    for user in users:
+        store.invalidate_user_embeddings(user)
+    client.close()
+    print(f"dropped the cached query embeddings of {len(users):,} users", flush=True)
 
 
 def pct(values: np.ndarray, q: float) -> float:
@@ -415,7 +432,9 @@ def main(argv=None) -> int:
         if args.before_pythonpath:
             variants.insert(0, (f"BEFORE: the service code of {args.before_label}",
                                 {"PYTHONPATH": args.before_pythonpath}))  # fmt: skip
-        for label, extra_env in variants:
+        for n, (label, extra_env) in enumerate(variants):
+            if n:
+                drop_cached_embeddings(redis_server.url, sorted(REQUESTED))  # each variant starts as cold
             service_port = free_port()
             log = open(tmp / "service.log", "a")
             service = subprocess.Popen([*service_cmd, "--port", str(service_port)], stdout=log,
