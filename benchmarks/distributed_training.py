@@ -89,8 +89,8 @@ def throughput(run_dir: str, steps: int, epochs: int, work: str) -> list[dict]:
 # replicas takes half the optimizer steps; DistributionConfig.learning_rate_scaling).
 QUALITY_ARMS = (
     ("1 process", "local:1", {}),
-    ("2 workers, learning rate as configured", "local:2w", {"learning_rate_scaling": "none"}),
-    ("2 workers, linear learning-rate rule (default)", "local:2w", {"learning_rate_scaling": "linear"}),
+    ("2 workers, learning_rate_scaling none (default)", "local:2w", {"learning_rate_scaling": "none"}),
+    ("2 workers, learning_rate_scaling linear", "local:2w", {"learning_rate_scaling": "linear"}),
 )
 
 

@@ -73,9 +73,11 @@ class DistributionConfig:
     strategy: StrategyName = "none"
     shard_policy: ShardPolicy = "auto"
     gradient_accumulation_steps: int = 1  # micro-batches of `batch_size` per optimizer step
-    # An epoch over 2 replicas takes half the optimizer steps of one process; the rule keeps the
-    # progress per epoch. Strategy "none" with no accumulation has factor 1 whatever the rule.
-    learning_rate_scaling: LearningRateScaling = "linear"
+    # An epoch over 2 replicas takes half the optimizer steps of one process. "linear" was measured
+    # against "none" on ml-100k (benchmarks/results/distributed_training_quality.md) and did not close
+    # the gap to one process, so the default leaves the learning rate as configured.
+    # Strategy "none" with no accumulation has factor 1 whatever the rule.
+    learning_rate_scaling: LearningRateScaling = "none"
     steps_per_epoch: int = 0  # 0 = one pass over the training data per epoch
     validation_steps: int = 0  # 0 = one pass over the eval data after each epoch
     backup: bool | None = None  # BackupAndRestore; None = on for every strategy but "none"

@@ -154,6 +154,7 @@ def test_global_batch_is_per_replica_times_replicas_times_micro_batches():
         ("sqrt", 4, 1, 0.2),
         ("none", 2, 4, 0.1),
         ("linear", 1, 1, 0.1),
+        ("none", 4, 1, 0.1),
     ],
 )
 def test_learning_rate_follows_the_global_batch(rule, replicas, micro_batches, expected):
@@ -172,6 +173,12 @@ def test_learning_rate_follows_the_global_batch(rule, replicas, micro_batches, e
 def test_one_process_keeps_its_learning_rate_whatever_the_rule():
     config = TwoTowerConfig(learning_rate=0.1)
     assert _dist(2).scaled(config) is config  # strategy "none": batch_size is the global batch
+
+
+def test_the_default_rule_leaves_the_learning_rate_alone():
+    dist = _dist(2, strategy="multi_worker_mirrored", gradient_accumulation_steps=4)
+    config = TwoTowerConfig(learning_rate=0.1)
+    assert dist.scaled(config) is config
 
 
 def test_unknown_learning_rate_rule_is_a_clear_error():
