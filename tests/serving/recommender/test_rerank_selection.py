@@ -4,8 +4,8 @@ import numpy as np
 
 from towerflow.models import features
 from towerflow.serving.recommender.config import RerankingConfig
-from towerflow.serving.recommender.rerank_selection import Trial, choose, cost_bound, rerank_lists
 from towerflow.serving.recommender.request import Request
+from towerflow.serving.recommender.rerank_selection import Trial, choose, cost_bound, rerank_lists
 from towerflow.serving.recommender.reranking import Candidate
 from towerflow.serving.recommender.rules import Rules
 
