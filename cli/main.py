@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "evaluate_commands",
     "report_commands",
     "serving_commands",
+    "reranking_commands",
     "lineage_commands",
     "features_commands",
     "abtest_commands",

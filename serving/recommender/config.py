@@ -74,7 +74,7 @@ class RankingConfig:
 class RerankingConfig:
     # MMR trade-off: 1.0 = pure relevance order (diversity off), lower = more genre diversity.
     # The re-ranking defaults (diversity_lambda, diversity_depth, freshness_boost, novelty_weight) were
-    # chosen on the EVAL window by `python -m towerflow.serving.recommender.rerank_selection --run-dir RUN`
+    # chosen on the EVAL window by `towerflow select-reranking --run-dir RUN`
     # (rerank_selection.py: its grid and rule -- diversity and freshness on, diversity@10 and coverage@10
     # up, NDCG@10 cost <= 2% at the upper 95% bootstrap bound over eval users, then the largest gain) on a
     # fresh ml-100k pipeline run of this code: eval NDCG@10 0.3804 vs 0.3792 plain (bound 1.23%),
