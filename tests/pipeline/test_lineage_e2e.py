@@ -29,6 +29,7 @@ def test_trainer_model_traces_to_the_transform_and_ingestion_outputs_the_run_mad
     assert model.facts["hyperparameters"] == {
         "seed": 0,
         "two_tower": {},
+        "example_budget": config.example_budget,  # the pipeline's cap on training passes
         "code_fingerprint": code_fingerprint("models"),
     }
     defaults = TwoTowerConfig()
