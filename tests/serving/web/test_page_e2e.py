@@ -83,7 +83,7 @@ def test_page_in_headless_chromium(pipeline_run, tmp_path):
                 "id => !document.querySelector(`#recs tbody tr[data-item-id='${id}']`)", arg=top["id"]
             )
             page.wait_for_function(
-                "t => document.querySelector('#history li').textContent.includes(t)", arg=top["title"]
+                "t => (document.querySelector('#history li')?.textContent ?? '').includes(t)", arg=top["title"]
             )
             after = _rows(page)
             assert top["id"] not in [r["id"] for r in after] and [r["id"] for r in after] != [r["id"] for r in rows]
