@@ -41,7 +41,7 @@ class ArmResult:
     fallbacks: int = 0
     model_versions: dict | None = None
     served_by: str = "service"
-    top_scores: list[float] = field(default_factory=list)  # scores of each list's first 10 items
+    top_scores: list[float] = field(default_factory=list)  # model scores of each list's first 10 items
 
 
 def _parse_arm(value: str) -> str:
@@ -84,6 +84,8 @@ def _ask_service(client, url: str, user_id: str, arm: str, as_of: int, k: int) -
 def replay_service_arm(url: str, arm: str, users: list[str], as_of: int, k: int, concurrency: int) -> ArmResult:
     import httpx
 
+    from towerflow.serving.experiments.stats import model_scores
+
     result = ArmResult(arm, users, [[] for _ in users])
     with httpx.Client(timeout=30.0) as client:
         with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
@@ -92,7 +94,7 @@ def replay_service_arm(url: str, arm: str, users: list[str], as_of: int, k: int,
                 body = future.result()
                 i = futures[future]
                 result.lists[i] = [item["item_id"] for item in body["items"]]
-                result.top_scores += [item["score"] for item in body["items"][:10]]
+                result.top_scores += model_scores(body["items"])
                 result.fallbacks += body.get("fallback") is not None
                 result.model_versions = result.model_versions or body.get("model_versions")
                 if done % 50 == 0 or done == len(users):

@@ -35,6 +35,8 @@ and the headline metrics (`two_tower:recall@100`, ...); a BLESSED or NOT_BLESSED
 `model_evaluation.json` (everything) and `model_evaluation.html` (the report,
 components/evaluation/report.py). When the models are NOT blessed, `baseline_fallback.json` holds
 the best baseline refit on every interaction as ready-to-serve ranked lists (`baselines.serving_lists`).
+`score_distribution` in the JSON (decile bins of two_tower+dcn's first 10 scores per test user) travels
+with the pushed models; the service's canary watcher measures score drift (PSI) against it.
 
 The report also shows the ANN recall-vs-latency frontier that the IndexEvaluator measured
 (`index_evaluation`, components/index/frontier.py). Without it, `ann_queries` > 0 still sweeps the
@@ -85,7 +87,7 @@ from towerflow.components.evaluation.offline import (
     user_slicings,
 )
 from towerflow.components.evaluation.protocol import EvalReport
-from towerflow.components.evaluation.statistics import paired_comparison
+from towerflow.components.evaluation.statistics import SCORED_ITEMS, paired_comparison, quantile_bins
 from towerflow.components.index.component import RetrievalIndex, tower_dir
 from towerflow.components.index.component import read_evaluation as read_index_evaluation
 from towerflow.components.index.frontier import ann_frontier
@@ -318,6 +320,7 @@ def run_evaluation(
             "metrics": {name: r.per_user_dict(metrics) for name, r in everything.items()},
         },
         "ann": ann,
+        "score_distribution": score_distribution(models.get("two_tower+dcn"), len(eval_set)),
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     if best:
@@ -333,6 +336,17 @@ def run_evaluation(
     if best and not blessed:
         write_fallback(result["best_baseline"], data, output_dir, n=max(config.ks))
     return result
+
+
+def score_distribution(report: EvalReport | None, n_users: int) -> dict | None:
+    """{edges, fractions, source}: decile bins of the served pair's scores (retrieval logit + w x ranker)
+    of each test user's first SCORED_ITEMS items -- the offline reference for the canary's PSI check.
+    None without a re-ranked report or with fewer than 10 scores."""
+    if report is None or report.top_scores is None or np.isfinite(report.top_scores).sum() < 10:
+        return None
+    edges, fractions = quantile_bins(report.top_scores)
+    source = f"offline evaluation: two_tower+dcn, first {SCORED_ITEMS} scores of {n_users} test users' lists"
+    return {"edges": edges, "fractions": fractions, "source": source}
 
 
 def write_fallback(best: Mapping, data: OfflineData, output_dir: str, n: int) -> str:

@@ -28,6 +28,7 @@ import tensorflow as tf
 from towerflow.components.evaluation.baselines import validation_frame
 from towerflow.components.evaluation.protocol import EvalReport, EvalSet, PopularityRecommender, Recommend, evaluate
 from towerflow.components.evaluation.slices import AGE_BUCKETS, UNKNOWN, age_bucket, user_slicings  # noqa: F401
+from towerflow.components.evaluation.statistics import SCORED_ITEMS
 from towerflow.models import features as F
 from towerflow.models.two_tower import TwoTowerConfig
 
@@ -236,6 +237,9 @@ class RerankedRecommender:
       of P(the user picks the item) x P(they like it).
 
     `tune_rerank_weight` picks the weight on the eval window.
+
+    `top_scores` keeps, per user of the calls so far, the scores of that user's first
+    `SCORED_ITEMS` items: the distribution the served pair's scores are checked against online.
     """
 
     def __init__(
@@ -251,6 +255,7 @@ class RerankedRecommender:
     ):
         self._retrieval, self._data, self._as_of = retrieval, data, as_of
         self._weight = weight
+        self.top_scores: dict[str, np.ndarray] = {}
         self._ranker = tf.saved_model.load(ranker_dir).signatures["ranker"]
         self._depth, self._score = depth, score
         self._temperature = temperature or TwoTowerConfig().temperature
@@ -281,10 +286,12 @@ class RerankedRecommender:
         else:
             scores = outputs[self._score]
         out, start = [], 0
-        for cands in candidates:
+        for user, cands in zip(user_ids, candidates):
             s = scores[start : start + len(cands)]
             start += len(cands)
-            out.append([cands[j] for j in np.argsort(-s, kind="stable")][:k])
+            order = np.argsort(-s, kind="stable")[:k]
+            out.append([cands[j] for j in order])
+            self.top_scores[user] = s[order[:SCORED_ITEMS]]
         return out
 
 
@@ -514,7 +521,8 @@ def evaluate_models(
     by the first of `rerank_scores`; "+dcn:<score>" for the others), "full_pipeline" (with a
     factory) -- those whose models are given. `slicings` adds user slices (`user_slicings`).
     `blend` = (rerank_weight, popularity_weight) adds "two_tower+dcn+pop" ("two_tower+pop" without a
-    ranker): `BlendedRecommender` with those weights.
+    ranker): `BlendedRecommender` with those weights. The re-ranked reports carry `top_scores`: each
+    test user's first `SCORED_ITEMS` scores (the served pair's score distribution).
     """
     eval_set = data.eval_set()
     as_of = int(np.ceil(eval_set.cutoff))
@@ -534,7 +542,9 @@ def evaluate_models(
                 reranked = RerankedRecommender(
                     retrieval, ranker_dir, data, as_of, depth=rerank_depth, score=score, weight=weight
                 )
-                reports["two_tower+dcn" if i == 0 else f"+dcn:{score}"] = run(reranked)
+                report = run(reranked)
+                report.top_scores = np.concatenate([reranked.top_scores[u] for u in eval_set.user_ids])
+                reports["two_tower+dcn" if i == 0 else f"+dcn:{score}"] = report
         if blend is not None:
             blended = BlendedRecommender(
                 retrieval,

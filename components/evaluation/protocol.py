@@ -218,7 +218,8 @@ class EvalReport:
     ``per_user["ndcg@10"]`` etc. keep each test user's value (aligned with ``user_ids``; ``masks``
     holds each slice's users as a boolean vector), so two recommenders scored on the same
     ``EvalSet`` can be compared user by user (``components.evaluation.statistics``).
-    ``to_dict`` leaves them out; ``per_user_dict`` gives them in JSON form.
+    ``to_dict`` leaves them out; ``per_user_dict`` gives them in JSON form. ``top_scores`` holds, for
+    recommenders that score, the scores of every user's first items (None otherwise).
     """
 
     ks: tuple[int, ...]
@@ -229,6 +230,7 @@ class EvalReport:
     user_ids: tuple[str, ...] = ()
     per_user: dict[str, np.ndarray] = field(default_factory=dict)
     masks: dict[str, np.ndarray] = field(default_factory=dict)
+    top_scores: np.ndarray | None = None
 
     def metric(self, name: str, k: int, slice_name: str = "all") -> float:
         return self.metrics[slice_name][f"{name}@{k}"]

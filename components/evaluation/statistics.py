@@ -21,6 +21,8 @@ from scipy import stats
 
 DEFAULT_RESAMPLES = 2000
 CONFIDENCE = 0.95
+# Score distributions (the canary's drift check) take the first 10 scores of each recommended list.
+SCORED_ITEMS = 10
 
 
 def _mean_difference(a, b, axis=-1):
@@ -101,6 +103,19 @@ def paired_comparison(
         )
     out["p_value"] = float(test.pvalue)
     return out
+
+
+def quantile_bins(scores, bins: int = 10) -> tuple[list[float], list[float]]:
+    """(inner edges, shares) of `scores` on their own quantile bins: with `bins` = 10, each decile
+    holds a tenth of the finite scores (fewer bins where quantiles coincide). Bins are (-inf, e0],
+    (e0, e1], ..., (e_last, inf) -- the form a population stability index compares against."""
+    values = np.asarray(scores, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size < bins:
+        raise ValueError(f"need at least {bins} finite scores for {bins} bins, got {values.size}")
+    edges = np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1]))
+    counts = np.bincount(np.searchsorted(edges, values, side="left"), minlength=len(edges) + 1)
+    return [float(e) for e in edges], [float(c) for c in counts / counts.sum()]
 
 
 def significantly_worse(comparison: Mapping, alpha: float = 1 - CONFIDENCE) -> bool:

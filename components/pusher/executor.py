@@ -9,8 +9,9 @@ What the online recommender needs with a model travels inside the pushed
 version (`model_repository.push`'s extras), found through the blessings:
 an IndexEvaluator blessing names the index (`index_uri`): its ScaNN searcher,
 item ids and item embeddings go in as `index`; a ModelEvaluator blessing holds
-the evaluation: its re-ranking settings (weight, depth, score) and headline
-metrics go in as `evaluation.json`. So the service reads a version's index and
+the evaluation: its re-ranking settings (weight, depth, score), headline
+metrics and score distribution (the canary's drift reference) go in as
+`evaluation.json`. So the service reads a version's index and
 re-ranking weight from the version itself, never from another run.
 """
 
@@ -77,6 +78,7 @@ def serving_extras(blessings, workdir: str) -> dict[str, str]:
                 "rerank_score": config.get("rerank_score"),
                 "test_cutoff": result.get("data", {}).get("test_cutoff"),
                 "metrics": {name: r.get("metrics", {}).get("all", {}) for name, r in result.get("reports", {}).items()},
+                "score_distribution": result.get("score_distribution"),
             }
             path = os.path.join(workdir, EVALUATION_EXTRA)
             with open(path, "w", encoding="utf-8") as f:

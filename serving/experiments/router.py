@@ -34,6 +34,7 @@ from towerflow.serving.experiments.canary import CanaryWatcher
 from towerflow.serving.experiments.config import CANARY, STABLE, ExperimentsConfig
 from towerflow.serving.experiments.event_log import ExperimentLog
 from towerflow.serving.experiments.metrics import ExperimentMetrics
+from towerflow.serving.experiments.stats import model_scores
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ class ExperimentRouter:
         latency = (time.perf_counter() - started) * 1000.0
         if self.watcher is not None and source in (STABLE, CANARY):
             failed = error is not None or bool(response and response.get("fallback"))
-            scores = [i.get("score") for i in (response or {}).get("items", []) if i.get("score") is not None]
+            scores = model_scores((response or {}).get("items", []))
             self.watcher.observe(source, latency, failed, scores)
         return response, latency, error
 

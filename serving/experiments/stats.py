@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import stats
 
+from towerflow.components.evaluation.statistics import SCORED_ITEMS, quantile_bins
+
 PSI_FLOOR = 1e-4  # an empty bin would make ln() infinite; this is the usual floor
 
 
@@ -94,6 +96,21 @@ def bootstrap_difference(
     return Comparison(metric, a.mean(), b.mean(), diff, float(low), float(high), p_value, "bootstrap", len(a), len(b))
 
 
+def model_scores(items, k: int = SCORED_ITEMS) -> list[float]:
+    """The models' own scores of a response's first `k` items, as the canary's PSI compares them.
+
+    That is each item's "final" stage score (retrieval logit + w x ranker, before re-ranking adds
+    boosts, freshness and novelty), which the offline evaluation scores too; exploration's picks are
+    left out (their slot is not the models' choice). Items without a final score (a fallback's) give none.
+    """
+    out = []
+    for item in list(items)[:k]:
+        final = (item.get("stage_scores") or {}).get("final")
+        if final is not None and not item.get("explored"):
+            out.append(float(final))
+    return out
+
+
 @dataclass(frozen=True)
 class ScoreReference:
     """A score distribution to compare live scores with: inner bin edges and each bin's share."""
@@ -114,13 +131,8 @@ class ScoreReference:
     @classmethod
     def from_scores(cls, scores, bins: int = 10, source: str = "") -> ScoreReference:
         """Decile (by default) bins of `scores`: every bin holds the same share of the reference."""
-        values = np.asarray(scores, dtype=float)
-        values = values[np.isfinite(values)]
-        if values.size < bins:
-            raise ValueError(f"need at least {bins} finite scores for a {bins}-bin reference, got {values.size}")
-        edges = np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1]))
-        counts = np.bincount(np.searchsorted(edges, values, side="left"), minlength=len(edges) + 1)
-        return cls(tuple(float(e) for e in edges), tuple(float(c) for c in counts / counts.sum()), source)
+        edges, fractions = quantile_bins(scores, bins)
+        return cls(tuple(edges), tuple(fractions), source)
 
     def shares(self, scores) -> np.ndarray:
         values = np.asarray(scores, dtype=float)

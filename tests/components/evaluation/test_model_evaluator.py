@@ -4,6 +4,7 @@ import json
 import math
 import os
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -232,6 +233,34 @@ def test_protocol_metrics_slices_and_beyond_accuracy(good_result):
     assert set(report["beyond_accuracy"]) == {"coverage@20", "gini@20", "avg_popularity@20", "diversity@20"}
     assert result["curve_ks"] == [1, 2, 5, 10, 20]
     assert result["data"]["test_users"] == 48 and result["data"]["cold_users"] == 12
+
+
+def test_score_distribution_is_the_deciles_of_the_served_pairs_first_ten_scores(good_result, world, model_dirs):
+    from towerflow.components.evaluation.offline import RerankedRecommender, TwoTowerRecommender
+    from towerflow.components.evaluation.statistics import quantile_bins
+
+    result = good_result[0]
+    distribution = result["score_distribution"]
+    assert "two_tower+dcn" in distribution["source"] and "48 test users" in distribution["source"]
+    # The same scores again, from the re-ranked recommender the evaluation ran (same models, users, cut-off).
+    eval_set = world.eval_set()
+    as_of = int(np.ceil(eval_set.cutoff))
+    retrieval = TwoTowerRecommender(os.path.join(model_dirs["good"], "Format-Serving"), world, as_of)
+    config = result["config"]
+    reranked = RerankedRecommender(
+        retrieval,
+        os.path.join(model_dirs["ranker"], "Format-Serving"),
+        world,
+        as_of,
+        depth=config["rerank_depth"],
+        weight=config["rerank_weight"],
+    )
+    reranked(list(eval_set.user_ids), max(result["curve_ks"]), [set(s) for s in eval_set.seen])
+    scores = np.concatenate([reranked.top_scores[u] for u in eval_set.user_ids])
+    assert len(scores) == 48 * 10
+    edges, fractions = quantile_bins(scores)
+    assert distribution["edges"] == pytest.approx(edges) and distribution["fractions"] == pytest.approx(fractions)
+    assert len(edges) == 9 and sum(fractions) == pytest.approx(1.0)
 
 
 def test_ann_frontier_sweep(good_result):

@@ -87,6 +87,9 @@ def test_a_dominant_ranker_score_orders_the_retrieved_candidates(world, retrieva
         assert got == expected
         moved += got != cands[:10]
     assert moved  # the ranker did change some lists
+    if score == "interaction_score":  # the kept scores: each list's first 10 items' scores, in list order
+        for user, got in zip(users, lists):
+            assert reranked.top_scores[user].tolist() == [recent[item] for item in got]
 
 
 # --------------------------------------------------------------------------- the recency-aware blend

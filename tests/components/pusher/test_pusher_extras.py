@@ -45,6 +45,7 @@ def test_index_and_evaluation_travel_with_the_version(tmp_path):
         "config": {"rerank_weight": 0.5, "rerank_depth": 100, "rerank_score": "retrieval+interaction"},
         "data": {"test_cutoff": 123.5},
         "reports": {"two_tower+dcn": {"metrics": {"all": {"recall@100": 0.43, "ndcg@10": 0.35}}}},
+        "score_distribution": {"edges": [0.0, 1.0], "fractions": [0.3, 0.3, 0.4], "source": "offline evaluation"},
     }
     (tmp_path / "model_blessing" / "model_evaluation.json").write_text(json.dumps(result))
     pushed = push(tmp_path, [index_blessing, model_blessing])
@@ -53,6 +54,7 @@ def test_index_and_evaluation_travel_with_the_version(tmp_path):
     evaluation = json.loads((extras / EVALUATION_EXTRA).read_text())
     assert evaluation["rerank_weight"] == 0.5 and evaluation["rerank_depth"] == 100
     assert evaluation["metrics"]["two_tower+dcn"]["ndcg@10"] == 0.35
+    assert evaluation["score_distribution"] == result["score_distribution"]
     assert pushed.get_json_value_custom_property("pushed_extras") == [EVALUATION_EXTRA, INDEX_EXTRA]
 
 

@@ -32,7 +32,9 @@ def recommender(item_vectors, versions, latency=None):
         top = np.argsort(-(item_vectors @ u))[:10]
         true = ITEM_VECTORS[top] @ u
         return {
-            "items": [{"item_id": str(i), "score": float(s)} for i, s in zip(top, true)],
+            "items": [
+                {"item_id": str(i), "score": float(s), "stage_scores": {"final": float(s)}} for i, s in zip(top, true)
+            ],
             "fallback": None,
             "model_versions": versions,
             "request_id": request["user_id"],

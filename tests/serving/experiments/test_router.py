@@ -161,3 +161,39 @@ def test_logs_rotate(tmp_path):
     ]
     kept = [int(r["request_id"]) for r in read_lines(tmp_path / "impressions.jsonl")]
     assert kept == sorted(kept) and kept[-1] == 39 and len(kept) < 40
+
+
+def test_the_canary_watcher_sees_each_answers_model_scores():
+    class Recorder:
+        def __init__(self):
+            self.seen = []
+
+        def observe(self, label, latency_ms, error, scores=()):
+            self.seen.append((label, error, list(scores)))
+
+        def stop(self):
+            pass
+
+    def scored(request):
+        items = [
+            {"item_id": "a", "score": 3.5, "stage_scores": {"final": 3.0}},
+            {"item_id": "b", "score": 9.0, "stage_scores": {"final": 1.0}, "explored": True},
+            {"item_id": "c", "score": 2.5, "stage_scores": {"final": 2.0}},
+        ]
+        return {"items": items, "model_versions": {}, "fallback": None, "request_id": "r"}
+
+    def broken(request):
+        raise RuntimeError("model server down")
+
+    recorder = Recorder()
+    config = from_dict({"canary": {"share": 0.5}})
+    router = ExperimentRouter(config, {"stable": scored, "canary": broken}, watcher=recorder)
+    for user in range(40):
+        response = router.recommend({"user_id": str(user), "k": 3})
+        assert [i["item_id"] for i in response["items"]] == ["a", "b", "c"]  # a failing canary: stable answers
+    router.close()
+    stable = [s for s in recorder.seen if s[0] == "stable"]
+    canary = [s for s in recorder.seen if s[0] == "canary"]
+    assert stable and canary  # both halves of the split were observed
+    assert all(scores == [3.0, 2.0] and not error for _, error, scores in stable)
+    assert all(error and scores == [] for _, error, scores in canary)

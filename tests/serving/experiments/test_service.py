@@ -1,5 +1,6 @@
 """The experiments' wiring into the service, with stand-ins for the store and the base recommender."""
 
+import numpy as np
 import pytest
 
 from towerflow.components.pusher import model_repository
@@ -117,6 +118,26 @@ def test_score_reference_from_file_or_missing(tmp_path):
     assert score_reference(from_dict({"canary": {}}), tmp_path) is None
     with pytest.raises(FileNotFoundError, match="score_reference"):
         score_reference(from_dict({"canary": {"score_reference": str(tmp_path / "nope.json")}}), tmp_path)
+
+
+def test_score_reference_defaults_to_the_pushed_evaluations_distribution(tmp_path, tiny_models):
+    import json
+
+    offline = ScoreReference.from_scores(np.linspace(-2.0, 3.0, 480), source="offline evaluation: two_tower+dcn")
+    evaluation = tmp_path / "evaluation.json"
+    evaluation.write_text(json.dumps({"rerank_weight": 0.25, "score_distribution": offline.to_dict()}))
+    root = tmp_path / "serving"
+    model_repository.push(root, "two_tower", tiny_models[1])
+    model_repository.push(root, "ranker", tiny_models[1], extras={"evaluation.json": evaluation})
+    assert score_reference(from_dict({"canary": {}}), root) == offline
+    # a configured file wins over the pushed evaluation
+    other = ScoreReference.from_scores(list(range(100)), source="abtest replay")
+    path = tmp_path / "ref.json"
+    path.write_text(json.dumps(other.to_dict()))
+    assert score_reference(from_dict({"canary": {"score_reference": str(path)}}), root) == other
+    # a version pushed without one (an older evaluation): no reference, the PSI check is off
+    model_repository.push(root, "ranker", tiny_models[1])
+    assert score_reference(from_dict({"canary": {}}), root) is None
 
 
 def test_variants_are_the_service_config_with_overrides(tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from towerflow.serving.experiments.stats import ScoreReference, bootstrap_difference, two_proportion_ztest
+from towerflow.serving.experiments.stats import ScoreReference, bootstrap_difference, model_scores, two_proportion_ztest
 
 
 def test_two_proportion_ztest_matches_the_textbook_formula():
@@ -52,3 +52,15 @@ def test_bad_reference_is_refused():
         ScoreReference((0.0,), (0.2, 0.2))
     with pytest.raises(ValueError, match="at least 10"):
         ScoreReference.from_scores([1.0, 2.0])
+
+
+def test_model_scores_are_the_final_stage_scores_of_the_models_own_picks():
+    items = [
+        {"item_id": "a", "score": 5.3, "stage_scores": {"retrieval": 4.0, "ranking": 2.0, "final": 4.5}},
+        {"item_id": "b", "score": 4.9, "stage_scores": {"retrieval": 3.0, "final": 3.2}, "explored": True},
+        {"item_id": "c", "score": 1.0},  # a fallback's item: no model score
+        *({"item_id": str(i), "score": 0.0, "stage_scores": {"final": float(i)}} for i in range(20)),
+    ]
+    assert model_scores(items) == [4.5] + [float(i) for i in range(7)]  # re-ranking's +0.8 is not in it
+    assert model_scores(items, k=1) == [4.5]
+    assert model_scores([]) == []
