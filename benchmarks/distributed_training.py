@@ -9,8 +9,10 @@ processes over 127.0.0.1 with TensorFlow's own runtime:
 * throughput: `--steps` optimizer steps per epoch, `--epochs` epochs; the last
   epoch's examples/s (warm: tracing and start-up excluded), validation cut to
   one batch; default model config;
-* quality: one process vs 2 workers (multi_worker_mirrored) with and without
-  the learning-rate rule, full epochs, a few seeds, scored on the test split
+* quality: one process vs 2 workers (multi_worker_mirrored: the replicas split
+  the batch and the two-tower's in-batch softmax gathers the candidates of both,
+  so the optimizer steps and the loss are one process's), full epochs, a few
+  seeds, scored on the test split
   with the evaluation protocol (`components.evaluation.offline.evaluate_models`);
   each user's value averaged over the seeds, compared user by user with one
   process (paired bootstrap CI of the difference, permutation p-value).
@@ -85,12 +87,11 @@ def throughput(run_dir: str, steps: int, epochs: int, work: str) -> list[dict]:
     return rows
 
 
-# The quality arms: one process, and 2 workers with and without the learning-rate rule (an epoch over 2
-# replicas takes half the optimizer steps; DistributionConfig.learning_rate_scaling).
+# The quality arms: one process, and 2 workers with the default distribution settings (each replica half
+# of every batch, candidates gathered over both; models/distribution.py, models/two_tower.py).
 QUALITY_ARMS = (
     ("1 process", "local:1", {}),
-    ("2 workers, learning_rate_scaling none (default)", "local:2w", {"learning_rate_scaling": "none"}),
-    ("2 workers, learning_rate_scaling linear", "local:2w", {"learning_rate_scaling": "linear"}),
+    ("2 workers (multi_worker_mirrored)", "local:2w", {}),
 )
 
 
@@ -133,7 +134,8 @@ def write_results(path: Path, speed: list[dict], args, seconds: float) -> None:
         "",
         f"Examples/s of the last of {args.epochs} epochs of {args.steps} optimizer steps (warm), from the chief's",
         "progress line; 1 process and 2 workers validate on one batch per epoch, the ps run does not validate.",
-        "A multi_worker_mirrored step takes batch_size x 2 examples, a parameter-server step batch_size.",
+        "A multi_worker_mirrored step takes batch_size examples split between the 2 workers, a parameter-server",
+        "step batch_size on one worker.",
         "",
         "| cluster | processes | examples/s | vs 1 process | epoch s | wall s (incl. start-up) |",
         "|---|---|---|---|---|---|",
@@ -207,7 +209,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=60, help="optimizer steps per epoch in the throughput runs")
     parser.add_argument("--epochs", type=int, default=2, help="epochs of the throughput runs (the last is timed)")
     parser.add_argument("--quality-epochs", type=int, default=1)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--results", default=str(RESULTS), help="the throughput table")

@@ -14,8 +14,10 @@ every replica of a worker-pool spec ({"cluster": {"chief": [...], "worker":
 * ``mirrored`` -- one process, every local GPU.
 * ``multi_worker_mirrored`` -- data-parallel over the workers of TF_CONFIG:
   each worker reads its shard of the files (or of the records, `shard_policy`),
-  the global batch is batch_size x replicas, gradients are all-reduced, only
-  the chief exports (the others write to a scratch dir that is deleted).
+  the replicas split the global batch of batch_size examples (so an epoch takes
+  the optimizer steps of one process; the two-tower's in-batch softmax gathers
+  the candidates of all replicas), gradients are all-reduced, only the chief
+  exports (the others write to a scratch dir that is deleted).
 * ``parameter_server`` -- the chief coordinates (`ClusterCoordinator` inside
   `Model.fit`), workers train on per-worker datasets, and the variables live on
   the ps tasks; `MinSizePartitioner` splits every variable larger than
@@ -51,8 +53,8 @@ STRATEGIES: tuple[str, ...] = get_args(StrategyName)
 # How multi-worker input is split: by file when there are enough files, else by record ("auto").
 ShardPolicy = Literal["auto", "file", "data"]
 SHARD_POLICIES: tuple[str, ...] = get_args(ShardPolicy)
-# How the learning rate follows the global batch (batch_size x replicas x micro-batches): "linear"
-# multiplies it by that factor (Goyal et al. 2017), "sqrt" by its square root, "none" leaves it alone.
+# How the learning rate follows the examples per optimizer step (batch_size x micro-batches): "linear"
+# multiplies it by the micro-batches (Goyal et al. 2017), "sqrt" by their square root, "none" leaves it.
 LearningRateScaling = Literal["linear", "sqrt", "none"]
 LEARNING_RATE_SCALINGS: tuple[str, ...] = get_args(LearningRateScaling)
 CONFIG_KEY = "distribution"  # the key of this section in the Trainers' custom_config
@@ -73,10 +75,10 @@ class DistributionConfig:
     strategy: StrategyName = "none"
     shard_policy: ShardPolicy = "auto"
     gradient_accumulation_steps: int = 1  # micro-batches of `batch_size` per optimizer step
-    # An epoch over 2 replicas takes half the optimizer steps of one process. "linear" was measured
-    # against "none" on ml-100k (benchmarks/results/distributed_training_quality.md) and did not close
-    # the gap to one process, so the default leaves the learning rate as configured.
-    # Strategy "none" with no accumulation has factor 1 whatever the rule.
+    # The replicas split `batch_size`, so their number leaves the step size alone and only gradient
+    # accumulation changes it. (When every replica took `batch_size`, "linear" for the doubled batch of
+    # 2 workers was measured on ml-100k and did not close the gap to one process, while the split
+    # batch did: benchmarks/results/distributed_training_quality.md.)
     learning_rate_scaling: LearningRateScaling = "none"
     steps_per_epoch: int = 0  # 0 = one pass over the training data per epoch
     validation_steps: int = 0  # 0 = one pass over the eval data after each epoch
@@ -210,16 +212,26 @@ class Distribution:
     def is_parameter_server(self) -> bool:
         return self.config.strategy == "parameter_server"
 
-    def global_batch_size(self, batch_size: int) -> int:
-        """Examples per optimizer step: `batch_size` per replica and micro-batch.
+    @property
+    def replicas(self) -> int:
+        """Replicas that split each batch (strategy "none": 1, whatever the hardware strategy holds)."""
+        return self.strategy.num_replicas_in_sync if self.config.distributed else 1
 
-        With strategy "none" `batch_size` stays the global batch, as it always was.
+    def global_batch_size(self, batch_size: int) -> int:
+        """Examples per optimizer step: `batch_size` per micro-batch, split between the replicas.
+
+        So one process and N replicas take the same optimizer steps per epoch on the same batches
+        (each replica `batch_size / N` of them, which must be whole).
         """
-        replicas = self.strategy.num_replicas_in_sync if self.config.distributed else 1
-        return batch_size * replicas * self.config.gradient_accumulation_steps
+        if batch_size % self.replicas:
+            raise ValueError(
+                f"batch_size {batch_size} does not split between {self.replicas} replicas; "
+                f"make it a multiple of {self.replicas}"
+            )
+        return batch_size * self.config.gradient_accumulation_steps
 
     def learning_rate(self, learning_rate: float, batch_size: int) -> float:
-        """The learning rate for a global batch of `global_batch_size(batch_size)` examples under the
+        """The learning rate for `global_batch_size(batch_size)` examples per optimizer step under the
         config's `learning_rate_scaling`, given the one tuned for `batch_size` examples per step."""
         factor = self.global_batch_size(batch_size) / batch_size
         if self.config.learning_rate_scaling == "linear":

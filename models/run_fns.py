@@ -122,7 +122,7 @@ def _fit(
     bucket_hours: float = 0.0,
 ):
     """Trains on the train files, validates on the eval files (not under parameter_server: the chief
-    only coordinates there). `batch_size` is per replica and micro-batch (`Distribution.global_batch_size`).
+    only coordinates there). `batch_size` is per micro-batch; replicas split it (`Distribution.global_batch_size`).
 
     With an example budget (custom_config["example_budget"], the pipeline's --example-budget) the
     epochs are `input_pipeline.budgeted_epochs`: fewer passes over larger data, at least one.

@@ -21,6 +21,15 @@ The loss is an in-batch sampled softmax (`tfrs.tasks.Retrieval`) with
 * optional hard-negative mining (keep the `num_hard_negatives` top-scored
   negatives per query).
 
+Under a data-parallel strategy (mirrored, multi_worker_mirrored, tpu) each
+replica holds a slice of the global batch; its queries are scored against the
+candidates of ALL replicas (an all-gather of the in-batch candidate vectors,
+ids and sampling probabilities), so every query row of the logits is the one
+single-process training computes on the same global batch. The loss is a sum
+over a replica's queries and the strategy sums the gradients over replicas, so
+the gradient is single-process's too (all_gather's gradient sums the replicas'
+contributions to each candidate and hands every replica its own rows).
+
 Both towers take the dict produced by `preprocessing_fn`, so a serving
 function is `tft_layer(raw) -> query_model(transformed)`.
 """
@@ -240,11 +249,42 @@ class TwoTowerModel(tfrs.Model):
         )
         query = self.query_model.encode(features, embedded)
         candidate = self.candidate_model.encode(candidates, embedded)
+        candidate, candidates, in_batch = gather_in_batch_candidates(candidate, candidates, tf.shape(query)[0])
         kwargs = {}
         if self.config.use_logq_correction:
-            kwargs["candidate_sampling_probability"] = self.sampling_probability(candidates, tf.shape(query)[0])
+            kwargs["candidate_sampling_probability"] = self.sampling_probability(candidates, in_batch)
         if self.config.remove_accidental_hits:
             kwargs["candidate_ids"] = candidates[F.ITEM_ID_XF]
         if self.recency is not None:
             kwargs["sample_weight"] = self.recency.weights(features[F.TIMESTAMP_XF])
         return self.task(query, candidate, compute_metrics=not training, **kwargs)
+
+
+def gather_in_batch_candidates(
+    candidate: tf.Tensor, candidates: Mapping[str, tf.Tensor], rows: tf.Tensor
+) -> tuple[tf.Tensor, dict[str, tf.Tensor], tf.Tensor]:
+    """The in-batch candidates of every replica, this replica's first; its random negatives after them.
+
+    `candidate` holds this replica's candidate vectors: its `rows` in-batch positives, then any
+    random catalog negatives; `candidates` their features. Returns (vectors, the id and
+    log-frequency features, the number of in-batch candidates over all replicas). Outside a
+    multi-replica step (one process, a parameter-server worker, cross-replica context) nothing
+    changes.
+
+    The gathered rows are rolled so that this replica's own come first (as TFRS does for TPUs):
+    the Retrieval task's labels, the diagonal, then point at each query's positive, and the
+    softmax over a row does not depend on the order of its columns.
+    """
+    context = tf.distribute.get_replica_context()
+    keys = (F.ITEM_ID_XF, F.ITEM_LOG_FREQUENCY_XF)
+    if context is None or context.num_replicas_in_sync == 1:
+        return candidate, {key: candidates[key] for key in keys}, rows
+    # Replicas may hold different numbers of rows (the last batch of an epoch): offsets from the sizes.
+    sizes = context.all_gather(tf.reshape(rows, [1]), axis=0)
+    offset = tf.reduce_sum(sizes[: context.replica_id_in_sync_group])
+    # The vectors in a call of their own: all_gather's gradient (an all-reduce) is only wanted for them.
+    vectors = context.all_gather(candidate[:rows], axis=0)
+    gathered = context.all_gather({key: candidates[key][:rows] for key in keys}, axis=0)
+    vectors = tf.concat([tf.roll(vectors, -offset, axis=0), candidate[rows:]], axis=0)
+    merged = {key: tf.concat([tf.roll(gathered[key], -offset, axis=0), candidates[key][rows:]], 0) for key in keys}
+    return vectors, merged, tf.reduce_sum(sizes)

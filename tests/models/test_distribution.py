@@ -139,25 +139,34 @@ def _dist(replicas: int, **config) -> Distribution:
     )
 
 
-def test_global_batch_is_per_replica_times_replicas_times_micro_batches():
-    assert _dist(2, strategy="multi_worker_mirrored").global_batch_size(256) == 512
-    assert _dist(2, strategy="multi_worker_mirrored", gradient_accumulation_steps=4).global_batch_size(256) == 2048
-    # "none" keeps batch_size as the global batch, whatever the hardware strategy's replicas.
-    assert _dist(2).global_batch_size(256) == 256
+def test_replicas_split_the_batch_and_micro_batches_add_to_it():
+    # The same optimizer steps per epoch on 1 or N replicas: each replica takes batch_size / N.
+    assert _dist(2, strategy="multi_worker_mirrored").global_batch_size(256) == 256
+    assert _dist(2, strategy="multi_worker_mirrored", gradient_accumulation_steps=4).global_batch_size(256) == 1024
+    assert _dist(1).global_batch_size(256) == 256
+    # "none" does not split: the hardware strategy's replicas are not asked.
+    assert _dist(3).global_batch_size(256) == 256
+
+
+def test_a_batch_that_does_not_split_between_the_replicas_is_a_clear_error():
+    with pytest.raises(ValueError, match="batch_size 255 does not split between 2 replicas"):
+        _dist(2, strategy="multi_worker_mirrored").global_batch_size(255)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        _dist(4, strategy="mirrored").scaled(TwoTowerConfig(batch_size=250))
 
 
 @pytest.mark.parametrize(
     "rule, replicas, micro_batches, expected",
     [
-        ("linear", 2, 1, 0.2),
-        ("linear", 2, 4, 0.8),
-        ("sqrt", 4, 1, 0.2),
+        ("linear", 2, 1, 0.1),  # replicas split the batch: the step size is unchanged
+        ("linear", 2, 4, 0.4),
+        ("sqrt", 4, 4, 0.2),
         ("none", 2, 4, 0.1),
         ("linear", 1, 1, 0.1),
         ("none", 4, 1, 0.1),
     ],
 )
-def test_learning_rate_follows_the_global_batch(rule, replicas, micro_batches, expected):
+def test_learning_rate_follows_the_examples_per_step(rule, replicas, micro_batches, expected):
     dist = _dist(
         replicas,
         strategy="multi_worker_mirrored",

@@ -266,3 +266,115 @@ def test_query_tower_save_reload_predict(tmp_path, table_sizes, make_batch):
     reloaded = tf.saved_model.load(str(tmp_path / "query"))
     out = reloaded.signatures["serving_default"](**{k: tf.constant(v) for k, v in query_batch.items()})
     np.testing.assert_allclose(out["query_embedding"], expected, rtol=1e-5, atol=1e-6)
+
+
+# --- data parallel: 2 replicas give single-process's loss and gradient ------------------------
+#
+# TensorFlow fixes its logical devices when it starts, and this process has started it with one CPU,
+# so the check runs in a fresh interpreter that splits the CPU into two logical devices first.
+_SPLIT_CPU_AND_CHECK = """
+import json, os, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+sys.path.insert(0, sys.argv[1])
+from test_two_tower import _two_replicas_against_one
+print("RESULT " + json.dumps(_two_replicas_against_one(json.loads(sys.argv[2]))))
+"""
+
+
+def _dense(gradients) -> list[np.ndarray]:
+    return [tf.convert_to_tensor(g).numpy() for g in gradients]
+
+
+def _two_replicas_against_one(overrides: dict) -> dict:
+    """One global batch of 16: single device vs a MirroredStrategy over 2 CPUs (8 rows each).
+
+    Returns the losses, the largest gradient and first-update differences, and a control: the sum of
+    the two halves' losses taken apart (each half only its own 8 candidates), which must differ.
+    """
+    from conftest import VOCABULARY_SIZES, make_transformed_batch
+
+    devices = [device.name for device in tf.config.list_logical_devices("CPU")]
+    assert len(devices) == 2, devices
+    sizes = P.table_sizes(VOCABULARY_SIZES)
+    batch = make_transformed_batch(16, seed=11)
+    batch[F.ITEM_ID_XF][[0, 5, 12]] = 3  # accidental hits within a replica's half and across the halves
+    batch = {key: tf.constant(value) for key, value in batch.items()}
+    recency = RecencyWeighting.from_timestamps(batch[F.TIMESTAMP_XF].numpy(), 7.0)
+    config = TwoTowerConfig(**{**SMALL, "temperature": 0.2, "recency_half_life_days": 7.0, **overrides})
+
+    tf.keras.utils.set_random_seed(0)
+    single = TwoTowerModel(config, sizes, recency=recency)
+    single.compile()
+    with tf.GradientTape() as tape:
+        single_loss = single.compute_loss(batch, training=True)
+    single_gradients = _dense(tape.gradient(single_loss, single.trainable_variables))
+    initial = single.get_weights()
+    halves = sum(float(single.compute_loss({k: v[i : i + 8] for k, v in batch.items()})) for i in (0, 8))
+
+    strategy = tf.distribute.MirroredStrategy(devices)
+    with strategy.scope():
+        mirrored = TwoTowerModel(config, sizes, recency=recency)
+        mirrored.compile()
+        mirrored.compute_loss(batch)  # builds the variables (cross-replica: nothing is gathered)
+    mirrored.set_weights(initial)
+    # Replica i holds rows 8i .. 8i+7, as a distributed dataset splits a batch of 16.
+    split = strategy.experimental_distribute_values_from_function(
+        lambda context: {k: v[8 * context.replica_id_in_sync_group :][:8] for k, v in batch.items()}
+    )
+
+    def loss_and_gradients(features):
+        with tf.GradientTape() as tape:
+            loss = mirrored.compute_loss(features, training=True)
+        gradients = [tf.convert_to_tensor(g) for g in tape.gradient(loss, mirrored.trainable_variables)]
+        # What the optimizer does with the replicas' gradients: sums them.
+        return loss, tf.distribute.get_replica_context().all_reduce("sum", gradients)
+
+    losses, gradients = tf.function(lambda x: strategy.run(loss_and_gradients, args=(x,)))(split)
+    replica_loss = float(strategy.reduce("sum", losses, axis=None))
+    replica_gradients = [strategy.experimental_local_results(g)[0].numpy() for g in gradients]
+
+    single.train_step(batch)
+    tf.function(lambda x: strategy.run(mirrored.train_step, args=(x,)))(split)
+    return {
+        "single_loss": float(single_loss),
+        "replica_loss": replica_loss,
+        "halves_apart_loss": halves,
+        "gradient_max_difference": max(float(np.abs(a - b).max()) for a, b in zip(single_gradients, replica_gradients)),
+        "gradient_max": max(float(np.abs(g).max()) for g in single_gradients),
+        "update_max_difference": max(
+            float(np.abs(a - b).max()) for a, b in zip(single.get_weights(), mirrored.get_weights())
+        ),
+        "update_max": max(float(np.abs(a - b).max()) for a, b in zip(single.get_weights(), initial)),
+        "steps": [int(single.optimizer.iterations.numpy()), int(mirrored.optimizer.iterations.numpy())],
+    }
+
+
+@pytest.mark.parametrize("overrides", [{}, {"num_hard_negatives": 3}], ids=["all_negatives", "hard_negatives"])
+def test_two_replicas_give_the_loss_gradient_and_update_of_one_process(overrides):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(
+        [sys.executable, "-c", _SPLIT_CPU_AND_CHECK, str(here), json.dumps(overrides)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert done.returncode == 0 and lines, done.stderr[-3000:]
+    result = json.loads(lines[-1][len("RESULT ") :])
+    # Each replica alone would score its queries against its own 8 candidates: a different loss.
+    assert abs(result["halves_apart_loss"] - result["single_loss"]) > 0.1
+    assert result["replica_loss"] == pytest.approx(result["single_loss"], rel=1e-5)
+    assert result["gradient_max"] > 1e-3  # a real gradient, so the comparison means something
+    assert result["gradient_max_difference"] <= 1e-5 * result["gradient_max"] + 1e-7
+    assert result["steps"] == [1, 1] and result["update_max"] > 1e-4
+    assert result["update_max_difference"] <= 1e-5
