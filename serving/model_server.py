@@ -17,6 +17,7 @@ an error response.
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import logging
 import re
@@ -369,6 +370,11 @@ class ModelServer:
             self.stop()
             raise RuntimeError(f"cannot bind the gRPC port {self.options.port}: {err}") from err
         self._grpc.start()
+        # The loaded TensorFlow graphs are ~10^5 Python objects that live as long as the server. A full
+        # (generation 2) collection walks all of them: ~100-230 ms, a pause every request in flight waits
+        # out. Frozen, they are left out of every collection; versions loaded later are collected as usual.
+        gc.collect()
+        gc.freeze()
         return self
 
     def stop(self) -> None:

@@ -10,6 +10,14 @@ version finishes on it (TF Serving's availability-preserving policy).
 `Servable` is one loaded SavedModel version: its SignatureDefs (what the
 metadata API returns), input specs, and predict, optionally through a
 `Batcher` that merges concurrent requests into one model call.
+
+A version runs the way tensorflow_model_server runs it: the SavedModel is
+loaded into a graph-mode Session (the C++ server's SavedModelBundle) and a
+predict feeds the signature's input tensors and fetches its output tensors by
+name, through one `Session.make_callable` per signature. Calling the eager
+signature functions instead (`tf.saved_model.load`) gives the same outputs
+but costs ~1 ms of Python per call in argument binding and tensor conversion
+(17 inputs to the query tower; benchmarks/results/recommend.md).
 """
 
 from __future__ import annotations
@@ -174,16 +182,37 @@ class Servable:
             raise ValueError(f"{path} has no MetaGraph tagged 'serve'")
         self.signature_defs = graph.signature_def
         self._tf = tf
-        self._loaded = tf.saved_model.load(path, tags=["serve"])
-        self._functions = {k: fn for k, fn in self._loaded.signatures.items()}
+        self._graph = tf.Graph()
+        self._session = tf.compat.v1.Session(graph=self._graph)
+        with self._graph.as_default():
+            # restores the variables and runs the init op (tables, e.g. Transform's vocabularies)
+            tf.compat.v1.saved_model.loader.load(self._session, ["serve"], path)
+        # "__saved_model_init_op" is a signature key of the graph, not a servable signature
         self.input_specs = {
             key: {n: InputSpec.from_tensor_info(n, info) for n, info in sig.inputs.items()}
             for key, sig in self.signature_defs.items()
-            if key in self._functions
+            if not key.startswith("__")
         }
+        self._callables: dict[str, tuple] = {}
+        self._callables_lock = threading.Lock()
         self._batching = batching
         self._batchers: dict[str, Batcher] = {}
         self._batchers_lock = threading.Lock()
+
+    def _callable(self, key: str) -> tuple[list[str], list[str], object]:
+        """(input names, output names, the Session callable feeding and fetching them), made once per signature."""
+        made = self._callables.get(key)
+        if made is None:
+            with self._callables_lock:
+                made = self._callables.get(key)
+                if made is None:
+                    sig = self.signature_defs[key]
+                    feeds, fetches = sorted(sig.inputs), sorted(sig.outputs)
+                    fn = self._session.make_callable(
+                        [sig.outputs[n].name for n in fetches], [sig.inputs[n].name for n in feeds]
+                    )
+                    made = self._callables[key] = (feeds, fetches, fn)
+        return made
 
     def signature(self, signature_name: str | None) -> tuple[str, dict[str, InputSpec]]:
         key = signature_name or DEFAULT_SIGNATURE
@@ -196,15 +225,14 @@ class Servable:
 
     def _call(self, key: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         tf = self._tf
-        specs = self.input_specs[key]
-        tensors = {n: tf.constant(a, dtype=tf.dtypes.as_dtype(specs[n].dtype)) for n, a in inputs.items()}
+        feeds, fetches, fn = self._callable(key)
         try:
-            result = self._functions[key](**tensors)
+            results = fn(*[inputs[n] for n in feeds])
         except (tf.errors.InvalidArgumentError, ValueError, TypeError) as err:
             raise invalid(f"{self.name} version {self.version}, signature {key!r}: {_first_line(err)}") from err
         except tf.errors.OpError as err:
             raise ServingError("INTERNAL", f"{self.name} version {self.version}: {_first_line(err)}") from err
-        return {k: v.numpy() for k, v in result.items()}
+        return dict(zip(fetches, results))
 
     def predict(self, signature_name: str | None, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Checks inputs against the signature, then runs it (through the batcher when batching is on)."""

@@ -347,11 +347,13 @@ class Recommender:
         rows = [r for r in (index.row_of(i) for i in banned) if r is not None]
         top_n = min(self.config.retrieval.top_n, index.num_items)
         idx, scores = search_top_n(index, query, top_n, rows, self.config.retrieval.realtime_search)
+        # the same doubles as float(score) / temperature per item, in one numpy step
+        logits = (scores.astype(np.float64) / self.temperature).tolist()
+        out = [
+            Candidate(item, logit, stage_scores={"retrieval": logit})
+            for item, logit in zip(index.ids[idx].tolist(), logits)
+        ]
         temperature = self.temperature
-        out = []
-        for row, score in zip(idx, scores):
-            logit = float(score) / temperature
-            out.append(Candidate(str(index.ids[row]), logit, stage_scores={"retrieval": logit}))
         if state.user_state == COLD and self.config.cold_start.popularity_candidates:
             have = {c.item_id for c in out}
             segment = self._segment(state.query)

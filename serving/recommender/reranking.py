@@ -99,13 +99,21 @@ def rerank(
 ) -> list[Candidate]:
     """Filtered, boosted and MMR-ordered candidates (all of them; the caller cuts to k after exploring)."""
     kept = []
+    # rules with nothing to block, restrict or boost (the usual case) need no per-item look-ups
+    plain = not (rules.blocked or rules.available_in or rules.boosts)
+    freshness_days, freshness_boost = config.freshness_days, config.freshness_boost
+    novelty_weight, log1p = config.novelty_weight, math.log1p
     for c in candidates:
-        if c.item_id in seen or c.item_id in exclude or not rules.allowed(c.item_id, context):
+        item_id = c.item_id
+        if item_id in seen or item_id in exclude or not (plain or rules.allowed(item_id, context)):
             continue
-        days = c.pit.get(features.ITEM_DAYS_SINCE_FIRST)
-        c.fresh = bool(c.pit.get(features.ITEM_PRIOR_COUNT)) and days is not None and days < config.freshness_days
-        novelty = config.novelty_weight * math.log1p(c.pit.get(features.ITEM_PRIOR_COUNT) or 0)
-        c.score = c.score + rules.boost(c.item_id) + (config.freshness_boost if c.fresh else 0.0) - novelty
+        pit = c.pit
+        days = pit.get(features.ITEM_DAYS_SINCE_FIRST)
+        prior = pit.get(features.ITEM_PRIOR_COUNT)
+        c.fresh = bool(prior) and days is not None and days < freshness_days
+        novelty = novelty_weight * log1p(prior or 0)
+        boost = 0.0 if plain else rules.boost(item_id)
+        c.score = c.score + boost + (freshness_boost if c.fresh else 0.0) - novelty
         c.stage_scores["reranking"] = float(c.score)
         kept.append(c)
     kept.sort(key=lambda c: -c.score)  # stable: ties keep the ranking order
