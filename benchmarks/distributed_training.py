@@ -118,6 +118,23 @@ def quality(run_dir: str, epochs: int, seeds: list[int], work: str) -> list[dict
     return rows
 
 
+def _single_run_checks(rows: list[dict], metric: str) -> list[tuple[str, dict]]:
+    """The e2e test's check (one run against one run, paired over users) on every pair it can take:
+    2 workers against 1 process with the same seed, and -- what seed noise alone does to that check --
+    1 process against 1 process with the next seed."""
+    reference_arm, workers_arm = QUALITY_ARMS[0][0], QUALITY_ARMS[1][0]
+    single = {r["seed"]: r["per_user"][metric] for r in rows if r["arm"] == reference_arm}
+    workers = {r["seed"]: r["per_user"][metric] for r in rows if r["arm"] == workers_arm}
+    seeds = sorted(single)
+    pairs = [(f"2 workers vs 1 process, seed {s}", workers[s], single[s]) for s in seeds if s in workers]
+    pairs += [
+        (f"1 process seed {a} vs 1 process seed {b}", single[a], single[b])
+        for a, b in zip(seeds, seeds[1:] + seeds[:1])
+        if len(seeds) > 1 and a != b
+    ]
+    return [(name, paired_comparison(values, reference)) for name, values, reference in pairs]
+
+
 def _seed_mean(rows: list[dict], arm: str, metric: str) -> np.ndarray:
     """A user's value averaged over the seeds of one arm (the seed noise averages out per user)."""
     return np.mean([r["per_user"][metric] for r in rows if r["arm"] == arm], axis=0)
@@ -189,6 +206,21 @@ def write_quality(path: Path, scores: list[dict], args, seconds: float) -> None:
             lines.append(
                 f"| {arm} | {metric} | {c['mean']:.4f} | {c['reference_mean']:.4f} | {c['difference']:+.4f} "
                 f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] | {c['p_value']:.3f} | {within} |"
+            )
+    lines += [
+        "",
+        "The e2e test (tests/cli/test_train_commands.py) takes ONE run of each arm. The same check on single",
+        "runs here, next to what it says about two single-process runs that differ only in their seed:",
+        "",
+        "| pair | metric | run | reference run | difference [95% CI] | within noise |",
+        "|---|---|---|---|---|---|",
+    ]
+    for metric in QUALITY_METRICS:
+        for name, c in _single_run_checks(scores, metric):
+            within = "yes" if c["ci_low"] <= 0.0 <= c["ci_high"] else "NO"
+            lines.append(
+                f"| {name} | {metric} | {c['mean']:.4f} | {c['reference_mean']:.4f} | {c['difference']:+.4f} "
+                f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] | {within} |"
             )
     _write(path, lines)
 
