@@ -198,6 +198,26 @@ class Servable:
         self._batching = batching
         self._batchers: dict[str, Batcher] = {}
         self._batchers_lock = threading.Lock()
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Makes each signature's callable and runs it once on a one-row placeholder input ("" / 0).
+
+        A callable's first run optimizes and instantiates the graph's functions: a second or more, which
+        a request must not wait out (tensorflow_model_server's answer is the warm-up requests a SavedModel
+        may carry in assets.extra; this is the same, made from the signature). A signature that cannot
+        run on placeholders is still warmed as far as it got; its error is only logged.
+        """
+        for key, specs in self.input_specs.items():
+            inputs = {}
+            for name, spec in specs.items():
+                shape = (1,) if spec.shape is None else tuple(1 if d is None else d for d in spec.shape)
+                dtype = spec.numpy_dtype
+                inputs[name] = np.full(shape, b"", dtype=object) if dtype.kind == "O" else np.zeros(shape, dtype)
+            try:
+                self._call(key, inputs)
+            except ServingError as err:
+                log.debug("warm-up of %s v%d %s: %s", self.name, self.version, key, err.message)
 
     def _callable(self, key: str) -> tuple[list[str], list[str], object]:
         """(input names, output names, the Session callable feeding and fetching them), made once per signature."""

@@ -11,6 +11,8 @@ def test_session_outputs_equal_the_eager_signature_functions(tiny_models):
     import tensorflow as tf
 
     servable = Servable("tiny", 1, tiny_models[1])
+    # warmed up on load: every signature's callable is made (and has run once) before the first request
+    assert set(servable._callables) == {"serving_default", "score", "echo"}
     eager = tf.saved_model.load(tiny_models[1]).signatures
     inputs = {
         "user_id": np.array([b"a", b"b"], dtype=object),
