@@ -448,6 +448,17 @@ def main(argv=None) -> int:
             server_env.update(TF_NUM_INTRAOP_THREADS=threads, TF_NUM_INTEROP_THREADS=threads)
         if args.config:
             name += f", service config {Path(args.config).name}: {Path(args.config).read_text().strip()}"
+        # the service logs impressions (serving/experiments); they go to this run's temporary directory, not
+        # into the run directory, which the benchmark only reads
+        import yaml
+
+        service_config = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
+        service_config = service_config or {}
+        rules = (service_config.get("reranking") or {}).get("rules_file")
+        if rules and not Path(rules).is_absolute():  # relative to the given config, as load_config reads it
+            service_config["reranking"]["rules_file"] = str((Path(args.config).parent / rules).resolve())
+        service_config.setdefault("experiments", {}).setdefault("log", {})["dir"] = str(tmp / "experiments")
+        (tmp / "service.yaml").write_text(yaml.safe_dump(service_config))
         if args.model_server_threads:
             name += f", model server with {args.model_server_threads} TensorFlow intra/inter-op thread(s)"
         variants = [("this checkout", {})]
@@ -468,8 +479,7 @@ def main(argv=None) -> int:
             wait_http(f"http://127.0.0.1:{rest_port}/v1/models/ranker", 300, "model server")
             service_cmd = [*TOWERFLOW, "service", "--run-dir", str(run_dir), "--redis-url", redis_server.url]
             service_cmd += ["--model-server", f"127.0.0.1:{grpc_port}", "--port", str(service_port)]
-            if args.config:
-                service_cmd += ["--config", args.config]
+            service_cmd += ["--config", str(tmp / "service.yaml")]
             log = open(tmp / "service.log", "a")
             service = subprocess.Popen(service_cmd, stdout=log, stderr=subprocess.STDOUT,
                                        env={**env, **extra_env}, cwd=REPO)  # fmt: skip
