@@ -27,10 +27,12 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
 
+from towerflow.components.evaluation.metrics import flatten_lists
 from towerflow.components.evaluation.protocol import EvalSet, PopularityRecommender, evaluate
 from towerflow.components.evaluation.slices import demographic_segments
 from towerflow.models import features as F
@@ -87,6 +89,26 @@ class FitInput:
         if len(self.frame) and float(self.frame[F.TIMESTAMP].max()) >= self.as_of:
             raise ValueError(f"a baseline fit must only see interactions before its cut-off {self.as_of}")
 
+    # What every grid value of a baseline shares is computed once per fit (`select` scores up to 7
+    # settings on one train-only fit): the reference order, the interaction matrix, the Gram matrix.
+    @cached_property
+    def popularity_rank(self) -> np.ndarray:
+        """Each catalog item's position in the all-time popularity order (the reference's tie-break)."""
+        ranking = PopularityRecommender(self.frame, catalog=self.catalog).ranking
+        position = {item: r for r, item in enumerate(ranking)}
+        return np.array([position[item] for item in self.catalog], dtype=np.int64)
+
+    @cached_property
+    def interactions(self) -> tuple[dict[str, int], np.ndarray]:
+        """user -> row, and the binary users x catalog matrix of the fit's interactions."""
+        return _interaction_matrix(self)
+
+    @cached_property
+    def cooccurrence(self) -> np.ndarray:
+        """X^T X of the binary interaction matrix (float64; integer counts, exact)."""
+        matrix = self.interactions[1]
+        return (matrix.T @ matrix).astype(np.float64)
+
 
 # --------------------------------------------------------------------------- ranking
 
@@ -97,6 +119,8 @@ class ScoredRecommender:
     def __init__(self, catalog: Sequence[str], tie_rank: np.ndarray):
         self.catalog = tuple(catalog)
         self._index = {item: j for j, item in enumerate(self.catalog)}
+        self._index_keys = pd.Index(list(self._index), dtype=object)  # unique, in the dict's order
+        self._index_values = np.fromiter(self._index.values(), dtype=np.int64, count=len(self._index))
         self._tie_rank = np.asarray(tie_rank, dtype=np.int64)
 
     def scores(self, user_ids: Sequence[str]) -> np.ndarray:
@@ -105,16 +129,37 @@ class ScoredRecommender:
     def __call__(self, user_ids, k, exclude=None):
         exclude = exclude if exclude is not None else [()] * len(user_ids)
         out: list[list[str]] = []
+        items = np.array(self.catalog, dtype=object)
         for start in range(0, len(user_ids), _CHUNK_USERS):
             users = list(user_ids[start : start + _CHUNK_USERS])
             scores = np.array(self.scores(users), dtype=np.float64, copy=True)
-            for row, seen in enumerate(exclude[start : start + _CHUNK_USERS]):
-                scores[row, [self._index[i] for i in seen if i in self._index]] = -np.inf
-            ties = np.broadcast_to(self._tie_rank, scores.shape)
-            order = np.lexsort((ties, -scores), axis=1)[:, :k]
-            for row, cols in enumerate(order):
-                out.append([self.catalog[j] for j in cols if scores[row, j] != -np.inf])
+            # every seen item of the chunk's users at once (the catalog position of each, if any)
+            flat, rows, _ = flatten_lists(exclude[start : start + _CHUNK_USERS])
+            found = self._index_keys.get_indexer(flat) if len(flat) else np.zeros(0, dtype=np.int64)
+            scores[rows[found >= 0], self._index_values[found[found >= 0]]] = -np.inf
+            for row, top in enumerate(top_k(scores, self._tie_rank, k)):
+                out.append(items[top[scores[row, top] != -np.inf]].tolist())
         return out
+
+
+def top_k(scores: np.ndarray, tie_rank: np.ndarray, k: int) -> list[np.ndarray]:
+    """Per row, the columns of the `k` highest scores, best first, equal scores by `tie_rank` (lower
+    first, then column): the first k of `np.lexsort((tie_rank, -scores), axis=1)`, without sorting the
+    whole row. Only the candidates scoring at least the row's k-th largest score can be among its
+    first k, so those alone are sorted (one lexsort over every row's candidates)."""
+    n_rows, n_cols = scores.shape
+    k = min(int(k), n_cols)
+    ties = np.broadcast_to(np.asarray(tie_rank, dtype=np.int64), scores.shape)
+    if k == 0 or n_rows == 0:
+        return [np.zeros(0, dtype=np.int64) for _ in range(n_rows)]
+    if k == n_cols or np.isnan(scores).any():  # nothing to cut, or no total order to cut by
+        return list(np.lexsort((ties, -scores), axis=1)[:, :k])
+    kth = np.partition(scores, n_cols - k, axis=1)[:, n_cols - k]
+    rows, cols = np.nonzero(scores >= kth[:, None])
+    order = np.lexsort((ties[rows, cols], -scores[rows, cols], rows))
+    rows, cols = rows[order], cols[order]
+    starts = np.searchsorted(rows, np.arange(n_rows))
+    return [cols[a : a + k] for a in starts.tolist()]
 
 
 def _counts(frame: pd.DataFrame, catalog: Sequence[str]) -> np.ndarray:
@@ -123,9 +168,7 @@ def _counts(frame: pd.DataFrame, catalog: Sequence[str]) -> np.ndarray:
 
 def _popularity_rank(fit: FitInput) -> np.ndarray:
     """Each catalog item's position in the all-time popularity order (the reference's tie-break)."""
-    ranking = PopularityRecommender(fit.frame, catalog=fit.catalog).ranking
-    position = {item: r for r, item in enumerate(ranking)}
-    return np.array([position[item] for item in fit.catalog], dtype=np.int64)
+    return fit.popularity_rank
 
 
 def _rank_of(scores: np.ndarray, tie_rank: np.ndarray) -> np.ndarray:
@@ -180,7 +223,7 @@ class _HistoryRecommender(ScoredRecommender):
 
     def __init__(self, fit: FitInput, fallback: RecentPopularity):
         super().__init__(fit.catalog, fallback.rank)
-        self._users, self._matrix = _interaction_matrix(fit)
+        self._users, self._matrix = fit.interactions
         self.weights = np.zeros((len(fit.catalog), len(fit.catalog)))
 
     def scores(self, user_ids):
@@ -197,7 +240,7 @@ class ItemKNN(_HistoryRecommender):
     def __init__(self, fit: FitInput, neighbors: int, fallback: RecentPopularity):
         super().__init__(fit, fallback)
         self.neighbors = int(neighbors)
-        cooc = (self._matrix.T @ self._matrix).astype(np.float64)
+        cooc = fit.cooccurrence
         norms = np.sqrt(np.diag(cooc))
         with np.errstate(invalid="ignore", divide="ignore"):
             sim = np.where(np.outer(norms, norms) > 0, cooc / np.outer(norms, norms), 0.0)
@@ -215,7 +258,7 @@ class Ease(_HistoryRecommender):
     def __init__(self, fit: FitInput, lam: float, fallback: RecentPopularity):
         super().__init__(fit, fallback)
         self.lam = float(lam)
-        gram = (self._matrix.T @ self._matrix).astype(np.float64)
+        gram = fit.cooccurrence.copy()
         gram[np.diag_indices_from(gram)] += self.lam
         precision = np.linalg.inv(gram)
         weights = -precision / np.diag(precision)[None, :]

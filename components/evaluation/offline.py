@@ -19,13 +19,14 @@ from __future__ import annotations
 import glob
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 
 from towerflow.components.evaluation.baselines import validation_frame
+from towerflow.components.evaluation.metrics import flatten_lists
 from towerflow.components.evaluation.protocol import EvalReport, EvalSet, PopularityRecommender, Recommend, evaluate
 from towerflow.components.evaluation.slices import AGE_BUCKETS, UNKNOWN, age_bucket, user_slicings  # noqa: F401
 from towerflow.components.evaluation.statistics import SCORED_ITEMS
@@ -47,22 +48,42 @@ RERANK_WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
 
 
 def _read_records(pattern: str, keys: Mapping[str, tf.io.FixedLenFeature | tf.io.VarLenFeature]) -> dict:
+    """Each key's values over every record: a list per VarLen key, else one numpy column (strings as
+    bytes objects, numbers widened to int64 / float64, the dtypes pandas gives Python ints / floats)."""
     files = sorted(glob.glob(pattern))
     if not files:
         return {k: np.array([]) for k in keys}
     dataset = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(8192)
     columns: dict[str, list] = {k: [] for k in keys}
-    for batch in dataset.map(lambda s: tf.io.parse_example(s, keys)):
+    for batch in dataset.map(lambda s: tf.io.parse_example(s, keys), num_parallel_calls=tf.data.AUTOTUNE):
         for key, value in batch.items():
             if isinstance(value, tf.SparseTensor):
                 columns[key].extend(tf.RaggedTensor.from_sparse(value).to_list())
             else:
-                columns[key].extend(value.numpy().reshape(-1).tolist())
-    return columns
+                columns[key].append(value.numpy().reshape(-1))
+    out: dict = {}
+    for key, parts in columns.items():
+        if isinstance(keys[key], tf.io.VarLenFeature):
+            out[key] = parts
+            continue
+        values = np.concatenate(parts) if parts else np.array([])
+        if values.dtype.kind == "f":
+            values = values.astype(np.float64)
+        elif values.dtype.kind in "iu":
+            values = values.astype(np.int64)
+        out[key] = values
+    return out
 
 
 def _decode(values):
     return [v.decode("utf-8") if isinstance(v, bytes) else v for v in values]
+
+
+def _column(values):
+    """A column for the frame: strings decoded, numbers as they are (an empty one as a list, as read)."""
+    if isinstance(values, np.ndarray) and values.dtype != object and len(values):
+        return values
+    return _decode(values.tolist() if isinstance(values, np.ndarray) else values)
 
 
 @dataclass
@@ -72,6 +93,10 @@ class OfflineData:
     frame: pd.DataFrame  # user_id, item_id, rating, timestamp, split
     users: pd.DataFrame  # index user_id; USER_STATIC columns
     catalog: pd.DataFrame  # index item_id; ITEM_FEATURES columns (genres as lists)
+    # What several recommenders of one evaluation derive from the same data (the eval set, the
+    # histories as of a cut-off, the padded catalog features): computed once. The frames are never
+    # modified after construction; a changed dataset is a new OfflineData.
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def from_artifacts(cls, examples_uri: str, catalog_uri: str) -> OfflineData:
@@ -88,7 +113,7 @@ class OfflineData:
         frames = []
         for split in ("train", "eval", "test"):
             cols = _read_records(os.path.join(examples_uri, f"Split-{split}", "*.gz"), spec)
-            frame = pd.DataFrame({k: _decode(v) for k, v in cols.items()})
+            frame = pd.DataFrame({k: _column(v) for k, v in cols.items()})
             frame["split"] = split
             frames.append(frame)
         full = pd.concat(frames, ignore_index=True)
@@ -102,16 +127,18 @@ class OfflineData:
         cols = _read_records(os.path.join(catalog_uri, "*.gz"), catalog_spec)
         catalog = pd.DataFrame(
             {
-                F.ITEM_ID: _decode(cols[F.ITEM_ID]),
-                F.ITEM_TITLE: _decode(cols[F.ITEM_TITLE]),
+                F.ITEM_ID: _column(cols[F.ITEM_ID]),
+                F.ITEM_TITLE: _column(cols[F.ITEM_TITLE]),
                 F.ITEM_GENRES: [_decode(g) for g in cols[F.ITEM_GENRES]],
-                F.ITEM_RELEASE_YEAR: cols[F.ITEM_RELEASE_YEAR],
+                F.ITEM_RELEASE_YEAR: _column(cols[F.ITEM_RELEASE_YEAR]),
             }
         ).set_index(F.ITEM_ID)
         return cls(full[list(FRAME_KEYS) + ["split"]], users, catalog)
 
     def eval_set(self) -> EvalSet:
-        return EvalSet.from_frame(self.frame, catalog=list(self.catalog.index))
+        if "eval_set" not in self._cache:
+            self._cache["eval_set"] = EvalSet.from_frame(self.frame, catalog=list(self.catalog.index))
+        return self._cache["eval_set"]
 
     def validation_view(self) -> OfflineData:
         """The same protocol one window earlier: test rows dropped, the eval window scored instead.
@@ -126,16 +153,80 @@ def _pad(lists: Sequence[Sequence[str]]) -> np.ndarray:
     return np.array([list(x) + [""] * (width - len(x)) for x in lists], dtype=object)
 
 
+@dataclass(frozen=True)
+class _Histories:
+    """Every user's train+eval events before one cut-off, in `F.Event` order (timestamp, item id,
+    rating) and grouped by user: what `F.history_features` reads, for all users at once."""
+
+    users: pd.Index  # the users with events
+    starts: np.ndarray  # first event of users[j] in the arrays below
+    counts: np.ndarray
+    items: np.ndarray  # object
+    ratings: np.ndarray  # float64
+    timestamps: np.ndarray  # int64
+
+    @classmethod
+    def build(cls, frame: pd.DataFrame, as_of: int) -> _Histories:
+        past = frame[(frame["split"] != "test") & (frame[F.TIMESTAMP] < as_of)]
+        user_codes, users = pd.factorize(past[F.USER_ID].to_numpy(dtype=object))
+        items = past[F.ITEM_ID].to_numpy(dtype=object)
+        item_order = pd.factorize(items, sort=True)[0]  # item ids compared as Event compares them
+        timestamps = past[F.TIMESTAMP].to_numpy().astype(np.int64)
+        ratings = past[F.RATING].to_numpy().astype(np.float64)
+        order = np.lexsort((ratings, item_order, timestamps, user_codes))
+        counts = np.bincount(user_codes, minlength=len(users)).astype(np.int64)
+        return cls(
+            users=pd.Index(users, dtype=object),
+            starts=np.cumsum(counts) - counts,
+            counts=counts,
+            items=items[order],
+            ratings=ratings[order],
+            timestamps=timestamps[order],
+        )
+
+    def features(self, user_ids: Sequence[str], as_of: int, max_len: int) -> dict[str, np.ndarray]:
+        """`F.history_features` of each of `user_ids` (HIST_ITEM_IDS padded with "" like `_pad`)."""
+        if max_len < 0:
+            raise ValueError(f"max_len must be >= 0, got {max_len}")
+        at = self.users.get_indexer(list(user_ids)) if len(self.users) else np.full(len(user_ids), -1)
+        known = at >= 0
+        n = np.where(known, self.counts[np.where(known, at, 0)] if len(self.counts) else 0, 0)
+        start = np.where(known, self.starts[np.where(known, at, 0)] if len(self.starts) else 0, 0)
+        kept = np.minimum(n, max_len)
+        hist = np.full((len(user_ids), max(int(kept.max(initial=0)), 1)), "", dtype=object)
+        mean_rating = np.zeros(len(user_ids), dtype=np.float64)
+        days = np.zeros(len(user_ids), dtype=np.float64)
+        for row in np.flatnonzero(n > 0).tolist():
+            a, count, keep = int(start[row]), int(n[row]), int(kept[row])
+            hist[row, :keep] = self.items[a + count - keep : a + count]
+            # summed one after another, as UserHistory's prefix sums are (np.cumsum is sequential)
+            mean_rating[row] = np.cumsum(self.ratings[a : a + count])[-1] / count
+            days[row] = (as_of - int(self.timestamps[a])) / F.SECONDS_PER_DAY
+        return {
+            F.HIST_ITEM_IDS: hist,
+            F.USER_PRIOR_COUNT: n.astype(np.int64),
+            F.USER_PRIOR_MEAN_RATING: mean_rating.astype(np.float32),
+            F.USER_DAYS_SINCE_FIRST: days.astype(np.float32),
+        }
+
+
 def query_features(
     data: OfflineData, user_ids: Sequence[str], as_of: int, history_length: int = F.DEFAULT_HISTORY_LENGTH
 ) -> dict[str, np.ndarray]:
-    """Raw query-tower inputs of `user_ids` as of `as_of`, from their train+eval interactions."""
-    past = data.frame[(data.frame["split"] != "test") & (data.frame[F.TIMESTAMP] < as_of)]
-    events = {
-        user: [F.Event(int(t), i, float(r)) for i, r, t in zip(g[F.ITEM_ID], g[F.RATING], g[F.TIMESTAMP])]
-        for user, g in past.groupby(F.USER_ID)
-    }
-    history = [F.history_features(events.get(u, []), as_of, history_length) for u in user_ids]
+    """Raw query-tower inputs of `user_ids` as of `as_of`, from their train+eval interactions.
+
+    The histories are `F.history_features` of each user's events before `as_of`, computed for all
+    users at once; the last request's arrays are kept (every recommender of an evaluation asks for
+    the same users), so treat them as read-only."""
+    key = ("query_features", tuple(user_ids), as_of, history_length)
+    cached = data._cache.get("query_features")
+    if cached is not None and cached[0] == key:
+        return dict(cached[1])
+    histories = data._cache.get("histories")
+    if histories is None or histories[0] != as_of:
+        histories = (as_of, _Histories.build(data.frame, as_of))
+        data._cache["histories"] = histories
+    history = histories[1].features(user_ids, as_of, history_length)
     context = F.context_features(as_of)
     statics = data.users.reindex(list(user_ids))
     out = {
@@ -144,23 +235,47 @@ def query_features(
         F.USER_GENDER: statics[F.USER_GENDER].fillna("").to_numpy(dtype=object),
         F.USER_OCCUPATION: statics[F.USER_OCCUPATION].fillna("").to_numpy(dtype=object),
         F.USER_ZIP: statics[F.USER_ZIP].fillna("").to_numpy(dtype=object),
-        F.HIST_ITEM_IDS: _pad([h[F.HIST_ITEM_IDS] for h in history]),
-        F.USER_PRIOR_COUNT: np.array([h[F.USER_PRIOR_COUNT] for h in history], dtype=np.int64),
-        F.USER_PRIOR_MEAN_RATING: np.array([h[F.USER_PRIOR_MEAN_RATING] for h in history], dtype=np.float32),
-        F.USER_DAYS_SINCE_FIRST: np.array([h[F.USER_DAYS_SINCE_FIRST] for h in history], dtype=np.float32),
+        **history,
         F.CTX_HOUR: np.full(len(user_ids), context[F.CTX_HOUR], dtype=np.int64),
         F.CTX_DAY_OF_WEEK: np.full(len(user_ids), context[F.CTX_DAY_OF_WEEK], dtype=np.int64),
     }
-    return out
+    data._cache["query_features"] = (key, out)
+    return dict(out)
+
+
+def _catalog_columns(data: OfflineData) -> dict:
+    """The catalog's candidate features once, row j = catalog item j and a last row for an unknown
+    item ("" / [] / 0, what reindexing gives it): genres padded to the longest list."""
+    if "catalog_columns" not in data._cache:
+        catalog = data.catalog
+        genres = [g if isinstance(g, list) else [] for g in catalog[F.ITEM_GENRES]] + [[]]
+        lengths = np.fromiter(map(len, genres), dtype=np.int64, count=len(genres))
+        padded = np.full((len(genres), max(int(lengths.max()), 1)), "", dtype=object)
+        for row, g in enumerate(genres):
+            padded[row, : len(g)] = g
+        data._cache["catalog_columns"] = {
+            "index": pd.Index(catalog.index, dtype=object),
+            F.ITEM_TITLE: np.append(catalog[F.ITEM_TITLE].fillna("").to_numpy(dtype=object), ""),
+            F.ITEM_RELEASE_YEAR: np.append(catalog[F.ITEM_RELEASE_YEAR].fillna(0).astype(np.int64).to_numpy(), 0),
+            "genres": padded,
+            "genre_lengths": lengths,
+        }
+    return data._cache["catalog_columns"]
 
 
 def candidate_features(data: OfflineData, item_ids: Sequence[str]) -> dict[str, np.ndarray]:
-    rows = data.catalog.reindex(list(item_ids))
+    columns = _catalog_columns(data)
+    index = columns["index"]
+    if not index.is_unique:  # reindexing would fail the same way
+        raise ValueError("cannot reindex on an axis with duplicate labels")
+    at = index.get_indexer(list(item_ids)) if len(item_ids) else np.zeros(0, dtype=np.int64)
+    at = np.where(at >= 0, at, len(index))  # unknown items: the last row
+    width = max(int(columns["genre_lengths"][at].max(initial=0)), 1)
     return {
         F.ITEM_ID: np.array(item_ids, dtype=object),
-        F.ITEM_TITLE: rows[F.ITEM_TITLE].fillna("").to_numpy(dtype=object),
-        F.ITEM_GENRES: _pad([g if isinstance(g, list) else [] for g in rows[F.ITEM_GENRES]]),
-        F.ITEM_RELEASE_YEAR: rows[F.ITEM_RELEASE_YEAR].fillna(0).astype(np.int64).to_numpy(),
+        F.ITEM_TITLE: columns[F.ITEM_TITLE][at],
+        F.ITEM_GENRES: columns["genres"][at, :width],
+        F.ITEM_RELEASE_YEAR: columns[F.ITEM_RELEASE_YEAR][at],
     }
 
 
@@ -177,49 +292,92 @@ def _call(signature, inputs: Mapping[str, np.ndarray], batch_size: int = 4096) -
 class TwoTowerRecommender:
     """Exact top-K by dot product over the catalog, through the exported tower signatures."""
 
+    # Users scored at once: bounds the users x catalog score matrix (4 bytes a score).
+    CHUNK_USERS = 2048
+
     def __init__(self, model_dir: str, data: OfflineData, as_of: int):
         self._model = tf.saved_model.load(model_dir)
         self._data, self._as_of = data, as_of
         self.item_ids = np.array(data.catalog.index, dtype=object)
         self._index = {item: i for i, item in enumerate(self.item_ids)}
+        self._index_keys = pd.Index(list(self._index), dtype=object)
+        self._index_values = np.fromiter(self._index.values(), dtype=np.int64, count=len(self._index))
         cand = self._model.signatures["candidate_tower"]
         self.item_embeddings = _call(cand, candidate_features(data, list(self.item_ids)))["embedding"]
+        # The re-ranked and blended recommenders retrieve for the same users with the same k and
+        # exclusions as retrieval alone: the last request's answers are kept and replayed.
+        self._last_queries: tuple | None = None
+        self._last_scored: tuple | None = None
 
     def query_embeddings(self, user_ids: Sequence[str]) -> np.ndarray:
-        return _call(self._model.signatures["query_tower"], query_features(self._data, user_ids, self._as_of))[
-            "embedding"
-        ]
+        key = tuple(user_ids)
+        if self._last_queries is None or self._last_queries[0] != key:
+            inputs = query_features(self._data, user_ids, self._as_of)
+            self._last_queries = (key, _call(self._model.signatures["query_tower"], inputs)["embedding"])
+        return self._last_queries[1].copy()
 
     def scored(self, user_ids, k, exclude) -> tuple[list[list[str]], list[np.ndarray]]:
         """Top-k item ids per user with their dot-product scores, best first."""
-        scores = self.query_embeddings(user_ids) @ self.item_embeddings.T
-        for row, seen in enumerate(exclude):
-            idx = [self._index[i] for i in seen if i in self._index]
-            scores[row, idx] = -np.inf
-        k = min(k, scores.shape[1])
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        order = np.take_along_axis(scores, top, axis=1).argsort(axis=1)[:, ::-1]
-        ranked = np.take_along_axis(top, order, axis=1)
+        key = (tuple(user_ids), int(k))
+        last = self._last_scored
+        if last is None or last[0] != key or not _same_sets(last[1], exclude):
+            exclude = [frozenset(seen) for seen in exclude]
+            self._last_scored = (key, exclude, *self._scored(user_ids, k, exclude))
+        items, values = self._last_scored[2:]
+        return [list(x) for x in items], list(values)
+
+    def _scored(self, user_ids, k, exclude) -> tuple[list[list[str]], list[np.ndarray]]:
+        queries = self.query_embeddings(user_ids)
         items, values = [], []
-        for r, row in enumerate(ranked):
-            keep = [j for j in row if np.isfinite(scores[r, j])]
-            items.append([self.item_ids[j] for j in keep])
-            values.append(scores[r, keep])
+        for start in range(0, len(queries), self.CHUNK_USERS):
+            scores = queries[start : start + self.CHUNK_USERS] @ self.item_embeddings.T
+            flat, rows, _ = flatten_lists(exclude[start : start + self.CHUNK_USERS])
+            found = self._index_keys.get_indexer(flat) if len(flat) else np.zeros(0, dtype=np.int64)
+            scores[rows[found >= 0], self._index_values[found[found >= 0]]] = -np.inf
+            kk = min(k, scores.shape[1])
+            top = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+            order = np.take_along_axis(scores, top, axis=1).argsort(axis=1)[:, ::-1]
+            ranked = np.take_along_axis(top, order, axis=1)
+            finite = np.isfinite(np.take_along_axis(scores, ranked, axis=1))
+            for r, row in enumerate(ranked):
+                keep = row[finite[r]]
+                items.append(self.item_ids[keep].tolist())
+                value = scores[r, keep]
+                value.flags.writeable = False
+                values.append(value)
         return items, values
 
     def __call__(self, user_ids, k, exclude):
         return self.scored(user_ids, k, exclude)[0]
 
 
+def _same_sets(kept: Sequence[frozenset], exclude: Sequence) -> bool:
+    """The kept exclusions equal these, user by user."""
+    if len(kept) != len(exclude):
+        return False
+    return all(a is b or a == (b if isinstance(b, set | frozenset) else set(b)) for a, b in zip(kept, exclude))
+
+
 def item_popularity_features(data: OfflineData, item_ids: Sequence[str], as_of: int) -> dict[str, np.ndarray]:
-    """Point-in-time popularity of `item_ids` as of `as_of`, from train+eval interactions."""
+    """Point-in-time popularity of `item_ids` as of `as_of`, from train+eval interactions:
+    `F.item_features_at` of each item's timestamps, counted for all items at once."""
     past = data.frame[(data.frame["split"] != "test") & (data.frame[F.TIMESTAMP] < as_of)]
-    timestamps = {item: sorted(g.tolist()) for item, g in past.groupby(F.ITEM_ID)[F.TIMESTAMP]}
-    rows = [F.item_features_at(timestamps.get(item, []), as_of) for item in item_ids]
+    codes, items = pd.factorize(past[F.ITEM_ID].to_numpy(dtype=object))
+    timestamps = past[F.TIMESTAMP].to_numpy().astype(np.int64)
+    window_start = as_of - int(F.RECENT_WINDOW_DAYS * F.SECONDS_PER_DAY)
+    prior = np.bincount(codes, minlength=len(items))
+    recent = np.bincount(codes[timestamps >= window_start], minlength=len(items))
+    first = np.full(len(items), np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first, codes, timestamps)
+    at = pd.Index(items, dtype=object).get_indexer(list(item_ids)) if len(items) else np.full(len(item_ids), -1)
+    known = at >= 0
+    safe = np.where(known, at, 0)
+    n = np.where(known, prior[safe] if len(items) else 0, 0).astype(np.int64)
+    days = [(as_of - int(t)) / F.SECONDS_PER_DAY for t in (first[safe] if len(items) else np.zeros(len(at), int))]
     return {
-        F.ITEM_PRIOR_COUNT: np.array([r[F.ITEM_PRIOR_COUNT] for r in rows], dtype=np.int64),
-        F.ITEM_RECENT_COUNT: np.array([r[F.ITEM_RECENT_COUNT] for r in rows], dtype=np.int64),
-        F.ITEM_DAYS_SINCE_FIRST: np.array([r[F.ITEM_DAYS_SINCE_FIRST] for r in rows], dtype=np.float32),
+        F.ITEM_PRIOR_COUNT: n,
+        F.ITEM_RECENT_COUNT: np.where(known, recent[safe] if len(items) else 0, 0).astype(np.int64),
+        F.ITEM_DAYS_SINCE_FIRST: np.where(n > 0, np.array(days, dtype=np.float64), 0.0).astype(np.float32),
     }
 
 

@@ -129,12 +129,32 @@ class EvalSet:
     catalog: tuple[str, ...]
     item_popularity: dict[str, int] = field(default_factory=dict)
     n_dropped_users: int = 0
+    # Every `evaluate` on this set encodes lists into the catalog and checks them against the seen
+    # items: the catalog index and the seen (user, item) keys are built once (see `_seen_keys`).
+    _cache: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         n = len(self.user_ids)
         self.is_warm = np.asarray(self.is_warm, dtype=bool)
         if not (len(self.relevant) == len(self.seen) == len(self.is_warm) == n):
             raise ValueError("user_ids, relevant, seen and is_warm must have the same length")
+
+    def catalog_index(self) -> pd.Index:
+        """The catalog as the vocabulary lists are encoded into (`metrics.encode_lists`)."""
+        if "catalog_index" not in self._cache:
+            self._cache["catalog_index"] = M.encode_lists([], self.catalog).vocabulary
+        return self._cache["catalog_index"]
+
+    def _seen_keys(self) -> np.ndarray:
+        """Sorted (user row, catalog code) keys of the seen items that are in the catalog."""
+        if "seen_keys" not in self._cache:
+            vocabulary = self.catalog_index()
+            seen_flat, seen_rows, _ = M.flatten_lists(self.seen)
+            seen_codes = vocabulary.get_indexer(seen_flat).astype(np.int64)
+            in_catalog = seen_codes >= 0  # a seen item outside the catalog cannot be recommended anyway
+            keys = seen_rows[in_catalog] * max(len(vocabulary), 1) + seen_codes[in_catalog]
+            self._cache["seen_keys"] = np.sort(keys)
+        return self._cache["seen_keys"]
 
     def __len__(self) -> int:
         return len(self.user_ids)
@@ -281,12 +301,11 @@ def _encode_checked(recs: list[list[str]], eval_set: EvalSet, k: int) -> M.Encod
     if len(too_long):
         i = int(too_long[0])
         raise ValueError(f"recommend returned {len(recs[i])} > k={k} items for user {eval_set.user_ids[i]!r}")
-    enc = M.encode_lists(recs, eval_set.catalog)
-    seen_flat, seen_rows, _ = M.flatten_lists(eval_set.seen)
-    seen_codes = enc.vocabulary.get_indexer(seen_flat).astype(np.int64)
-    in_catalog = seen_codes >= 0  # a seen item outside the catalog cannot be recommended anyway
-    seen_keys = seen_rows[in_catalog] * max(len(enc.vocabulary), 1) + seen_codes[in_catalog]
-    leaked = pd.Series(enc.keys()).isin(seen_keys).to_numpy()
+    enc = M.encode_lists(recs, eval_set.catalog_index())
+    seen_keys = eval_set._seen_keys()
+    keys = enc.keys()
+    at = np.minimum(np.searchsorted(seen_keys, keys), max(len(seen_keys) - 1, 0))
+    leaked = seen_keys[at] == keys if len(seen_keys) else np.zeros(len(keys), dtype=bool)
     if leaked.any():
         j = int(np.argmax(leaked))
         user = eval_set.user_ids[int(enc.rows[j])]
