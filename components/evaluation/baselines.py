@@ -132,14 +132,31 @@ class ScoredRecommender:
         items = np.array(self.catalog, dtype=object)
         for start in range(0, len(user_ids), _CHUNK_USERS):
             users = list(user_ids[start : start + _CHUNK_USERS])
-            scores = np.array(self.scores(users), dtype=np.float64, copy=True)
+            raw = np.asarray(self.scores(users))
+            scores = np.array(raw, dtype=np.float64, copy=True)
             # every seen item of the chunk's users at once (the catalog position of each, if any)
             flat, rows, _ = flatten_lists(exclude[start : start + _CHUNK_USERS])
             found = self._index_keys.get_indexer(flat) if len(flat) else np.zeros(0, dtype=np.int64)
             scores[rows[found >= 0], self._index_values[found[found >= 0]]] = -np.inf
-            for row, top in enumerate(top_k(scores, self._tie_rank, k)):
+            shared = raw.ndim == 2 and len(raw) > 1 and raw.strides[0] == 0  # one list for everyone
+            if shared and not np.isnan(raw[0]).any():
+                row_scores = np.asarray(raw[0], dtype=np.float64)
+                tops = _first_k_finite(scores, np.lexsort((self._tie_rank, -row_scores)), k)
+            else:
+                tops = top_k(scores, self._tie_rank, k)
+            for row, top in enumerate(tops):
                 out.append(items[top[scores[row, top] != -np.inf]].tolist())
         return out
+
+
+def _first_k_finite(scores: np.ndarray, order: np.ndarray, k: int) -> list[np.ndarray]:
+    """Per row, its first `k` entries that are not -inf, in `order` -- the columns of `top_k` that a
+    list keeps when every row holds the same scores but for its -inf (excluded) entries: the shared
+    order restricted to a row's other entries is that row's order."""
+    finite = scores[:, order] != -np.inf
+    rows, cols = np.nonzero(finite & (np.cumsum(finite, axis=1) <= k))
+    bounds = np.searchsorted(rows, np.arange(scores.shape[0] + 1))
+    return [order[cols[a:b]] for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist())]
 
 
 def top_k(scores: np.ndarray, tie_rank: np.ndarray, k: int) -> list[np.ndarray]:

@@ -329,9 +329,14 @@ class TwoTowerRecommender:
     def _scored(self, user_ids, k, exclude) -> tuple[list[list[str]], list[np.ndarray]]:
         queries = self.query_embeddings(user_ids)
         items, values = [], []
-        for start in range(0, len(queries), self.CHUNK_USERS):
-            scores = queries[start : start + self.CHUNK_USERS] @ self.item_embeddings.T
-            flat, rows, _ = flatten_lists(exclude[start : start + self.CHUNK_USERS])
+        # BLAS gives each row the same sums whatever the number of rows, except for one row (a
+        # matrix-vector product): a last chunk of one user joins the one before
+        starts = list(range(0, len(queries), self.CHUNK_USERS))
+        if len(starts) > 1 and len(queries) - starts[-1] == 1:
+            starts.pop()
+        for start, stop in zip(starts, starts[1:] + [len(queries)]):
+            scores = queries[start:stop] @ self.item_embeddings.T
+            flat, rows, _ = flatten_lists(exclude[start:stop])
             found = self._index_keys.get_indexer(flat) if len(flat) else np.zeros(0, dtype=np.int64)
             scores[rows[found >= 0], self._index_values[found[found >= 0]]] = -np.inf
             kk = min(k, scores.shape[1])

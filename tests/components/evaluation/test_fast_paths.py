@@ -226,7 +226,8 @@ def test_candidate_features_match_reindexing_the_catalog():
         assert_same_arrays(offline.candidate_features(data, items), reference_candidates(catalog, items))
 
 
-def test_retrieval_top_k_in_user_chunks_and_replayed(world, model_dirs, monkeypatch):
+@pytest.mark.parametrize("chunk", [7, 47])  # 48 users: chunks of 7 (the last of 6); 47 + 1 -> one of 48
+def test_retrieval_top_k_in_user_chunks_and_replayed(world, model_dirs, monkeypatch, chunk):
     retrieval = offline.TwoTowerRecommender(os.path.join(model_dirs["good"], "Format-Serving"), world, 10_000)
     eval_set = world.eval_set()
     users = list(eval_set.user_ids)
@@ -241,7 +242,8 @@ def test_retrieval_top_k_in_user_chunks_and_replayed(world, model_dirs, monkeypa
     want_items = [[retrieval.item_ids[j] for j in row if np.isfinite(scores[r, j])] for r, row in enumerate(ranked)]
     want_scores = [scores[r, [j for j in row if np.isfinite(scores[r, j])]] for r, row in enumerate(ranked)]
 
-    monkeypatch.setattr(offline.TwoTowerRecommender, "CHUNK_USERS", 7)
+    assert len(users) == 48
+    monkeypatch.setattr(offline.TwoTowerRecommender, "CHUNK_USERS", chunk)
     items, values = retrieval.scored(users, 20, exclude)
     assert items == want_items
     for a, b in zip(values, want_scores):
@@ -303,3 +305,19 @@ def test_the_exclusion_check_still_catches_a_seen_item():
         evaluate(lambda users, k, exclude: [["z"], ["x"]], eval_set, (2,))
     with pytest.raises(ExcludedItemError, match="'y' for user 'a'"):
         evaluate(lambda users, k, exclude: [["w", "y"], []], eval_set, (2,))
+
+
+def test_one_list_for_everyone_skips_the_per_row_top_k(monkeypatch):
+    frame = _random_frame(5)
+    fit = B._fit_input(frame, _users(frame), tuple(f"i{j}" for j in range(32)), ("train", "eval"))
+    recent = B.RecentPopularity(fit, 7)
+    user_ids = [f"u{u}" for u in range(45)]
+    exclude = [{f"i{(u * 7 + j) % 32}" for j in range(u % 33)} for u in range(45)]  # up to every item
+    want = {k: reference_recommend(recent, user_ids, k, exclude) for k in (1, 10, 40)}
+
+    def no_top_k(*args):
+        raise AssertionError("the per-row top_k ran")
+
+    monkeypatch.setattr(B, "top_k", no_top_k)
+    for k, lists in want.items():
+        assert recent(user_ids, k, exclude) == lists

@@ -1,0 +1,316 @@
+"""What the ModelEvaluator costs on a finished run, phase by phase, for two versions of its code.
+
+    flock /tmp/towerflow-heavy.lock .venv/bin/python benchmarks/evaluator_scaling.py \\
+        --run-dir runs/scaling/scale-1m --before-commit 253dca4 --after-commit HEAD \\
+        --out benchmarks/results/evaluator_scaling.md
+
+Calls `run_evaluation` the way the pipeline's ModelEvaluator does (the run's own artifacts from its
+MLMD store: examples, catalog, two-tower, ranker, index and the IndexEvaluator's frontier, no last
+blessed model, default settings, `ann_queries` 0) once per version, each in a fresh process, one
+after the other, and reports wall and CPU seconds (`time.process_time`: every thread of the
+process, TensorFlow's included) per phase:
+
+    load data        OfflineData.from_artifacts (the TFRecords and the catalog)
+    baselines        baselines.select: each setting's eval-window grid (train-only fits) and the refits
+    test window      offline.evaluate_models: one row per recommender scored (evaluate_sliced), the
+                     rest is loading the models and embedding the catalog
+    statistics       the paired bootstrap / permutation comparisons (gate and report)
+    outputs          model_evaluation.json + the HTML report, and baseline_fallback.json (the best
+                     baseline refit on every interaction)
+
+Phases are timed by wrapping those functions in the child process, so both versions are measured
+the same way without changing them. Each version runs from a copy of the code (`git archive`),
+never the working tree, which other jobs may be editing: `--after-commit` gives the whole tree,
+`--before-commit` only components/evaluation/ (on the after tree), so the comparison isolates the
+evaluator's own code. The two result directories are compared value by value. On a shared machine
+the CPU seconds are the figure to compare; the load average is printed with each run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+LAYERS = ("models", "components", "serving", "pipeline", "cli")
+
+PHASES = (
+    ("load data", "OfflineData.from_artifacts: TFRecords and catalog"),
+    ("baselines", "baselines.select: eval-window grids (train-only fits) + refits on train+eval"),
+    ("  recent_popularity grid", "7 windows"),
+    ("  item_knn grid", "6 neighbourhood sizes"),
+    ("  ease grid", "7 lambdas"),
+    ("  refits and the rest", ""),
+    ("test window", "evaluate_models: every recommender on the test split"),
+    ("  popularity", ""),
+    ("  recent_popularity", ""),
+    ("  segment_popularity", ""),
+    ("  item_knn", ""),
+    ("  ease", ""),
+    ("  two_tower", ""),
+    ("  two_tower+dcn", ""),
+    ("  two_tower+dcn+pop", ""),
+    ("  loading models, catalog embeddings, the rest", ""),
+    ("statistics", "paired bootstrap CIs and permutation p-values (gate and report)"),
+    ("outputs", "model_evaluation.json + HTML report"),
+    ("fallback", "baseline_fallback.json: the best baseline refit on every interaction"),
+    ("other", "everything else in run_evaluation"),
+    ("total", "run_evaluation"),
+)
+RECOMMENDER_NAMES = {
+    "PopularityRecommender": "popularity",
+    "RecentPopularity": "recent_popularity",
+    "SegmentPopularity": "segment_popularity",
+    "ItemKNN": "item_knn",
+    "Ease": "ease",
+    "TwoTowerRecommender": "two_tower",
+    "RerankedRecommender": "two_tower+dcn",
+    "BlendedRecommender": "two_tower+dcn+pop",
+}
+
+
+# --------------------------------------------------------------------------- the child: one timed run
+
+
+def _child(run_dir: str, output_dir: str, result_path: str) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from towerflow.components.evaluation import baselines, model_evaluator, offline
+    from towerflow.components.index.component import tower_dir
+    from towerflow.pipeline.mlmd import latest_artifacts
+
+    times: dict[str, list[float]] = {}
+
+    def add(name: str, wall: float, cpu: float) -> None:
+        entry = times.setdefault(name, [0.0, 0.0])
+        entry[0] += wall
+        entry[1] += cpu
+
+    def timed(name_of, fn):
+        def wrapper(*args, **kwargs):
+            w, c = time.perf_counter(), time.process_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                add(name_of(*args, **kwargs), time.perf_counter() - w, time.process_time() - c)
+
+        return wrapper
+
+    grids = baselines.BaselineGrids()
+    grid_names = {
+        tuple(grids.recent_days): "  recent_popularity grid",
+        tuple(grids.knn_neighbors): "  item_knn grid",
+        tuple(grids.ease_lambdas): "  ease grid",
+    }
+    from_artifacts = offline.OfflineData.from_artifacts.__func__
+    offline.OfflineData.from_artifacts = classmethod(timed(lambda *a, **k: "load data", from_artifacts))
+    baselines.select = timed(lambda *a, **k: "baselines", baselines.select)
+    baselines._choose = timed(lambda grid, *a, **k: grid_names.get(tuple(grid), "  other grid"), baselines._choose)
+    model_evaluator.evaluate_models = timed(lambda *a, **k: "test window", model_evaluator.evaluate_models)
+    offline.evaluate_sliced = timed(
+        lambda recommend, *a, **k: "  " + RECOMMENDER_NAMES.get(type(recommend).__name__, type(recommend).__name__),
+        offline.evaluate_sliced,
+    )
+    for name in ("compare_to_baselines", "compare_to_last_blessed", "compare_reports"):
+        setattr(model_evaluator, name, timed(lambda *a, **k: "statistics", getattr(model_evaluator, name)))
+    model_evaluator.write_outputs = timed(lambda *a, **k: "outputs", model_evaluator.write_outputs)
+    model_evaluator.write_fallback = timed(lambda *a, **k: "fallback", model_evaluator.write_fallback)
+
+    artifacts = latest_artifacts(os.path.join(run_dir, "metadata.sqlite"))
+    started = time.perf_counter(), time.process_time()
+    load_before = os.getloadavg()
+    model_evaluator.run_evaluation(
+        artifacts["Ingestion.examples"],
+        artifacts["Ingestion.item_catalog"],
+        tower_dir(artifacts["TwoTowerTrainer.model"]),
+        output_dir,
+        ranker_dir=tower_dir(artifacts["RankingTrainer.model"]),
+        index_dir=artifacts["IndexBuilder.index"],
+        config=model_evaluator.EvaluatorConfig(ann_queries=0),  # as the pipeline's ModelEvaluator
+        index_evaluation_dir=artifacts["IndexEvaluator.blessing"],
+    )
+    add("total", time.perf_counter() - started[0], time.process_time() - started[1])
+    # exclusive "rest" rows: a phase minus what its sub-phases measured
+    grid_rows = [n for n in times if n.endswith(" grid")]
+    scored_rows = [n for n in times if n.startswith("  ") and n not in grid_rows]
+    for parent, rows, rest in (
+        ("baselines", grid_rows, "  refits and the rest"),
+        ("test window", scored_rows, "  loading models, catalog embeddings, the rest"),
+    ):
+        if parent in times:
+            times[rest] = [times[parent][i] - sum(times[n][i] for n in rows) for i in (0, 1)]
+    top = [n for n in times if not n.startswith("  ") and n != "total"]
+    times["other"] = [times["total"][i] - sum(times[n][i] for n in top) for i in (0, 1)]
+    with open(result_path, "w", encoding="utf-8") as f:
+        json.dump(
+            {
+                "times": times,
+                "load_before": load_before,
+                "load_after": os.getloadavg(),
+                "code": offline.__file__,
+            },
+            f,
+        )
+
+
+# --------------------------------------------------------------------------- the parent: snapshots, runs, report
+
+
+def make_snapshot(dest: Path, commit: str, evaluation_commit: str | None = None) -> Path:
+    """`git archive` of `commit` in `dest` (components/evaluation/ from `evaluation_commit` if given),
+    plus dest/pkg/towerflow whose subpackages point into it: PYTHONPATH=dest/pkg imports that code."""
+    dest.mkdir(parents=True)
+
+    def archive(rev: str, *paths: str) -> None:
+        tar = subprocess.run(["git", "archive", rev, *paths], cwd=REPO, check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=tar, check=True)
+
+    archive(commit)
+    if evaluation_commit:
+        shutil.rmtree(dest / "components" / "evaluation")
+        archive(evaluation_commit, "components/evaluation")
+    package = dest / "pkg" / "towerflow"
+    package.mkdir(parents=True)
+    shutil.copy(dest / "towerflow" / "__init__.py", package / "__init__.py")
+    for layer in LAYERS:
+        (package / layer).symlink_to(dest / layer)
+    return dest / "pkg"
+
+
+def rev(commit: str) -> str:
+    return subprocess.run(
+        ["git", "rev-parse", "--short", commit], cwd=REPO, check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def compare_outputs(a_dir: Path, b_dir: Path) -> tuple[int, list[str]]:
+    """(values compared, differences) over model_evaluation.json and baseline_fallback.json."""
+    count, diffs = 0, []
+
+    def walk(a, b, path: str) -> None:
+        nonlocal count
+        if path == "model_evaluation.json.created":  # when the run wrote it
+            return
+        if isinstance(a, dict) and isinstance(b, dict):
+            if set(a) != set(b):
+                diffs.append(f"{path}: keys differ {sorted(set(a) ^ set(b))[:5]}")
+            for key in sorted(set(a) & set(b)):
+                walk(a[key], b[key], f"{path}.{key}" if path else key)
+        elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+            for i, (x, y) in enumerate(zip(a, b)):
+                walk(x, y, f"{path}[{i}]")
+        else:
+            count += 1
+            if a != b:
+                diffs.append(f"{path}: {str(a)[:60]} != {str(b)[:60]}")
+
+    for name in ("model_evaluation.json", "baseline_fallback.json"):
+        if (a_dir / name).exists() or (b_dir / name).exists():
+            walk(json.loads((a_dir / name).read_text()), json.loads((b_dir / name).read_text()), name)
+    return count, diffs
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-dir", required=True, help="a finished `towerflow run` directory (metadata.sqlite)")
+    parser.add_argument("--after-commit", default="HEAD", help="the code measured (whole tree)")
+    parser.add_argument(
+        "--before-commit", default=None, help="components/evaluation/ as of this commit, measured first"
+    )
+    parser.add_argument("--timeout", type=float, default=1500, help="seconds per run at most")
+    parser.add_argument("--out", default=None, help="write the Markdown report here")
+    parser.add_argument("--child", nargs=2, metavar=("OUTPUT_DIR", "RESULT_JSON"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        _child(args.run_dir, *args.child)
+        return
+
+    from machine import cores, cpu_model, memory_gib
+
+    run_dir = Path(args.run_dir).resolve()
+    work = Path(tempfile.mkdtemp(prefix="evaluator-scaling-"))
+    after = rev(args.after_commit)
+    variants = []
+    if args.before_commit:
+        before = rev(args.before_commit)
+        variants.append((f"before ({before})", make_snapshot(work / "before", after, before)))
+    variants.append((f"after ({after})", make_snapshot(work / "after", after)))
+    results = {}
+    for label, pythonpath in variants:
+        out_dir, result = work / f"out-{len(results)}", work / f"result-{len(results)}.json"
+        env = {**os.environ, "PYTHONPATH": str(pythonpath), "TF_CPP_MIN_LOG_LEVEL": "3"}
+        print(f"{label}: run_evaluation on {run_dir} ...", flush=True)
+        subprocess.run(
+            [sys.executable, __file__, "--run-dir", str(run_dir), "--child", str(out_dir), str(result)],
+            env=env,
+            cwd=work,
+            check=True,
+            timeout=args.timeout,
+        )
+        results[label] = json.loads(result.read_text()) | {"out_dir": out_dir}
+        if not results[label]["code"].startswith(str(pythonpath.parent)):
+            raise SystemExit(f"{label} imported {results[label]['code']}, not its snapshot")
+
+    labels = list(results)
+    lines = ["# ModelEvaluator cost at scale", ""]
+    lines += [
+        "Command: `flock /tmp/towerflow-heavy.lock .venv/bin/python benchmarks/evaluator_scaling.py "
+        + " ".join(argv if argv is not None else sys.argv[1:])
+        + "`",
+        "",
+        f"Run: `{args.run_dir}` (its ModelEvaluator's inputs: examples, catalog, models, index, frontier); "
+        "`run_evaluation` with the pipeline's settings (defaults, `ann_queries` 0, no last blessed model).",
+        "",
+        "## Machine",
+        "",
+        f"- platform: {platform.platform()}, Python {platform.python_version()}",
+        f"- CPU: {cpu_model()}, {cores()} cores; memory {memory_gib()}",
+    ]
+    for label in labels:
+        load = results[label]["load_before"], results[label]["load_after"]
+        start, end = ("/".join(f"{x:.1f}" for x in values) for values in load)
+        lines.append(f"- load average (1/5/15 min) during {label}: {start} at the start, {end} at the end")
+    header = "| phase | " + " | ".join(f"{label} wall s | {label} CPU s" for label in labels)
+    if len(labels) == 2:
+        header += " | CPU ratio |"
+    lines += ["", "## Seconds per phase", "", header, "|---|" + "---:|" * (2 * len(labels) + (len(labels) == 2))]
+    for phase, _ in PHASES:
+        cells = [results[label]["times"].get(phase) for label in labels]
+        if all(c is None for c in cells):
+            continue
+        row = f"| {phase.strip() if not phase.startswith('  ') else '&nbsp;&nbsp;' + phase.strip()} |"
+        row = row if phase.strip() != "total" else "| **total** |"
+        for c in cells:
+            row += " - | - |" if c is None else f" {c[0]:.1f} | {c[1]:.1f} |"
+        if len(labels) == 2:
+            a, b = cells
+            row += f" {a[1] / b[1]:.1f}x |" if a and b and b[1] > 0.05 else " - |"
+        lines.append(row)
+    lines += ["", "Phases: " + "; ".join(f"{p.strip()}: {d}" for p, d in PHASES if d) + "."]
+    if len(labels) == 2:
+        count, diffs = compare_outputs(results[labels[0]]["out_dir"], results[labels[1]]["out_dir"])
+        lines += ["", "## Same results", ""]
+        if diffs:
+            lines.append(f"{len(diffs)} of {count:,} values differ between the two runs' outputs:")
+            lines += [f"- `{d}`" for d in diffs[:20]]
+        else:
+            lines.append(
+                f"model_evaluation.json and baseline_fallback.json: all {count:,} values equal (`created` aside)."
+            )
+    report = "\n".join(lines) + "\n"
+    print(report)
+    if args.out:
+        Path(args.out).write_text(report)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
