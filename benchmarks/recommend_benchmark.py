@@ -396,12 +396,6 @@ def main(argv=None) -> int:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--config", default=None, help="service YAML")
     parser.add_argument(
-        "--model-server-threads",
-        type=int,
-        default=None,
-        help="TensorFlow intra- and inter-op threads of the model server (TF_NUM_INTRAOP/INTEROP_THREADS)",
-    )
-    parser.add_argument(
         "--before-pythonpath",
         default=None,
         help="first measure a service and model server started with this PYTHONPATH (e.g. a sitecustomize mapping "
@@ -442,10 +436,6 @@ def main(argv=None) -> int:
                             "--redis-url", redis_server.url], check=True, env=env, cwd=REPO)  # fmt: skip
             setup = {"materialize_s": round(time.time() - started, 1)}
             users = [str(u) for u in range(1, 944)]  # ml-100k's user ids
-        server_env = dict(env)
-        if args.model_server_threads:
-            threads = str(args.model_server_threads)
-            server_env.update(TF_NUM_INTRAOP_THREADS=threads, TF_NUM_INTEROP_THREADS=threads)
         if args.config:
             name += f", service config {Path(args.config).name}: {Path(args.config).read_text().strip()}"
         # the service logs impressions (serving/experiments); they go to this run's temporary directory, not
@@ -459,8 +449,6 @@ def main(argv=None) -> int:
             service_config["reranking"]["rules_file"] = str((Path(args.config).parent / rules).resolve())
         service_config.setdefault("experiments", {}).setdefault("log", {})["dir"] = str(tmp / "experiments")
         (tmp / "service.yaml").write_text(yaml.safe_dump(service_config))
-        if args.model_server_threads:
-            name += f", model server with {args.model_server_threads} TensorFlow intra/inter-op thread(s)"
         variants = [("this checkout", {})]
         if args.before_pythonpath:
             variants.insert(0, (f"BEFORE: the code of {args.before_label}",
@@ -474,7 +462,7 @@ def main(argv=None) -> int:
             model_server = subprocess.Popen(
                 [*TOWERFLOW, "serve", "--serving-root", str(serving_root), "--backend", "embedded",
                  "--port", str(grpc_port), "--rest-api-port", str(rest_port)],
-                stdout=log, stderr=subprocess.STDOUT, env={**server_env, **extra_env}, cwd=REPO)  # fmt: skip
+                stdout=log, stderr=subprocess.STDOUT, env={**env, **extra_env}, cwd=REPO)  # fmt: skip
             procs.append(model_server)
             wait_http(f"http://127.0.0.1:{rest_port}/v1/models/ranker", 300, "model server")
             service_cmd = [*TOWERFLOW, "service", "--run-dir", str(run_dir), "--redis-url", redis_server.url]

@@ -38,7 +38,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from towerflow.serving.servables import BatchingOptions, ModelManager, Servable, load_custom_ops
+from towerflow.serving.servables import BatchingOptions, ModelManager, Servable, SessionThreads, load_custom_ops
 from towerflow.serving.tensor_codec import (
     ServingError,
     dtype_name,
@@ -68,6 +68,7 @@ class ServerOptions:
     rest_api_port: int = 8501  # 0 picks a free port
     file_system_poll_wait_seconds: float = 1.0
     batching: BatchingOptions | None = None
+    threads: SessionThreads = field(default_factory=SessionThreads)  # TensorFlow's threads per version
     max_body_bytes: int = 8 * 1024 * 1024
     max_instances: int = 1024
     grpc_workers: int = 16
@@ -329,6 +330,7 @@ class ModelServer:
             model_base_path=options.model_base_path,
             poll_seconds=options.file_system_poll_wait_seconds,
             batching=options.batching,
+            threads=options.threads,
         )
         self._rest: _RestServer | None = None
         self._rest_thread: threading.Thread | None = None

@@ -32,3 +32,14 @@ def test_session_outputs_equal_the_eager_signature_functions(tiny_models):
     with pytest.raises(ServingError) as err:
         servable.predict("__saved_model_init_op", {})
     assert err.value.code == "INVALID_ARGUMENT"
+
+
+def test_session_threads_change_where_ops_run_not_the_answers(tiny_models):
+    from towerflow.serving.servables import SessionThreads
+
+    inputs = {"x": np.arange(64, dtype=np.float32)}
+    inline = Servable("tiny", 1, tiny_models[1], threads=SessionThreads(intra_op=1, inter_op=-1))
+    pools = Servable("tiny", 1, tiny_models[1], threads=SessionThreads(intra_op=0, inter_op=0))
+    np.testing.assert_array_equal(inline.predict(None, inputs)["y"], pools.predict(None, inputs)["y"])
+    with pytest.raises(ValueError, match="intra_op"):
+        SessionThreads(intra_op=-1)
