@@ -321,7 +321,7 @@ class TwoTowerRecommender:
         key = (tuple(user_ids), int(k))
         last = self._last_scored
         if last is None or last[0] != key or not _same_sets(last[1], exclude):
-            exclude = [frozenset(seen) for seen in exclude]
+            exclude = [seen if isinstance(seen, frozenset) else frozenset(seen) for seen in exclude]
             self._last_scored = (key, exclude, *self._scored(user_ids, k, exclude))
         items, values = self._last_scored[2:]
         return [list(x) for x in items], list(values)
@@ -774,14 +774,8 @@ def evaluate_sliced(
 ) -> EvalReport:
     """`evaluate` with several user slicings at once: one report holding all, warm, cold and every
     slice label of every slicing (labels must be unique across slicings, e.g. "gender=F")."""
-    recorded = RecordedRecommender(recommend)
     groups = list((slicings or {}).values()) or [None]
-    report = evaluate(recorded, eval_set, ks, item_genres=item_genres, slices=groups[0])
-    for slices in groups[1:]:
-        extra = evaluate(recorded, eval_set, ks, item_genres=item_genres, slices=slices)
-        for name, values in extra.metrics.items():
-            if name not in report.metrics:
-                report.metrics[name] = values
-                report.n_users[name] = extra.n_users[name]
-                report.masks[name] = extra.masks[name]
+    report = evaluate(recommend, eval_set, ks, item_genres=item_genres, slices=groups[0])
+    for slices in groups[1:]:  # the same lists: averaged from the report's per-user values
+        report.add_slices(slices)
     return report

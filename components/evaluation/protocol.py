@@ -48,7 +48,8 @@ from towerflow.components.evaluation import metrics as M
 SPLITS = ("train", "eval", "test")
 BASE_SLICES = ("all", "warm", "cold")
 
-Recommend = Callable[[list[str], int, list[set[str]]], Sequence[Sequence[str]]]
+# exclude: one frozenset per user (the eval set's own; read-only)
+Recommend = Callable[[list[str], int, Sequence[frozenset[str]]], Sequence[Sequence[str]]]
 
 __all__ = [
     "EvalReport",
@@ -255,6 +256,15 @@ class EvalReport:
     def metric(self, name: str, k: int, slice_name: str = "all") -> float:
         return self.metrics[slice_name][f"{name}@{k}"]
 
+    def add_slices(self, slices: Mapping[str, str]) -> None:
+        """Adds a slice per label of ``slices`` (user id -> label; users absent from it are in none),
+        averaged from the kept per-user values: what ``evaluate(..., slices=slices)`` would report for
+        them on the same lists. Labels already in the report keep their values."""
+        for name, mask in _slice_masks(self.user_ids, slices).items():
+            if name not in self.metrics:
+                self.masks[name] = mask
+                self.n_users[name], self.metrics[name] = _slice_means(self.per_user, mask)
+
     def to_dict(self) -> dict:
         """JSON-ready copy (nan -> None)."""
 
@@ -292,6 +302,24 @@ class EvalReport:
 
 
 # --------------------------------------------------------------------------- evaluate
+
+
+def _slice_masks(users: Sequence[str], slices: Mapping[str, str]) -> dict[str, np.ndarray]:
+    """Label -> boolean mask over ``users`` (sorted labels); a label may not be a built-in slice."""
+    labels = pd.Series([slices.get(u) for u in users], dtype=object)
+    masks: dict[str, np.ndarray] = {}
+    for label in sorted({str(x) for x in labels.dropna()}):
+        if label in BASE_SLICES:
+            raise ValueError(f"slice label {label!r} clashes with a built-in slice")
+        masks[label] = (labels.astype(str) == label).to_numpy() & labels.notna().to_numpy()
+    return masks
+
+
+def _slice_means(per_user: Mapping[str, np.ndarray], mask: np.ndarray) -> tuple[int, dict[str, float]]:
+    """(users in the slice, each metric averaged over them; nan for an empty slice)."""
+    return int(mask.sum()), {
+        key: float(values[mask].mean()) if mask.any() else math.nan for key, values in per_user.items()
+    }
 
 
 def _encode_checked(recs: list[list[str]], eval_set: EvalSet, k: int) -> M.EncodedLists:
@@ -336,7 +364,8 @@ def evaluate(
         raise ValueError("ks must not be empty")
     kmax = ks_sorted[-1]
     users = list(eval_set.user_ids)
-    exclude = [set(s) for s in eval_set.seen]
+    # frozensets: a recommender cannot change them, so the eval set's own are passed, not copies
+    exclude = [s if isinstance(s, frozenset) else frozenset(s) for s in eval_set.seen]
     step = batch_size or max(len(users), 1)
     recs: list[list[str]] = []
     for start in range(0, len(users), step):
@@ -354,19 +383,12 @@ def evaluate(
         "cold": ~eval_set.is_warm,
     }
     if slices:
-        labels = pd.Series([slices.get(u) for u in users], dtype=object)
-        for label in sorted({str(x) for x in labels.dropna()}):
-            if label in masks:
-                raise ValueError(f"slice label {label!r} clashes with a built-in slice")
-            masks[label] = (labels.astype(str) == label).to_numpy() & labels.notna().to_numpy()
+        masks.update(_slice_masks(users, slices))
 
     metric_values: dict[str, dict[str, float]] = {}
     n_users: dict[str, int] = {}
     for name, mask in masks.items():
-        n_users[name] = int(mask.sum())
-        metric_values[name] = {
-            key: float(values[mask].mean()) if mask.any() else math.nan for key, values in per_user.items()
-        }
+        n_users[name], metric_values[name] = _slice_means(per_user, mask)
 
     beyond = {
         f"coverage@{kmax}": M.catalog_coverage(enc, enc.vocabulary),

@@ -321,3 +321,34 @@ def test_one_list_for_everyone_skips_the_per_row_top_k(monkeypatch):
     monkeypatch.setattr(B, "top_k", no_top_k)
     for k, lists in want.items():
         assert recent(user_ids, k, exclude) == lists
+
+
+def test_slicings_from_one_evaluate_equal_one_evaluate_per_slicing(world, model_dirs):
+    retrieval = offline.TwoTowerRecommender(os.path.join(model_dirs["good"], "Format-Serving"), world, 10_000)
+    eval_set = world.eval_set()
+    slicings = offline.user_slicings(world.users)
+    genres = dict(world.catalog[F.ITEM_GENRES].items())
+    calls = []
+
+    def recommend(users, k, exclude):
+        calls.append(1)
+        return retrieval(users, k, exclude)
+
+    report = offline.evaluate_sliced(recommend, eval_set, (5, 20), item_genres=genres, slicings=slicings)
+    assert len(calls) == 1
+    # before: one evaluate per slicing, the labels of the later ones added to the first report
+    want = evaluate(retrieval, eval_set, (5, 20), item_genres=genres, slices=slicings["gender"])
+    extra = evaluate(retrieval, eval_set, (5, 20), item_genres=genres, slices=slicings["age"])
+    for name in extra.metrics:
+        if name not in want.metrics:
+            want.metrics[name], want.n_users[name], want.masks[name] = (
+                extra.metrics[name],
+                extra.n_users[name],
+                extra.masks[name],
+            )
+    assert list(report.metrics) == list(want.metrics) and report.n_users == want.n_users
+    np.testing.assert_equal(report.metrics, want.metrics)
+    assert report.beyond_accuracy == want.beyond_accuracy
+    assert all(np.array_equal(report.masks[n], want.masks[n]) for n in want.masks)
+    with pytest.raises(ValueError, match="clashes"):
+        report.add_slices({eval_set.user_ids[0]: "warm"})
