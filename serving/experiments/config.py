@@ -14,7 +14,8 @@
         max_error_rate_increase: 0.02    # canary error rate - stable error rate
         max_p99_ratio: 2.0               # canary p99 latency / stable p99 latency
         max_psi: 0.25                    # PSI of canary scores vs the offline evaluation's score distribution
-        score_reference: runs/local/score_reference.json   # that distribution (`towerflow abtest --score-reference`)
+        # score_reference: runs/local/ref.json  # optional: that distribution from a file; default: the
+        #                                         # pushed evaluation.json's (ModelEvaluator's score_distribution)
       variants:                          # pipeline variants: the service's settings with overrides
         relevance-only: {reranking: {diversity_lambda: 1.0, novelty_weight: 0.0, freshness_boost: 0.0}}
       tests:
