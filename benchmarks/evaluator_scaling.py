@@ -161,6 +161,75 @@ def _child(run_dir: str, output_dir: str, result_path: str) -> None:
         )
 
 
+# --------------------------------------------------------------------------- popularity baselines at ml-20m's size
+
+
+def _lexsort_lists(recommender, user_ids, k, exclude) -> list[list[str]]:
+    """ScoredRecommender's lists as the code before ranked them: a full sort of the catalog per user."""
+    import numpy as np
+
+    index = {item: j for j, item in enumerate(recommender.catalog)}
+    out = []
+    for start in range(0, len(user_ids), 512):
+        scores = np.array(recommender.scores(user_ids[start : start + 512]), dtype=np.float64, copy=True)
+        for row, seen in enumerate(exclude[start : start + 512]):
+            scores[row, [index[i] for i in seen if i in index]] = -np.inf
+        ties = np.broadcast_to(recommender._tie_rank, scores.shape)
+        for row, cols in enumerate(np.lexsort((ties, -scores), axis=1)[:, :k]):
+            out.append([recommender.catalog[j] for j in cols if scores[row, j] != -np.inf])
+    return out
+
+
+def catalog_scale(users: int, items: int, sample: int, seed: int = 0) -> list[str]:
+    """CPU seconds of one test-window ranking (k = 100) by recent and segment popularity for `users`
+    users over `items` items, the code before (a full sort per user) against this one, measured on
+    `sample` users (with ~20M / users seen items each) and scaled to `users`; the lists must be equal."""
+    import numpy as np
+    import pandas as pd
+
+    from towerflow.components.evaluation import baselines
+    from towerflow.models import features as F
+
+    rng = np.random.default_rng(seed)
+    catalog = tuple(f"i{j}" for j in range(items))
+    n_rows = 2_000_000  # enough for realistic recent / segment counts
+    frame = pd.DataFrame(
+        {
+            F.USER_ID: [f"u{u}" for u in rng.integers(0, users, n_rows)],
+            F.ITEM_ID: [catalog[j] for j in np.minimum(rng.zipf(1.2, n_rows) - 1, items - 1)],
+            F.TIMESTAMP: rng.integers(0, 365 * baselines.SECONDS_PER_DAY, n_rows),
+        }
+    )
+    people = pd.DataFrame(
+        {F.USER_AGE: rng.choice([1, 18, 25, 35, 45, 50, 56], users), F.USER_GENDER: rng.choice(["F", "M"], users)},
+        index=pd.Index([f"u{u}" for u in range(users)], name=F.USER_ID),
+    )
+    fit = baselines.FitInput(frame, people, catalog, float(365 * baselines.SECONDS_PER_DAY))
+    user_ids = [f"u{u}" for u in range(sample)]
+    seen_per_user = max(1, 20_000_000 // users)
+    exclude = [frozenset(catalog[j] for j in rng.choice(items, seen_per_user, replace=False)) for _ in user_ids]
+    lines = [
+        "| baseline | users | items | before CPU s | after CPU s | ratio |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, recommender in (
+        ("recent_popularity", baselines.RecentPopularity(fit, 14)),
+        ("segment_popularity", baselines.SegmentPopularity(fit)),
+    ):
+        started = time.process_time()
+        before = _lexsort_lists(recommender, user_ids, 100, exclude)
+        before_s = (time.process_time() - started) * users / sample
+        started = time.process_time()
+        after = recommender(user_ids, 100, exclude)
+        after_s = (time.process_time() - started) * users / sample
+        if before != after:
+            raise SystemExit(f"{name}: the lists differ")
+        lines.append(
+            f"| {name} | {users:,} | {items:,} | {before_s:,.0f} | {after_s:,.1f} | {before_s / after_s:,.0f}x |"
+        )
+    return lines
+
+
 # --------------------------------------------------------------------------- the parent: snapshots, runs, report
 
 
@@ -220,7 +289,7 @@ def compare_outputs(a_dir: Path, b_dir: Path) -> tuple[int, list[str]]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run-dir", required=True, help="a finished `towerflow run` directory (metadata.sqlite)")
+    parser.add_argument("--run-dir", help="a finished `towerflow run` directory (metadata.sqlite)")
     parser.add_argument("--after-commit", default="HEAD", help="the code measured (whole tree)")
     parser.add_argument(
         "--before-commit", default=None, help="components/evaluation/ as of this commit, measured first"
@@ -228,11 +297,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=1500, help="seconds per run at most")
     parser.add_argument("--out", default=None, help="write the Markdown report here")
     parser.add_argument("--child", nargs=2, metavar=("OUTPUT_DIR", "RESULT_JSON"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--catalog-scale",
+        nargs=3,
+        type=int,
+        metavar=("USERS", "ITEMS", "SAMPLE"),
+        help="instead: recent and segment popularity's test-window ranking at this size, before vs after "
+        "(e.g. 138493 26744 2048, ml-20m's users and items), on SAMPLE users scaled up",
+    )
     args = parser.parse_args(argv)
     if args.child:
         _child(args.run_dir, *args.child)
         return
+    if args.catalog_scale:
+        from machine import cores, cpu_model, memory_gib
 
+        table = catalog_scale(*args.catalog_scale)
+        print(f"Machine: {cpu_model()}, {cores()} cores, {memory_gib()}; load {os.getloadavg()[0]:.1f}")
+        print("\n".join(table))
+        return
+
+    if not args.run_dir:
+        parser.error("give --run-dir (or --catalog-scale)")
     from machine import cores, cpu_model, memory_gib
 
     run_dir = Path(args.run_dir).resolve()

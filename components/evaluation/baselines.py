@@ -126,37 +126,78 @@ class ScoredRecommender:
     def scores(self, user_ids: Sequence[str]) -> np.ndarray:
         raise NotImplementedError
 
+    def _order(self, scores: np.ndarray) -> np.ndarray:
+        """The catalog columns ranked by one row of scores (higher first, then tie rank), -inf left out."""
+        scores = np.asarray(scores, dtype=np.float64)
+        order = np.lexsort((self._tie_rank, -scores))
+        return order[scores[order] != -np.inf]
+
     def __call__(self, user_ids, k, exclude=None):
         exclude = exclude if exclude is not None else [()] * len(user_ids)
         out: list[list[str]] = []
         items = np.array(self.catalog, dtype=object)
+        shared_order = None
         for start in range(0, len(user_ids), _CHUNK_USERS):
             users = list(user_ids[start : start + _CHUNK_USERS])
             raw = np.asarray(self.scores(users))
-            scores = np.array(raw, dtype=np.float64, copy=True)
             # every seen item of the chunk's users at once (the catalog position of each, if any)
             flat, rows, _ = flatten_lists(exclude[start : start + _CHUNK_USERS])
             found = self._index_keys.get_indexer(flat) if len(flat) else np.zeros(0, dtype=np.int64)
-            scores[rows[found >= 0], self._index_values[found[found >= 0]]] = -np.inf
-            shared = raw.ndim == 2 and len(raw) > 1 and raw.strides[0] == 0  # one list for everyone
-            if shared and not np.isnan(raw[0]).any():
-                row_scores = np.asarray(raw[0], dtype=np.float64)
-                tops = _first_k_finite(scores, np.lexsort((self._tie_rank, -row_scores)), k)
-            else:
-                tops = top_k(scores, self._tie_rank, k)
-            for row, top in enumerate(tops):
+            rows, cols = rows[found >= 0], self._index_values[found[found >= 0]]
+            if raw.ndim == 2 and len(raw) > 1 and raw.strides[0] == 0 and not np.isnan(raw[0]).any():
+                # one list for everyone (recent popularity): one sort, then each user's first k unseen
+                if shared_order is None or not np.array_equal(shared_order[0], raw[0]):
+                    shared_order = (raw[0].copy(), self._order(raw[0]))
+                tops = _first_k_unseen(shared_order[1], raw.shape, rows, cols, k)
+                out.extend(items[top].tolist() for top in tops)
+                continue
+            scores = np.array(raw, dtype=np.float64, copy=True)
+            scores[rows, cols] = -np.inf
+            for row, top in enumerate(top_k(scores, self._tie_rank, k)):
                 out.append(items[top[scores[row, top] != -np.inf]].tolist())
         return out
 
 
-def _first_k_finite(scores: np.ndarray, order: np.ndarray, k: int) -> list[np.ndarray]:
-    """Per row, its first `k` entries that are not -inf, in `order` -- the columns of `top_k` that a
-    list keeps when every row holds the same scores but for its -inf (excluded) entries: the shared
-    order restricted to a row's other entries is that row's order."""
-    finite = scores[:, order] != -np.inf
-    rows, cols = np.nonzero(finite & (np.cumsum(finite, axis=1) <= k))
-    bounds = np.searchsorted(rows, np.arange(scores.shape[0] + 1))
-    return [order[cols[a:b]] for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist())]
+def _ranked_by_groups(recommender: ScoredRecommender, rows: Mapping, group_of: list, k, exclude) -> list[list[str]]:
+    """`recommender(user_ids, k, exclude)` when user i's scores are `rows[group_of[i]]` (no nan): the
+    users of each group share one sorted order, and each gets its first k unseen items of it."""
+    items = np.array(recommender.catalog, dtype=object)
+    members: dict = {}
+    for i, group in enumerate(group_of):
+        members.setdefault(group, []).append(i)
+    out: list = [None] * len(group_of)
+    for group, users in members.items():
+        order = recommender._order(rows[group])
+        for start in range(0, len(users), _CHUNK_USERS):
+            chunk = users[start : start + _CHUNK_USERS]
+            flat, seen_rows, _ = flatten_lists([exclude[i] for i in chunk])
+            found = recommender._index_keys.get_indexer(flat) if len(flat) else np.zeros(0, dtype=np.int64)
+            seen_rows, seen_cols = seen_rows[found >= 0], recommender._index_values[found[found >= 0]]
+            tops = _first_k_unseen(order, (len(chunk), len(recommender.catalog)), seen_rows, seen_cols, k)
+            for i, top in zip(chunk, tops):
+                out[i] = items[top].tolist()
+    return out
+
+
+def _first_k_unseen(order: np.ndarray, shape: tuple, rows: np.ndarray, cols: np.ndarray, k: int) -> list[np.ndarray]:
+    """Per row, the first `k` entries of `order` (catalog columns, best first) that are not among the
+    row's seen columns (`rows`, `cols` pairs) -- what ranking each row with its seen items at -inf
+    keeps when every row shares the same scores. Only the first k + (most seen by one row) entries of
+    `order` can be among them, so the work is rows x that, not rows x catalog."""
+    n_rows, n_cols = shape
+    k = min(int(k), len(order))
+    position = np.full(n_cols, len(order), dtype=np.int64)  # -inf columns (left out of `order`): never reached
+    position[order] = np.arange(len(order))
+    seen_at = position[cols] if len(cols) else np.zeros(0, dtype=np.int64)
+    most_seen = int(np.bincount(rows, minlength=n_rows).max(initial=0)) if len(rows) else 0
+    width = min(len(order), k + most_seen)
+    blocked = np.zeros((n_rows, width), dtype=bool)
+    inside = seen_at < width
+    blocked[rows[inside], seen_at[inside]] = True
+    free = ~blocked
+    r, c = np.nonzero(free & (np.cumsum(free, axis=1) <= k))
+    bounds = np.searchsorted(r, np.arange(n_rows + 1))
+    return [order[c[a:b]] for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist())]
 
 
 def top_k(scores: np.ndarray, tie_rank: np.ndarray, k: int) -> list[np.ndarray]:
@@ -222,6 +263,16 @@ class SegmentPopularity(ScoredRecommender):
 
     def scores(self, user_ids):
         return np.stack([self._by_segment.get(self._segment.get(str(u)), self._zeros) for u in user_ids])
+
+    def __call__(self, user_ids, k, exclude=None):
+        """One sorted order per segment, each user's first k unseen items of theirs (the same lists as
+        ranking each user's row, without sorting the catalog per user)."""
+        exclude = exclude if exclude is not None else [()] * len(user_ids)
+        groups = [self._segment.get(str(u)) for u in user_ids]
+        rows = {group: self._by_segment.get(group, self._zeros) for group in set(groups)}
+        if len(exclude) != len(user_ids) or any(np.isnan(row).any() for row in rows.values()):
+            return super().__call__(user_ids, k, exclude)
+        return _ranked_by_groups(self, rows, groups, k, exclude)
 
 
 def _interaction_matrix(fit: FitInput) -> tuple[dict[str, int], np.ndarray]:

@@ -352,3 +352,25 @@ def test_slicings_from_one_evaluate_equal_one_evaluate_per_slicing(world, model_
     assert all(np.array_equal(report.masks[n], want.masks[n]) for n in want.masks)
     with pytest.raises(ValueError, match="clashes"):
         report.add_slices({eval_set.user_ids[0]: "warm"})
+
+
+class _SharedScores(B.ScoredRecommender):
+    def __init__(self, row, tie_rank):
+        super().__init__([f"i{j}" for j in range(len(row))], tie_rank)
+        self._row = np.asarray(row, dtype=np.float64)
+
+    def scores(self, user_ids):
+        return np.broadcast_to(self._row, (len(user_ids), len(self._row)))
+
+
+def test_one_shared_list_with_ties_and_minus_infinity_ranks_as_before():
+    rng = np.random.default_rng(6)
+    for trial in range(40):
+        n = int(rng.integers(1, 30))
+        row = rng.integers(0, 4, n).astype(np.float64)
+        row[rng.random(n) < 0.2] = -np.inf
+        recommender = _SharedScores(row, rng.permutation(n) if trial % 2 else rng.integers(0, 3, n))
+        users = [f"u{u}" for u in range(int(rng.integers(2, 9)))]
+        exclude = [{f"i{j}" for j in rng.choice(n + 3, int(rng.integers(0, n + 3)))} for _ in users]
+        for k in (1, 3, n, n + 5):
+            assert recommender(users, k, exclude) == reference_recommend(recommender, users, k, exclude)
