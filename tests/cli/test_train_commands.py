@@ -111,46 +111,72 @@ def offline_data(run_dir):
     return OfflineData.from_artifacts(artifacts["Ingestion.examples"], artifacts["Ingestion.item_catalog"])
 
 
-def _train(run_dir, spec, output, lines, epochs=1, distribution=None, max_restarts=0):
+def _train(run_dir, spec, output, lines, epochs=1, distribution=None, max_restarts=0, seed=0):
     cluster = LocalCluster.parse(spec)
     job = job_from_run(
-        run_dir, "two_tower", str(output), cluster, epochs=epochs, model_config=SMALL_MODEL, distribution=distribution
+        run_dir,
+        "two_tower",
+        str(output),
+        cluster,
+        epochs=epochs,
+        model_config=SMALL_MODEL,
+        distribution=distribution,
+        seed=seed,
     )
     return launch(job, cluster, max_restarts=max_restarts, echo=lines.append)
 
 
+# Training seeds per arm of the quality comparison. One run against one run mixes the seed's noise into
+# the difference: on ml-100k two single-process runs that differ only in their seed fall outside the
+# paired interval in 1 of 10 pairs (benchmarks/results/distributed_training_quality.md).
+QUALITY_SEEDS = (0, 1, 2)
+
+
 @pytest.mark.e2e
 def test_two_workers_match_one_process_on_the_protocol(run_dir, offline_data, tmp_path):
+    import numpy as np
+
     from towerflow.components.evaluation.offline import evaluate_models
     from towerflow.components.evaluation.statistics import paired_comparison
+    from towerflow.models.input_pipeline import count_records
+    from towerflow.models.two_tower import TwoTowerConfig
 
+    job = job_from_run(run_dir, "two_tower", str(tmp_path / "job"), LocalCluster.parse("local:1"))
+    examples = count_records(job.train_files)
     lines: list[str] = []
-    single = _train(run_dir, "local:1", tmp_path / "single", lines)
-    workers = _train(run_dir, "local:2w", tmp_path / "workers", lines)
+    reports: dict[str, list] = {"single": [], "workers": []}
+    for seed in QUALITY_SEEDS:
+        single = _train(run_dir, "local:1", tmp_path / f"single_{seed}", lines, seed=seed)
+        workers = _train(run_dir, "local:2w", tmp_path / f"workers_{seed}", lines, seed=seed)
+        assert workers.summary["distribution"]["replicas"] == 2
+        # The replicas split the batch: the epoch took one process's optimizer steps (full batches only).
+        assert workers.summary["distribution"]["steps"] == examples // TwoTowerConfig().batch_size
+        assert not os.listdir(tmp_path / f"workers_{seed}" / "model_run" / "backup")  # deleted after success
+        for name, result in (("single", single), ("workers", workers)):
+            reports[name].append(evaluate_models(offline_data, result.serving_model_dir, None)["two_tower"])
     assert any(line.startswith("[worker:1] two_tower epoch 1:") for line in lines)  # both workers trained
-    assert workers.summary["distribution"]["replicas"] == 2
-    assert not os.listdir(tmp_path / "workers" / "model_run" / "backup")  # backups are deleted after success
-    reports = {
-        name: evaluate_models(offline_data, result.serving_model_dir, None)["two_tower"]
-        for name, result in (("single", single), ("workers", workers))
-    }
-    assert reports["single"].user_ids == reports["workers"].user_ids
-    # Both learned something: well above a random ranking of ~1,680 items (recall@100 ~0.06).
-    assert reports["workers"].metric("recall", 100) > 0.15
+    assert len({tuple(report.user_ids) for arm in reports.values() for report in arm}) == 1
+    # Every run learned something: well above a random ranking of ~1,680 items (recall@100 ~0.06).
+    assert min(report.metric("recall", 100) for report in reports["workers"]) > 0.15
     outside = []
     for metric in ("recall@100", "ndcg@10"):
-        comparison = paired_comparison(reports["workers"].per_user[metric], reports["single"].per_user[metric])
+        # Each user's value averaged over the seeds of an arm, then compared user by user.
+        mean = {name: np.mean([r.per_user[metric] for r in arm], axis=0) for name, arm in reports.items()}
+        comparison = paired_comparison(mean["workers"], mean["single"])
         print(
-            f"{metric}: 2 workers {comparison['mean']:.4f} vs 1 process {comparison['reference_mean']:.4f}, "
-            f"difference 95% CI [{comparison['ci_low']:+.4f}, {comparison['ci_high']:+.4f}]"
+            f"{metric} over seeds {QUALITY_SEEDS}: 2 workers {comparison['mean']:.4f} vs 1 process "
+            f"{comparison['reference_mean']:.4f}, difference 95% CI "
+            f"[{comparison['ci_low']:+.4f}, {comparison['ci_high']:+.4f}]"
         )
         if not comparison["ci_low"] <= 0.0 <= comparison["ci_high"]:
             outside.append(f"{metric} {comparison['mean']:.4f} vs {comparison['reference_mean']:.4f}")
-    # The goal: within noise (the paired bootstrap interval of the difference holds 0). Some runs meet it
-    # (0.4249 vs 0.4147) and some do not (0.4121 vs 0.4352): 2 workers take half the optimizer steps per
-    # epoch. A known, open shortfall: reported as an expected failure with the numbers, never loosened.
+    # The goal: within noise (the paired bootstrap interval of the difference holds 0). Missing it is
+    # reported as an expected failure with the numbers, never loosened. Measured on ml-100k (runs/dist):
+    # NDCG@10 0.3405 vs 0.3400, within; Recall@100 0.4321 vs 0.4207, [+0.0023, +0.0211] -- 2 workers
+    # ABOVE one process. Single runs of this model spread by up to 0.03 Recall@100 between seeds, which a
+    # 3-seed mean does not average away; the benchmark's model over 5 seeds is within noise on both.
     if outside:
-        pytest.xfail(f"2 workers not within noise of 1 process: {'; '.join(outside)} (open goal of issue 16)")
+        pytest.xfail(f"2 workers not within noise of 1 process: {'; '.join(outside)} (goal of issue 16)")
 
 
 @pytest.mark.e2e
