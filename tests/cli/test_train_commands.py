@@ -127,8 +127,8 @@ def _train(run_dir, spec, output, lines, epochs=1, distribution=None, max_restar
 
 
 # Training seeds per arm of the quality comparison. One run against one run mixes the seed's noise into
-# the difference: on ml-100k two single-process runs that differ only in their seed fall outside the
-# paired interval in 1 of 10 pairs (benchmarks/results/distributed_training_quality.md).
+# the difference: on ml-100k, of 5 pairs of single-process runs that differ only in their seed, one
+# falls outside the paired interval on Recall@100 (benchmarks/results/distributed_training_quality.md).
 QUALITY_SEEDS = (0, 1, 2)
 
 
