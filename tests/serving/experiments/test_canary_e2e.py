@@ -2,11 +2,12 @@
 
 Own serving root (the run's trained models as v1) and a copy of the run's MLMD,
 the service's canary split at 50%, and as live traffic the held-out test
-window's users replayed as of the test cut-off. The score reference is the
-stable version's scores on the evaluation protocol's lists (the same users at
-the cut-off): the distribution the offline evaluation saw. (Against a different
-population the reference would not hold: all 943 users' lists score PSI 0.74
-against the test users', as warm and cold users score differently.)
+window's users replayed as of the test cut-off. The score reference is the one
+pushed with the models: the ModelEvaluator's `score_distribution` (the served
+pair's first 10 scores on each test user's list), which the service reads from
+the stable version's evaluation.json. (Against a different population the
+reference would not hold: all 943 users' lists score PSI 0.74 against the test
+users', as warm and cold users score differently.)
 
 The bad canary is the stable two-tower with the coordinates of its query
 embedding shuffled: same index, same ranker, but every item's retrieval score
@@ -115,7 +116,7 @@ def test_canary_rollback_in_the_live_service(pipeline_run, tmp_path):
     from towerflow.cli.abtest_commands import load_protocol
     from towerflow.serving.experiments.canary import read_rollbacks
     from towerflow.serving.experiments.event_log import read_lines
-    from towerflow.serving.experiments.stats import ScoreReference
+    from towerflow.serving.experiments.stats import model_scores
 
     config, _, _ = pipeline_run
     run_dir, root = prepare_run(config, tmp_path)
@@ -123,14 +124,13 @@ def test_canary_rollback_in_the_live_service(pipeline_run, tmp_path):
     eval_set, _, as_of = load_protocol(str(run_dir))
     with live_service(run_dir, root, tmp_path / "svc", {"canary": CANARY}, metadata_path=metadata) as service:
         watcher = service.experiments.watcher
+        assert watcher.reference is not None and watcher.reference.source.startswith("offline evaluation")
         scores = []
         with httpx.Client(timeout=10) as client:
             for user in eval_set.user_ids:
                 body = {"user_id": user, "k": 10, "explore": False, "context": {"timestamp": as_of}, "source": "stable"}
-                scores += [
-                    item["score"] for item in client.post(f"{service.url}/v1/recommend", json=body).json()["items"]
-                ]
-        watcher.reference = ScoreReference.from_scores(scores, source="stable on the test users at the cut-off")
+                scores += model_scores(client.post(f"{service.url}/v1/recommend", json=body).json()["items"])
+        stable_psi = watcher.reference.psi(scores)  # the served stable models' replay against their own evaluation
 
         with Traffic(service.url, eval_set.user_ids, as_of) as traffic:
             # a good canary: the stable models pushed again as canary (v2)
@@ -183,7 +183,8 @@ def test_canary_rollback_in_the_live_service(pipeline_run, tmp_path):
     ]
     assert served_bad and {r["source"] for r in served_bad} == {"canary"}
     print(
-        f"good canary PSI {good_psi:.3f}; bad canary PSI {record['verdict']['psi']:.3f}, rolled back after {took:.1f}s"
+        f"stable replay PSI {stable_psi:.3f} vs the offline reference; good canary PSI {good_psi:.3f}; "
+        f"bad canary PSI {record['verdict']['psi']:.3f}, rolled back after {took:.1f}s"
     )
 
 
