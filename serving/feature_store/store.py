@@ -80,10 +80,12 @@ _ITEM_FIELDS = (features.ITEM_TITLE, features.ITEM_GENRES, features.ITEM_RELEASE
 _ITEMS_AT = """
 local out = {}
 for _, id in ipairs(cjson.decode(ARGV[6])) do
-  local f = redis.call('HMGET', ARGV[1] .. id .. ARGV[2], 'item_title', 'item_genres', 'item_release_year')
-  out[#out + 1] = f[1]
-  out[#out + 1] = f[2]
-  out[#out + 1] = f[3]
+  if ARGV[7] == '1' then
+    local f = redis.call('HMGET', ARGV[1] .. id .. ARGV[2], 'item_title', 'item_genres', 'item_release_year')
+    out[#out + 1] = f[1]
+    out[#out + 1] = f[2]
+    out[#out + 1] = f[3]
+  end
   if ARGV[5] ~= '' then
     local times = ARGV[1] .. id .. ARGV[3]
     out[#out + 1] = redis.call('ZCOUNT', times, '-inf', '(' .. ARGV[4])
@@ -243,9 +245,9 @@ class FeatureStore(WritesMixin):
 
     # --- items -------------------------------------------------------------------
 
-    def _item_state(self, item_ids: list[str], as_of: int | None) -> list[tuple]:
-        """Per item: (title, genres JSON, year) or None, then (before window, in window, first timestamp)
-        when `as_of` is given.
+    def _item_state(self, item_ids: list[str], as_of: int | None, static: bool = True) -> list[tuple]:
+        """Per item: (title, genres JSON, year) or None (left out when not `static`), then (before window,
+        in window, first timestamp) when `as_of` is given.
 
         A standalone Redis answers with one script call for all items; a cluster cannot run a script
         across slots, so there it is one pipeline (one round trip per node) of the same reads.
@@ -257,12 +259,13 @@ class FeatureStore(WritesMixin):
                 prefix, item_suffix = k.item("\x00").split("\x00")
                 times_suffix = k.item_times("\x00").split("\x00")[1]
                 window = ["", ""] if as_of is None else [window_start, as_of]
-                args = [prefix, item_suffix, times_suffix, *window, json.dumps(item_ids)]
+                args = [prefix, item_suffix, times_suffix, *window, json.dumps(item_ids), "1" if static else "0"]
                 flat = [None if v is False else v for v in json.loads(self._read_script(keys=[], args=args))]
             else:
                 pipe = self._pipeline()
                 for item_id in item_ids:
-                    pipe.hmget(k.item(item_id), _ITEM_FIELDS)
+                    if static:
+                        pipe.hmget(k.item(item_id), _ITEM_FIELDS)
                     if as_of is not None:
                         times = k.item_times(item_id)
                         pipe.zcount(times, "-inf", f"({window_start}")
@@ -271,11 +274,12 @@ class FeatureStore(WritesMixin):
                 replies = iter(pipe.execute())
                 flat = []
                 for _ in item_ids:
-                    flat.extend(next(replies))  # HMGET: title, genres, year
+                    if static:
+                        flat.extend(next(replies))  # HMGET: title, genres, year
                     if as_of is not None:
                         n_old, n_recent, first = next(replies), next(replies), next(replies)
                         flat.extend((n_old, n_recent, first[0][1] if first else None))
-        width = len(_ITEM_FIELDS) + (0 if as_of is None else 3)
+        width = (len(_ITEM_FIELDS) if static else 0) + (0 if as_of is None else 3)
         return [tuple(flat[i * width : (i + 1) * width]) for i in range(len(item_ids))]
 
     @property
@@ -316,9 +320,10 @@ class FeatureStore(WritesMixin):
         return [self._item(i, *state) for i, state in zip(item_ids, self._item_state(item_ids, None))]
 
     def item_features_at(self, item_ids: Iterable[str], as_of: int) -> list[dict]:
-        """`features.item_features_at` per item at `as_of` (only interactions strictly before it)."""
+        """`features.item_features_at` per item at `as_of` (only interactions strictly before it); reads only
+        the items' timestamps (the service caches the catalog's static features)."""
         item_ids, as_of = list(item_ids), int(as_of)
-        return [self._popularity(*state[3:], as_of) for state in self._item_state(item_ids, as_of)]
+        return [self._popularity(*state, as_of) for state in self._item_state(item_ids, as_of, static=False)]
 
     def item_rows(self, item_ids: Iterable[str], as_of: int) -> list[dict | None]:
         """What the ranker needs per candidate in one read: ITEM_FEATURES + the point-in-time popularity;
