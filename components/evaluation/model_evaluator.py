@@ -35,7 +35,8 @@ and the headline metrics (`two_tower:recall@100`, ...); a BLESSED or NOT_BLESSED
 `model_evaluation.json` (everything) and `model_evaluation.html` (the report,
 components/evaluation/report.py). When the models are NOT blessed, `baseline_fallback.json` holds
 the best baseline refit on every interaction as ready-to-serve ranked lists (`baselines.serving_lists`).
-`score_distribution` in the JSON (decile bins of two_tower+dcn's first 10 scores per test user) travels
+`score_distribution` in the JSON (decile bins of the served score's first 10 per test user: two_tower+dcn+pop,
+or two_tower+dcn without a popularity weight) travels
 with the pushed models; the service's canary watcher measures score drift (PSI) against it.
 
 The report also shows the ANN recall-vs-latency frontier that the IndexEvaluator measured
@@ -76,6 +77,7 @@ from towerflow.components.evaluation.gate import (  # noqa: F401 - FULL_PIPELINE
     split_list,
 )
 from towerflow.components.evaluation.offline import (
+    BLENDED,
     DEFAULT_KS,
     DEFAULT_POPULARITY_WEIGHT,
     DEFAULT_RERANK_SCORE,
@@ -320,7 +322,9 @@ def run_evaluation(
             "metrics": {name: r.per_user_dict(metrics) for name, r in everything.items()},
         },
         "ann": ann,
-        "score_distribution": score_distribution(models.get("two_tower+dcn"), len(eval_set)),
+        "score_distribution": score_distribution(
+            models.get(served_score_model(config)), len(eval_set), served_score_model(config)
+        ),
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     if best:
@@ -338,14 +342,20 @@ def run_evaluation(
     return result
 
 
-def score_distribution(report: EvalReport | None, n_users: int) -> dict | None:
-    """{edges, fractions, source}: decile bins of the served pair's scores (retrieval logit + w x ranker)
-    of each test user's first SCORED_ITEMS items -- the offline reference for the canary's PSI check.
-    None without a re-ranked report or with fewer than 10 scores."""
+def served_score_model(config: "EvaluatorConfig") -> str:
+    """The report whose score the recommend service serves: two_tower+dcn+pop when the evaluation has a
+    popularity weight (the pushed evaluation.json carries it to the service), else two_tower+dcn."""
+    return BLENDED if config.popularity_weight > 0 else "two_tower+dcn"
+
+
+def score_distribution(report: EvalReport | None, n_users: int, name: str = "two_tower+dcn") -> dict | None:
+    """{edges, fractions, source}: decile bins of the served pair's scores (retrieval logit + w x ranker
+    [+ beta x log(1 + recent count)]) of each test user's first SCORED_ITEMS items -- the offline
+    reference for the canary's PSI check. None without a re-ranked report or with fewer than 10 scores."""
     if report is None or report.top_scores is None or np.isfinite(report.top_scores).sum() < 10:
         return None
     edges, fractions = quantile_bins(report.top_scores)
-    source = f"offline evaluation: two_tower+dcn, first {SCORED_ITEMS} scores of {n_users} test users' lists"
+    source = f"offline evaluation: {name}, first {SCORED_ITEMS} scores of {n_users} test users' lists"
     return {"edges": edges, "fractions": fractions, "source": source}
 
 

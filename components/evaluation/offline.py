@@ -509,7 +509,8 @@ class BlendedRecommender:
                          + popularity_weight x log(1 + recent_count(i, t))
 
     over the candidates = the retrieval's top `depth` UNION the `depth` most recently popular
-    items (recent count, then all-time count), both without the user's seen items. The two-tower
+    items (by recent count, ties by item id, then the items without recent events by all-time count:
+    the feature store's `popular_items` order), both without the user's seen items. The two-tower
     learns with log-Q correction, i.e. a score with the item's popularity taken out; the third
     term puts back a time-aware popularity prior (weight 1 with all-time counts would undo log-Q
     exactly). Without a ranker the second term is absent. A service reproduces this with its ANN
@@ -537,12 +538,19 @@ class BlendedRecommender:
         self._temperature = temperature or TwoTowerConfig().temperature
         self._ranker_dir = ranker_dir
         self._shared = _shared if _shared is not None else {"cache": {}}
+        self.top_scores: dict[str, np.ndarray] = {}  # as RerankedRecommender's: each user's first scores
         if "log_pop" not in self._shared:
             catalog = list(data.catalog.index)
             popularity = item_popularity_features(data, catalog, as_of)
             self._shared["item_popularity"] = popularity
             self._shared["log_pop"] = dict(zip(catalog, np.log1p(popularity[F.ITEM_RECENT_COUNT].astype(np.float64))))
-            order = np.lexsort((-popularity[F.ITEM_PRIOR_COUNT], -popularity[F.ITEM_RECENT_COUNT]))
+            recent = np.asarray(popularity[F.ITEM_RECENT_COUNT])
+            prior = np.asarray(popularity[F.ITEM_PRIOR_COUNT])
+            # Recent count first, ties by item id; items without recent events by all-time count, ties by
+            # id: the order the feature store's popular_items gives (recent window, then all time), so a
+            # service takes the same candidates.
+            by_id = np.argsort(np.argsort(np.array(catalog, dtype=str), kind="stable"), kind="stable")
+            order = np.lexsort((by_id, -np.where(recent == 0, prior, 0), -recent))
             self._shared["by_popularity"] = [catalog[j] for j in order]
             self._shared["ranker"] = tf.saved_model.load(ranker_dir).signatures["ranker"] if ranker_dir else None
 
@@ -616,11 +624,13 @@ class BlendedRecommender:
 
     def __call__(self, user_ids, k, exclude):
         lists = []
-        for entry in self.components(user_ids, k, exclude):
+        for user, entry in zip(user_ids, self.components(user_ids, k, exclude)):
             score = entry["logit"] + self.popularity_weight * entry["log_pop"]
             if "interaction" in entry:
                 score = score + self.rerank_weight * entry["interaction"]
-            lists.append([entry["items"][j] for j in np.argsort(-score, kind="stable")[:k]])
+            order = np.argsort(-score, kind="stable")[:k]
+            lists.append([entry["items"][j] for j in order])
+            self.top_scores[user] = score[order[:SCORED_ITEMS]]
         return lists
 
 
@@ -718,7 +728,9 @@ def evaluate_models(
                 rerank_weight=blend[0],
                 popularity_weight=blend[1],
             )
-            reports[BLENDED if ranker_dir else BLENDED_RETRIEVAL] = run(blended)
+            report = run(blended)
+            report.top_scores = np.concatenate([blended.top_scores[u] for u in eval_set.user_ids])
+            reports[BLENDED if ranker_dir else BLENDED_RETRIEVAL] = report
         if full_pipeline is not None:
             reports["full_pipeline"] = run(full_pipeline(data, retrieval, ranker_dir, as_of))
     return reports

@@ -9,7 +9,7 @@ What the online recommender needs with a model travels inside the pushed
 version (`model_repository.push`'s extras), found through the blessings:
 an IndexEvaluator blessing names the index (`index_uri`): its ScaNN searcher,
 item ids and item embeddings go in as `index`; a ModelEvaluator blessing holds
-the evaluation: its re-ranking settings (weight, depth, score), headline
+the evaluation: its re-ranking settings (weight, popularity weight, depth, score), headline
 metrics and score distribution (the canary's drift reference) go in as
 `evaluation.json`. So the service reads a version's index and
 re-ranking weight from the version itself, never from another run.
@@ -74,6 +74,7 @@ def serving_extras(blessings, workdir: str) -> dict[str, str]:
             summary = {
                 "blessing_uri": blessing.uri,
                 "rerank_weight": config.get("rerank_weight"),
+                "popularity_weight": config.get("popularity_weight"),
                 "rerank_depth": config.get("rerank_depth"),
                 "rerank_score": config.get("rerank_score"),
                 "test_cutoff": result.get("data", {}).get("test_cutoff"),

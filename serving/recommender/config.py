@@ -59,15 +59,29 @@ class RetrievalConfig:
 @dataclass
 class RankingConfig:
     enabled: bool = True
-    # The final score is retrieval logit + weight x interaction score; the weight comes from the
-    # evaluation pushed with the model. This is used only when the pushed version carries none.
+    # The final score is retrieval logit + weight x interaction score [+ popularity_weight x log(1 + the
+    # item's recent count)]; the weights come from the evaluation pushed with the model (the ModelEvaluator's
+    # two_tower+dcn+pop). default_weight is used only when the pushed version carries no weight.
     default_weight: float = 0.25
+    # None: the pushed evaluation's popularity_weight (0 = no popularity term, no popular candidates).
+    popularity_weight: float | None = None
+    # How many of the most recently popular unseen items join retrieval's candidates when the popularity
+    # term is on; None: the pushed evaluation's rerank_depth (the offline evaluation's candidate count).
+    popularity_candidates: int | None = None
 
     def __post_init__(self):
         if not isinstance(self.enabled, bool):
             raise ValueError(f"ranking.enabled must be true or false, got {self.enabled!r}")
         if not (isinstance(self.default_weight, int | float) and self.default_weight >= 0):
             raise ValueError(f"ranking.default_weight must be >= 0, got {self.default_weight!r}")
+        weight = self.popularity_weight
+        if weight is not None and not (
+            isinstance(weight, int | float) and not isinstance(weight, bool) and 0 <= weight < float("inf")
+        ):
+            raise ValueError(f"ranking.popularity_weight must be a number >= 0 or null, got {weight!r}")
+        count = self.popularity_candidates
+        if count is not None and not (isinstance(count, int) and not isinstance(count, bool) and 0 <= count <= 10_000):
+            raise ValueError(f"ranking.popularity_candidates must be an integer in [0, 10000] or null, got {count!r}")
 
 
 @dataclass

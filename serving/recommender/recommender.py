@@ -13,10 +13,13 @@ directly. Stages:
 2 retrieval  query embedding from the served two-tower (cached per user, model version
              and request hour; an event drops it), ScaNN top-N over that version's items,
              seen + excluded + blocked items left out of the search; cold users also get
-             the recent favourites of their demographic segment as candidates
+             the recent favourites of their demographic segment as candidates; with a
+             popularity weight, every user also gets the most recently popular unseen items
+             (recent count, ties by id, then all-time count: the offline evaluation's order)
 3 ranking    the served DCN scores all candidates in ONE call with their point-in-time
              item features; score = retrieval logit (dot / temperature) + w x interaction
-             score, w from the evaluation pushed with the ranker
+             score + beta x log(1 + the item's recent count), w and beta from the evaluation
+             pushed with the ranker (the ModelEvaluator's two_tower+dcn+pop; beta 0 without it)
 4 re-ranking seen/excluded/rules, boosts, freshness, MMR (reranking.py)
 5 explore    epsilon-greedy slots, then explanations
 
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import math
 import threading
 import time
 from collections.abc import Mapping
@@ -338,6 +342,33 @@ class Recommender:
                 pass
         return embedding
 
+    def popularity_blend(self, served: ServedVersion) -> tuple[float, int]:
+        """(beta, how many recently popular items join the candidates): the config's, else the pushed evaluation's."""
+        ranking, evaluation = self.config.ranking, served.evaluation
+        beta = ranking.popularity_weight
+        if beta is None:
+            beta = float(evaluation.get("popularity_weight") or 0.0)
+        count = ranking.popularity_candidates
+        if count is None:
+            count = int(evaluation.get("rerank_depth") or 100)
+        return beta, (count if beta > 0 else 0)
+
+    def recently_popular(self, as_of: int, count: int, banned: set) -> list[str]:
+        """The `count` most recently popular items not in `banned`: by their count in the last
+        RECENT_WINDOW_DAYS (the ranker's ITEM_RECENT_COUNT), ties by item id; when fewer items had
+        events in that window, then by all-time count (ties by id). The offline evaluation's order."""
+        want = count + len(banned)
+        recent = self.popular_items(as_of, want, features.RECENT_WINDOW_DAYS)
+        out = [item for item, _ in recent if item not in banned][:count]
+        if len(out) < count:  # the window's list is complete (shorter than asked): every other item has 0
+            have = {item for item, _ in recent}
+            for item, _ in self.popular_items(as_of, want + len(have)):
+                if item not in have and item not in banned:
+                    out.append(item)
+                    if len(out) == count:
+                        break
+        return out
+
     def _retrieve(self, state: _State) -> None:
         served, request = state.served, state.request
         index = served.index
@@ -369,6 +400,19 @@ class Recommender:
                     continue
                 logit = float(index.embeddings[row] @ query) / temperature
                 out.append(Candidate(item, logit, source=POPULARITY, stage_scores={"retrieval": logit}))
+        _, count = self.popularity_blend(served)
+        if count:
+            have = {c.item_id for c in out}
+            extra = [
+                (item, row)
+                for item in self.recently_popular(state.as_of, count, banned)
+                if item not in have and (row := index.row_of(item)) is not None
+            ]
+            if extra:
+                dots = index.embeddings[[row for _, row in extra]] @ query
+                for (item, _), dot in zip(extra, dots.astype(np.float64).tolist()):
+                    logit = dot / temperature
+                    out.append(Candidate(item, logit, source=POPULARITY, stage_scores={"retrieval": logit}))
         state.candidates = out
 
     @staticmethod
@@ -404,6 +448,13 @@ class Recommender:
     def _rank(self, state: _State) -> None:
         self._item_details(state)
         served = state.served
+        beta, _ = self.popularity_blend(served)
+        if beta > 0:  # the popularity term needs no model: it is in the score even if the ranker fails
+            for c in state.candidates:
+                term = beta * math.log1p(float(c.pit.get(features.ITEM_RECENT_COUNT) or 0))
+                c.stage_scores["popularity"] = term
+                c.score = c.stage_scores["retrieval"] + term
+                c.stage_scores["final"] = c.score
         if not self.config.ranking.enabled or served.ranker is None or not state.candidates:
             return
         budget = self.config.budgets_ms.ranking / 1000.0
@@ -413,7 +464,8 @@ class Recommender:
         weight = served.rerank_weight
         for c, s in zip(state.candidates, interaction):
             c.stage_scores["ranking"] = float(s)
-            c.score = c.stage_scores["retrieval"] + weight * float(s)
+            # (retrieval + popularity) + w x interaction: the offline evaluation's order of additions
+            c.score = c.stage_scores["retrieval"] + c.stage_scores.get("popularity", 0.0) + weight * float(s)
             c.stage_scores["final"] = c.score
         version = str(served.ranker)
         self.metrics.scores.labels("ranker", version).observe(float(np.mean(interaction)))

@@ -235,32 +235,40 @@ def test_protocol_metrics_slices_and_beyond_accuracy(good_result):
     assert result["data"]["test_users"] == 48 and result["data"]["cold_users"] == 12
 
 
-def test_score_distribution_is_the_deciles_of_the_served_pairs_first_ten_scores(good_result, world, model_dirs):
-    from towerflow.components.evaluation.offline import RerankedRecommender, TwoTowerRecommender
+def test_score_distribution_is_the_deciles_of_the_served_scores_first_ten(good_result, world, model_dirs):
+    from towerflow.components.evaluation.offline import BlendedRecommender, TwoTowerRecommender
     from towerflow.components.evaluation.statistics import quantile_bins
 
     result = good_result[0]
     distribution = result["score_distribution"]
-    assert "two_tower+dcn" in distribution["source"] and "48 test users" in distribution["source"]
-    # The same scores again, from the re-ranked recommender the evaluation ran (same models, users, cut-off).
+    config = result["config"]
+    # The service serves two_tower+dcn+pop when the evaluation has a popularity weight (the default).
+    assert config["popularity_weight"] > 0
+    assert "two_tower+dcn+pop" in distribution["source"] and "48 test users" in distribution["source"]
+    # The same scores again, from the blended recommender the evaluation ran (same models, users, cut-off).
     eval_set = world.eval_set()
     as_of = int(np.ceil(eval_set.cutoff))
     retrieval = TwoTowerRecommender(os.path.join(model_dirs["good"], "Format-Serving"), world, as_of)
-    config = result["config"]
-    reranked = RerankedRecommender(
+    blended = BlendedRecommender(
         retrieval,
         os.path.join(model_dirs["ranker"], "Format-Serving"),
         world,
         as_of,
         depth=config["rerank_depth"],
-        weight=config["rerank_weight"],
+        rerank_weight=config["rerank_weight"],
+        popularity_weight=config["popularity_weight"],
     )
-    reranked(list(eval_set.user_ids), max(result["curve_ks"]), [set(s) for s in eval_set.seen])
-    scores = np.concatenate([reranked.top_scores[u] for u in eval_set.user_ids])
+    blended(list(eval_set.user_ids), max(result["curve_ks"]), [set(s) for s in eval_set.seen])
+    scores = np.concatenate([blended.top_scores[u] for u in eval_set.user_ids])
     assert len(scores) == 48 * 10
     edges, fractions = quantile_bins(scores)
     assert distribution["edges"] == pytest.approx(edges) and distribution["fractions"] == pytest.approx(fractions)
     assert len(edges) == 9 and sum(fractions) == pytest.approx(1.0)
+
+
+def test_score_distribution_follows_the_served_score():
+    assert ME.served_score_model(ME.EvaluatorConfig()) == "two_tower+dcn+pop"
+    assert ME.served_score_model(ME.EvaluatorConfig(popularity_weight=0.0)) == "two_tower+dcn"
 
 
 def test_ann_frontier_sweep(good_result):

@@ -145,3 +145,24 @@ def test_tune_blend_chooses_the_best_eval_window_score_and_scores_like_the_proto
     assert scores["w=0,pop=0"] == pytest.approx(evaluate(plain, eval_set, (10, 100)).metric("ndcg", 10))
     _, no_ranker = tune_blend(validation, [tower], [None], popularity_grid=(0.0, 1.0))
     assert set(no_ranker) == {"w=0,pop=0", "w=0,pop=1"}  # no ranker: no re-ranking weight
+
+
+def test_blend_popular_candidates_follow_the_feature_stores_order_and_scores_are_kept(world, retrieval):
+    # recent count, ties by item id; then the items without recent events by all-time count, ties by id
+    # (what FeatureStore.popular_items gives for the recent window, then for all time)
+    blended = BlendedRecommender(retrieval, None, world, AS_OF, depth=30, popularity_weight=1.0)
+    counts = item_popularity_features(world, world.catalog.index, AS_OF)
+    recent = dict(zip(world.catalog.index, counts[F.ITEM_RECENT_COUNT]))
+    prior = dict(zip(world.catalog.index, counts[F.ITEM_PRIOR_COUNT]))
+    with_recent = sorted((i for i in recent if recent[i] > 0), key=lambda i: (-recent[i], str(i)))
+    without = sorted((i for i in recent if recent[i] == 0), key=lambda i: (-prior[i], str(i)))
+    assert with_recent and without  # the world has both kinds
+    expected = with_recent + without
+    assert blended._popular(len(expected), set()) == expected
+    seen = set(expected[:3])
+    assert blended._popular(5, seen) == expected[3:8]
+    users, exclude = _users_and_seen(world, n=4)
+    lists = blended(users, 10, exclude)
+    for user, got, entry in zip(users, lists, blended.components(users, 10, exclude)):
+        score = dict(zip(entry["items"], entry["logit"] + entry["log_pop"]))
+        np.testing.assert_allclose(blended.top_scores[user], [score[i] for i in got])

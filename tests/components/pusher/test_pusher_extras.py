@@ -42,7 +42,12 @@ def test_index_and_evaluation_travel_with_the_version(tmp_path):
     model_blessing.set_int_custom_property("blessed", 1)
     (tmp_path / "model_blessing").mkdir()
     result = {
-        "config": {"rerank_weight": 0.5, "rerank_depth": 100, "rerank_score": "retrieval+interaction"},
+        "config": {
+            "rerank_weight": 0.5,
+            "popularity_weight": 4.0,
+            "rerank_depth": 100,
+            "rerank_score": "retrieval+interaction",
+        },
         "data": {"test_cutoff": 123.5},
         "reports": {"two_tower+dcn": {"metrics": {"all": {"recall@100": 0.43, "ndcg@10": 0.35}}}},
         "score_distribution": {"edges": [0.0, 1.0], "fractions": [0.3, 0.3, 0.4], "source": "offline evaluation"},
@@ -53,6 +58,7 @@ def test_index_and_evaluation_travel_with_the_version(tmp_path):
     assert (extras / INDEX_EXTRA / "ids.npy").read_bytes() == b"ids"
     evaluation = json.loads((extras / EVALUATION_EXTRA).read_text())
     assert evaluation["rerank_weight"] == 0.5 and evaluation["rerank_depth"] == 100
+    assert evaluation["popularity_weight"] == 4.0
     assert evaluation["metrics"]["two_tower+dcn"]["ndcg@10"] == 0.35
     assert evaluation["score_distribution"] == result["score_distribution"]
     assert pushed.get_json_value_custom_property("pushed_extras") == [EVALUATION_EXTRA, INDEX_EXTRA]

@@ -150,12 +150,19 @@ def index():
 
 @pytest.fixture
 def make_recommender(store, index):
-    """make_recommender(config=None, weight=0.5) -> (Recommender, StandInModels)."""
+    """make_recommender(config=None, weight=0.5, evaluation=None) -> (Recommender, StandInModels); `evaluation`
+    is the served version's pushed evaluation.json (e.g. its popularity_weight)."""
     made = []
 
-    def make(config: ServiceConfig | None = None, weight: float = 0.5, served: bool = True, on_store=None):
+    def make(
+        config: ServiceConfig | None = None,
+        weight: float = 0.5,
+        served: bool = True,
+        on_store=None,
+        evaluation: dict | None = None,
+    ):
         models = StandInModels()
-        watcher = StandInWatcher(ServedVersion(1, 1, index, weight, {}) if served else None, models)
+        watcher = StandInWatcher(ServedVersion(1, 1, index, weight, evaluation or {}) if served else None, models)
         config = config or ServiceConfig()
         if config.budgets_ms == BudgetsConfig():
             # tests not about budgets get generous ones: a loaded machine must not turn them into fallback tests

@@ -209,3 +209,54 @@ def test_query_embedding_cache_is_used_and_dropped_by_an_event(make_recommender,
     # a replay of the past does not use the cache
     r.recommend({**body, "context": {"timestamp": now - 10 * 86400}})
     assert models.calls["query"] == 3
+
+
+# The tiny world's popularity as of AS_OF: i5..i9 have one event each in the last 14 days; i1, i2 and
+# warm's i20..i31 one event each, older. Recent count first (ties by id), then all-time count (ties by id).
+RECENTLY_POPULAR = ["i5", "i6", "i7", "i8", "i9", "i1", "i2"] + [f"i{n}" for n in range(20, 32)]
+
+
+def test_recently_popular_items_come_in_the_offline_evaluations_order(make_recommender, world):
+    r, _ = make_recommender()
+    assert r.recently_popular(world.AS_OF, 8, set()) == RECENTLY_POPULAR[:8]
+    assert r.recently_popular(world.AS_OF, 4, {"i6", "i1"}) == ["i5", "i7", "i8", "i9"]
+    assert r.recently_popular(world.AS_OF, 3, {"i5", "i6", "i7", "i8"}) == ["i9", "i1", "i2"]
+    assert r.recently_popular(world.AS_OF, 100, set()) == RECENTLY_POPULAR  # no item without events
+
+
+def test_popularity_term_and_recently_popular_candidates_from_the_pushed_evaluation(make_recommender, world):
+    evaluation = {"popularity_weight": 2.0, "rerank_depth": 6}
+    r, models = make_recommender(config(retrieval={"top_n": 3}, **NO_RERANK), evaluation=evaluation)
+    assert r.popularity_blend(r.watcher.current) == (2.0, 6)
+    out = r.recommend({"user_id": "warm", "k": 40, "context": {"timestamp": world.AS_OF}, "explore": False})
+    assert out["fallback"] is None and models.calls["rank"] == 1  # still ONE ranker call
+    got = ids(out)
+    # retrieval's top 3 + the 6 most recently popular items warm has not seen (i20..i31 are seen)
+    popular = [i for i in RECENTLY_POPULAR if i not in {f"i{n}" for n in range(20, 32)}][:6]
+    assert set(popular) <= set(got) and len(got) == len(set(got))
+    assert len(got) == 3 + len(set(popular) - {i["item_id"] for i in out["items"] if i["source"] == "retrieval"})
+    for item in out["items"]:
+        s = item["stage_scores"]
+        recent = 1 if item["item_id"] in {f"i{n}" for n in range(5, 10)} else 0
+        assert s["popularity"] == pytest.approx(2.0 * np.log1p(recent))
+        assert s["final"] == pytest.approx(s["retrieval"] + s["popularity"] + 0.5 * s["ranking"], abs=1e-5)
+    scores = [i["score"] for i in out["items"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_popularity_blend_settings_from_the_config_override_the_evaluation(make_recommender, world):
+    evaluation = {"popularity_weight": 2.0, "rerank_depth": 6}
+    body = {"user_id": "warm", "k": 40, "context": {"timestamp": world.AS_OF}, "explore": False}
+    off, _ = make_recommender(
+        config(retrieval={"top_n": 3}, ranking={"popularity_weight": 0.0}, **NO_RERANK), evaluation=evaluation
+    )
+    plain = off.recommend(body)
+    assert len(plain["items"]) == 3 and all("popularity" not in i["stage_scores"] for i in plain["items"])
+    term_only, _ = make_recommender(
+        config(retrieval={"top_n": 3}, ranking={"popularity_candidates": 0}, **NO_RERANK), evaluation=evaluation
+    )
+    out = term_only.recommend(body)
+    assert ids(out) and set(ids(out)) <= set(ids(plain))  # the term, no extra candidates
+    assert all("popularity" in i["stage_scores"] for i in out["items"])
+    no_evaluation, _ = make_recommender(config(retrieval={"top_n": 3}, **NO_RERANK))
+    assert no_evaluation.popularity_blend(no_evaluation.watcher.current) == (0.0, 0)  # a version pushed without it

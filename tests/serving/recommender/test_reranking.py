@@ -102,6 +102,9 @@ def test_explanations():
         ({"budgets_ms": {"ranking": -1}}, "budgets_ms.ranking"),
         ({"limits": {"max_k": 0}}, "limits.max_k"),
         ({"ranking": {"weight": 1}}, "unknown key"),
+        ({"ranking": {"popularity_weight": -1}}, "ranking.popularity_weight"),
+        ({"ranking": {"popularity_weight": "4"}}, "ranking.popularity_weight"),
+        ({"ranking": {"popularity_candidates": 1.5}}, "ranking.popularity_candidates"),
         ({"rankin": {}}, "unknown config section"),
     ],
 )
