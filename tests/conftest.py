@@ -38,9 +38,10 @@ def pipeline_run(ml100k_dir, tmp_path_factory):
         metadata_path=str(out / "metadata.sqlite"),
         serving_root=str(out / "serving"),
         # The suites downstream of this run (serving, the recommender, experiments, the page) need pushed
-        # models. On ml-100k the default models are below the best baseline (recent popularity) on
-        # NDCG@10 (benchmarks/results/model_quality.md), so the default gate refuses them; here the
-        # baseline check tolerates a 25% shortfall. The gate's refusal is tested on its own
+        # models. On ml-100k the served score (two_tower+dcn+pop) is only a few percent above the best
+        # baseline (recent popularity) on NDCG@10, within one run's seed noise (benchmarks/results/
+        # model_quality.md), so the default gate may refuse a run; here the baseline check tolerates a 25%
+        # shortfall, so the suites do not depend on it. The gate's refusal is tested on its own
         # (tests/components/evaluation/test_gate.py), and every other check of the gate stays on.
         model_evaluator=ModelEvaluatorConfig(baseline_min_lift=-0.25),
     )

@@ -1,17 +1,20 @@
 """The blessing gate: when the ModelEvaluator blesses a model.
 
 A model is blessed only if every check passes, for each gated model that was evaluated
-(two_tower and two_tower+dcn by default):
+(two_tower, two_tower+dcn and two_tower+dcn+pop by default):
 
 1. floor: each guarded metric (default recall@100, ndcg@10) is above all-time popularity x
    (1 + `min_lift`);
 2. no regression: each guarded metric is at least the last blessed model's x (1 - `tolerance`),
    AND the model is not significantly worse than it (paired bootstrap CI of the per-user
    difference entirely below 0 and permutation p < `alpha`), both re-measured on this run's users;
-3. strongest baseline: `baseline_metric` (default NDCG@10 over all users) is at least the best
-   baseline's x (1 + `baseline_min_lift`, default 0). The best baseline is the one with the highest
-   `baseline_metric` on this run's test window among those evaluated (components/evaluation/baselines.py),
-   so it is the strongest competitor the model could be replaced by.
+3. strongest baseline: the SERVED model's `baseline_metric` (default NDCG@10 over all users) is at
+   least the best baseline's x (1 + `baseline_min_lift`, default 0). The served model is the first
+   evaluated of full_pipeline, two_tower+dcn+pop, two_tower+dcn, two_tower among the gated ones
+   (`served_model`): what the recommend service answers with (two_tower+dcn+pop when the evaluation
+   has a popularity weight), so it is the one a baseline could replace; the towers' own scores are
+   not served alone. The best baseline is the one with the highest `baseline_metric` on this run's
+   test window among those evaluated (components/evaluation/baselines.py).
 
 Checks 1 and the relative part of 2 are `checks`; the statistical comparisons of 2 and 3 are
 `comparisons` (each with its CI and p-value, see statistics.paired_comparison), built by
@@ -42,6 +45,8 @@ TWO_TOWER_DCN = "two_tower+dcn"
 # retrieval + DCN + the item's recent popularity (offline.BlendedRecommender): the pipeline's final score
 TWO_TOWER_DCN_POP = "two_tower+dcn+pop"
 FULL_PIPELINE = "full_pipeline"
+# What the recommend service answers with, most complete first (the strongest-baseline check applies to it)
+SERVED_PREFERENCE = (FULL_PIPELINE, TWO_TOWER_DCN_POP, TWO_TOWER_DCN, TWO_TOWER)
 BEST_BASELINE = "best_baseline"
 LAST_BLESSED = "last_blessed"
 
@@ -98,10 +103,19 @@ class GateConfig:
         return (
             f"Blessed only if, for each of {', '.join(self.gated_models)} that was evaluated, every guarded metric "
             f"({', '.join(self.guarded_metrics)}) is above popularity x (1 + {self.min_lift:g}) and at least "
-            f"baseline x (1 - {self.tolerance:g}), it is not significantly worse than the last blessed model "
-            f"(paired bootstrap, alpha {self.alpha:g}), and its {self.baseline_metric} is at least the best "
-            f"baseline's x (1 + {self.baseline_min_lift:g})."
+            f"baseline x (1 - {self.tolerance:g}) and it is not significantly worse than the last blessed model "
+            f"(paired bootstrap, alpha {self.alpha:g}); and the served model's (the first evaluated of "
+            f"{', '.join(m for m in SERVED_PREFERENCE if m in self.gated_models)}) {self.baseline_metric} is at "
+            f"least the best baseline's x (1 + {self.baseline_min_lift:g})."
         )
+
+
+def served_model(reports: Mapping, gate: GateConfig) -> str | None:
+    """The gated model the service answers with: the first of SERVED_PREFERENCE that was evaluated."""
+    for model in SERVED_PREFERENCE:
+        if model in gate.gated_models and model in reports:
+            return model
+    return None
 
 
 def _value(report: Mapping, spec: str) -> float:
@@ -132,12 +146,13 @@ def compare_to_baselines(
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
 ) -> list[dict]:
-    """The strongest-baseline comparisons of each gated model (kind "best_baseline")."""
+    """The strongest-baseline comparison of the served model (kind "best_baseline"; see `served_model`)."""
     best = best_baseline({name: r.to_dict() for name, r in baselines.items()}, gate.baseline_metric)
-    if best is None:
+    served = served_model(reports, gate)
+    if best is None or served is None:
         return []
     out = []
-    for model in (m for m in gate.gated_models if m in reports):
+    for model in (served,):
         stats = _paired(reports[model], baselines[best], gate.baseline_metric, n_resamples, seed)
         bound = stats["reference_mean"] * (1 + gate.baseline_min_lift)
         passed = bool(stats["mean"] >= bound)  # NaN compares False

@@ -60,6 +60,25 @@ def test_gate_refuses_a_model_that_loses_to_the_best_baseline():
     assert len(reasons) == 1 and "below the best baseline ease" in reasons[0]
 
 
+def test_the_strongest_baseline_check_applies_to_the_served_model():
+    # the towers alone lose to the best baseline, the served blend beats it: blessed, judged by what is served
+    baselines = _reports(popularity=_reversed, ease=_ranked("i1"))
+    models = _reports(two_tower=_ranked("i5"), **{"two_tower+dcn": _ranked("i5"), "two_tower+dcn+pop": _ranked("i0")})
+    gate = G.GateConfig(guarded_metrics=("ndcg@10",), baseline_metric="ndcg@10")
+    assert G.served_model(models, gate) == "two_tower+dcn+pop"
+    (c,) = G.compare_to_baselines(models, baselines, gate, n_resamples=500)
+    assert c["model"] == "two_tower+dcn+pop" and c["passed"]
+    reports = {"popularity": baselines["popularity"].to_dict(), **{n: r.to_dict() for n, r in models.items()}}
+    blessed, reasons, checks = G.decide_blessing(reports, None, gate, [c])
+    assert blessed, reasons
+    assert {check["model"] for check in checks} == set(models)  # the floor still applies to every gated model
+    # without the blend (popularity weight 0) the served model is two_tower+dcn, and it loses
+    del models["two_tower+dcn+pop"]
+    (c,) = G.compare_to_baselines(models, baselines, gate, n_resamples=500)
+    assert c["model"] == "two_tower+dcn" and not c["passed"]
+    assert G.served_model({}, gate) is None and G.compare_to_baselines({}, baselines, gate) == []
+
+
 def test_required_lift_over_the_best_baseline():
     baselines = _reports(popularity=_reversed, ease=_ranked("i1"))
     models = _reports(two_tower=_ranked("i0"))  # better than ease: i0 is relevant to everyone
