@@ -349,13 +349,15 @@ def served_score_model(config: "EvaluatorConfig") -> str:
 
 
 def score_distribution(report: EvalReport | None, n_users: int, name: str = "two_tower+dcn") -> dict | None:
-    """{edges, fractions, source}: decile bins of the served pair's scores (retrieval logit + w x ranker
-    [+ beta x log(1 + recent count)]) of each test user's first SCORED_ITEMS items -- the offline
-    reference for the canary's PSI check. None without a re-ranked report or with fewer than 10 scores."""
+    """{edges, fractions, source}: decile bins of the served models' scores (retrieval logit + w x ranker;
+    two_tower+dcn+pop's popularity term left out: it is data, not model) of each test user's first
+    SCORED_ITEMS items of the served score's list -- the offline reference for the canary's PSI check.
+    None without a re-ranked report or with fewer than 10 scores."""
     if report is None or report.top_scores is None or np.isfinite(report.top_scores).sum() < 10:
         return None
     edges, fractions = quantile_bins(report.top_scores)
-    source = f"offline evaluation: {name}, first {SCORED_ITEMS} scores of {n_users} test users' lists"
+    part = ", models' part (retrieval + w x ranker)" if name == BLENDED else ""
+    source = f"offline evaluation: {name}{part}, first {SCORED_ITEMS} scores of {n_users} test users' lists"
     return {"edges": edges, "fractions": fractions, "source": source}
 
 

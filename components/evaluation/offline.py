@@ -538,7 +538,8 @@ class BlendedRecommender:
         self._temperature = temperature or TwoTowerConfig().temperature
         self._ranker_dir = ranker_dir
         self._shared = _shared if _shared is not None else {"cache": {}}
-        self.top_scores: dict[str, np.ndarray] = {}  # as RerankedRecommender's: each user's first scores
+        # each user's first SCORED_ITEMS items' scores without the popularity term (see __call__)
+        self.top_scores: dict[str, np.ndarray] = {}
         if "log_pop" not in self._shared:
             catalog = list(data.catalog.index)
             popularity = item_popularity_features(data, catalog, as_of)
@@ -630,7 +631,10 @@ class BlendedRecommender:
                 score = score + self.rerank_weight * entry["interaction"]
             order = np.argsort(-score, kind="stable")[:k]
             lists.append([entry["items"][j] for j in order])
-            self.top_scores[user] = score[order[:SCORED_ITEMS]]
+            # the models' part of the first items' scores (the popularity term is data, the same for any
+            # model version): what the canary's drift check compares, online as offline
+            models_part = score - self.popularity_weight * entry["log_pop"]
+            self.top_scores[user] = models_part[order[:SCORED_ITEMS]]
         return lists
 
 

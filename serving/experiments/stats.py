@@ -99,15 +99,17 @@ def bootstrap_difference(
 def model_scores(items, k: int = SCORED_ITEMS) -> list[float]:
     """The models' own scores of a response's first `k` items, as the canary's PSI compares them.
 
-    That is each item's "final" stage score (retrieval logit + w x ranker, before re-ranking adds
-    boosts, freshness and novelty), which the offline evaluation scores too; exploration's picks are
+    That is each item's "final" stage score less its "popularity" term (i.e. retrieval logit + w x
+    ranker, before re-ranking adds boosts, freshness and novelty; the popularity term is data, the
+    same for every model version), which the offline evaluation scores too; exploration's picks are
     left out (their slot is not the models' choice). Items without a final score (a fallback's) give none.
     """
     out = []
     for item in list(items)[:k]:
-        final = (item.get("stage_scores") or {}).get("final")
+        stages = item.get("stage_scores") or {}
+        final = stages.get("final")
         if final is not None and not item.get("explored"):
-            out.append(float(final))
+            out.append(float(final) - float(stages.get("popularity", 0.0)))
     return out
 
 

@@ -260,7 +260,7 @@ def test_score_distribution_is_the_deciles_of_the_served_scores_first_ten(good_r
     )
     blended(list(eval_set.user_ids), max(result["curve_ks"]), [set(s) for s in eval_set.seen])
     scores = np.concatenate([blended.top_scores[u] for u in eval_set.user_ids])
-    assert len(scores) == 48 * 10
+    assert len(scores) == 48 * 10 and "models' part" in distribution["source"]
     edges, fractions = quantile_bins(scores)
     assert distribution["edges"] == pytest.approx(edges) and distribution["fractions"] == pytest.approx(fractions)
     assert len(edges) == 9 and sum(fractions) == pytest.approx(1.0)

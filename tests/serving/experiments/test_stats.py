@@ -64,3 +64,6 @@ def test_model_scores_are_the_final_stage_scores_of_the_models_own_picks():
     assert model_scores(items) == [4.5] + [float(i) for i in range(7)]  # re-ranking's +0.8 is not in it
     assert model_scores(items, k=1) == [4.5]
     assert model_scores([]) == []
+    # the popularity term of two_tower+dcn+pop is data, not model: left out
+    blended = {"item_id": "d", "stage_scores": {"retrieval": 2.0, "popularity": 3.0, "ranking": 1.0, "final": 5.25}}
+    assert model_scores([blended]) == [2.25]
