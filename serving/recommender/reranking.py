@@ -13,7 +13,8 @@
   is above the quality-floor quantile. The random stream is seeded from
   (request_id, seed), so the same request explores the same way.
 * `explain`: "because you watched <title>" (the history item nearest by item
-  embedding), "popular this week", "new", "exploring".
+  embedding), "popular this week" ("popular": all-time, no events in the recent
+  window), "new", "exploring".
 """
 
 from __future__ import annotations
@@ -170,7 +171,9 @@ def explain(
         if c.explored:
             c.explanation = "exploring"
         elif c.source == POPULARITY:
-            c.explanation = "popular this week"
+            # an item with no events in the recent window came from the all-time list
+            recent = (c.pit or {}).get(features.ITEM_RECENT_COUNT)
+            c.explanation = "popular" if recent == 0 else "popular this week"
         elif c.fresh:
             c.explanation = "new"
         else:

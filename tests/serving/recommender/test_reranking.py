@@ -82,14 +82,16 @@ def test_explanations():
         def row_of(self, item):
             return self.rows.get(item)
 
-    c, p, e, f = cand("c", 1), cand("p", 1), cand("e", 1), cand("f", 1)
-    p.source, e.explored, f.fresh = reranking.POPULARITY, True, True
-    reranking.explain([c, p, e, f], ["h1", "h2"], Index(), {"h1": "Toy Story"})
-    assert [x.explanation for x in (c, p, e, f)] == [
+    c, p, e, f, old = cand("c", 1), cand("p", 1), cand("e", 1), cand("f", 1), cand("old", 1)
+    p.source, e.explored, f.fresh, old.source = reranking.POPULARITY, True, True, reranking.POPULARITY
+    p.pit, old.pit = {features.ITEM_RECENT_COUNT: 3}, {features.ITEM_RECENT_COUNT: 0}
+    reranking.explain([c, p, e, f, old], ["h1", "h2"], Index(), {"h1": "Toy Story"})
+    assert [x.explanation for x in (c, p, e, f, old)] == [
         "because you watched Toy Story",
         "popular this week",
         "exploring",
         "new",
+        "popular",  # from the all-time list: no events in the recent window
     ]
 
 
