@@ -48,3 +48,22 @@ def pipeline_run(ml100k_dir, tmp_path_factory):
     messages = []
     summary = run_local(config, report=messages.append)
     return config, summary, messages
+
+
+if os.environ.get("TOWERFLOW_E2E_RUN_DIR"):
+    # The online suites' e2e tests (serving, recommender, experiments, web) on a finished pipeline run instead
+    # of the shared session run (minutes instead of a pipeline run when the machine is busy):
+    # TOWERFLOW_E2E_RUN_DIR=runs/local pytest tests/serving -m e2e. No RunSummary then: the pipeline's own
+    # e2e tests need the session run.
+    @pytest.fixture(scope="session")
+    def pipeline_run(ml100k_dir):
+        from towerflow.pipeline.config import PipelineConfig
+
+        run_dir = Path(os.environ["TOWERFLOW_E2E_RUN_DIR"]).resolve()
+        config = PipelineConfig(
+            data_dir=str(ml100k_dir),
+            pipeline_root=str(run_dir / "pipeline_root"),
+            metadata_path=str(run_dir / "metadata.sqlite"),
+            serving_root=str(run_dir / "serving"),
+        )
+        return config, None, []

@@ -13,8 +13,6 @@ and it can be switched to fail like a stopped model server.
 from __future__ import annotations
 
 import dataclasses
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -183,20 +181,3 @@ def world():
     import types
 
     return types.SimpleNamespace(AS_OF=AS_OF, DAY0=DAY0, HOUR=HOUR, N_ITEMS=N_ITEMS, GENRES=GENRES)
-
-
-if os.environ.get("TOWERFLOW_E2E_RUN_DIR"):
-    # The service's e2e suite on a finished pipeline run instead of the shared session run (minutes instead of
-    # a pipeline run when the machine is busy): TOWERFLOW_E2E_RUN_DIR=runs/local pytest ... -m e2e.
-    @pytest.fixture(scope="session")
-    def pipeline_run(ml100k_dir):
-        from towerflow.pipeline.config import PipelineConfig
-
-        run_dir = Path(os.environ["TOWERFLOW_E2E_RUN_DIR"]).resolve()
-        config = PipelineConfig(
-            data_dir=str(ml100k_dir),
-            pipeline_root=str(run_dir / "pipeline_root"),
-            metadata_path=str(run_dir / "metadata.sqlite"),
-            serving_root=str(run_dir / "serving"),
-        )
-        return config, None, []
