@@ -23,7 +23,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from towerflow.serving.tensor_codec import HTTP_STATUS, ServingError
+from towerflow.serving.tensor_codec import HTTP_STATUS, ServingError, array_from_proto
 
 _CODE_OF_HTTP = {status: code for code, status in reversed(list(HTTP_STATUS.items()))}
 _RETRYABLE = {"UNAVAILABLE", "RESOURCE_EXHAUSTED"}
@@ -225,7 +225,7 @@ class GrpcClient:
                 request.inputs[name].CopyFrom(tf.make_tensor_proto(_as_array(value)))
         request.output_filter.extend(output_filter or [])
         response = self._call(self._predict.Predict, request)
-        return {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
+        return {k: array_from_proto(v) for k, v in response.outputs.items()}
 
     def metadata(self, model: str, version: int | None = None, label: str | None = None):
         """GetModelMetadataResponse with the SignatureDefMap unpacked: (response, signature_def_map)."""

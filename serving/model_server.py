@@ -28,7 +28,6 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
-import numpy as np
 from google.protobuf import json_format
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
@@ -41,6 +40,8 @@ from tensorflow_serving.apis import (
 from towerflow.serving.servables import BatchingOptions, ModelManager, Servable, SessionThreads, load_custom_ops
 from towerflow.serving.tensor_codec import (
     ServingError,
+    array_from_proto,
+    array_to_proto,
     dtype_name,
     format_predict_response,
     invalid,
@@ -255,9 +256,6 @@ def _spec_of(request) -> tuple[str, int | None, str | None]:
 
 class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, manager: ModelManager, options: ServerOptions):
-        import tensorflow as tf
-
-        self._tf = tf
         self._manager = manager
         self._options = options
 
@@ -268,7 +266,7 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         key, specs = servable.signature(request.model_spec.signature_name)
         inputs = {}
         for input_name, proto in request.inputs.items():
-            array = self._tf.make_ndarray(proto)
+            array = array_from_proto(proto)
             spec = specs.get(input_name)
             if spec is not None and array.dtype != spec.numpy_dtype:
                 raise invalid(
@@ -291,7 +289,7 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         response.model_spec.version.value = servable.version
         response.model_spec.signature_name = key
         for out in wanted:
-            response.outputs[out].CopyFrom(self._tf.make_tensor_proto(np.asarray(outputs[out])))
+            response.outputs[out].CopyFrom(array_to_proto(outputs[out]))
         return response
 
     @_grpc_handler

@@ -73,15 +73,18 @@ class SessionThreads:
     """TensorFlow's threads for a version's Session (tensorflow_model_server's --tensorflow_intra_op_parallelism
     and --tensorflow_inter_op_parallelism).
 
-    The default runs every op in the calling (request) thread, one thread per op: concurrent requests
-    are the parallelism. On this 2-core machine that is cheaper than TensorFlow's own pools, whose threads
-    spin after each call; measured on the ml-100k ranker (300 candidates, one call every 10 ms): 5.0 ->
-    4.2 ms of CPU per call, the query tower 1.8 -> 1.7 ms (benchmarks/results/recommend.md). 0 = TensorFlow's
-    choice (a pool per core).
+    The default is ONE inter-op thread per version, which runs the graph's ops, and one intra-op thread (no op
+    splits itself). On this 2-core machine that is the cheapest: TensorFlow's default pools (a thread per
+    core each) spin after every call. Measured on the ml-100k ranker (300 candidates, in process, a call
+    every 5 ms, identical outputs): the per-session default pool that the earlier setting here (inter_op
+    -1 with per-session threads) actually got 3.3-4.4 ms of CPU per call, one thread 2.3-2.9 ms; the
+    query tower 1.0-1.4 -> 0.5-0.8 ms; 4 threads calling at once finished in 0.9-1.5 s instead of 1.6-2.9 s
+    (benchmarks/results/recommend.md). inter_op < 0 runs the ops in the calling thread (TensorFlow
+    honours that only with process-wide pools, so such a Session shares them); 0 = TensorFlow's choice.
     """
 
     intra_op: int = 1
-    inter_op: int = -1  # < 0: ops run in the caller's thread
+    inter_op: int = 1
 
     def __post_init__(self):
         if self.intra_op < 0:
@@ -214,7 +217,9 @@ class Servable:
         config = tf.compat.v1.ConfigProto(
             intra_op_parallelism_threads=threads.intra_op,
             inter_op_parallelism_threads=threads.inter_op,
-            use_per_session_threads=True,  # this version's settings, not the first Session's in the process
+            # this version's own pool, not the first Session's in the process; DirectSession runs ops in
+            # the caller's thread (inter_op < 0) only with the process-wide pools
+            use_per_session_threads=threads.inter_op >= 0,
         )
         self._session = tf.compat.v1.Session(graph=self._graph, config=config)
         with self._graph.as_default():
@@ -259,11 +264,18 @@ class Servable:
             with self._callables_lock:
                 made = self._callables.get(key)
                 if made is None:
+                    from tensorflow.core.protobuf import config_pb2
+
                     sig = self.signature_defs[key]
                     feeds, fetches = sorted(sig.inputs), sorted(sig.outputs)
-                    fn = self._session.make_callable(
-                        [sig.outputs[n].name for n in fetches], [sig.inputs[n].name for n in feeds]
+                    # Session::MakeCallable (what tensorflow_model_server runs a signature with): the feeds
+                    # and fetches are resolved once. `Session.make_callable` with feeds re-runs
+                    # `Session.run`'s Python feed/fetch handling on every call (~0.2 ms of the ranker's).
+                    # Inputs are not checked here: `predict` has checked names, dtypes and shapes.
+                    options = config_pb2.CallableOptions(
+                        feed=[sig.inputs[n].name for n in feeds], fetch=[sig.outputs[n].name for n in fetches]
                     )
+                    fn = self._session._make_callable_from_options(options)  # noqa: SLF001 - no public form
                     made = self._callables[key] = (feeds, fetches, fn)
         return made
 

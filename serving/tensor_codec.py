@@ -348,3 +348,58 @@ def format_predict_response(outputs: Mapping[str, np.ndarray], row_format: bool)
     columns = {n: _jsonable(outputs[n], n) for n in names}
     batch = next(iter(sizes.values()))
     return {"predictions": [{n: columns[n][i] for n in names} for i in range(batch)]}
+
+
+# -- TensorProto <-> numpy (gRPC) ---------------------------------------------------------------
+# tf.make_ndarray / tf.make_tensor_proto resolve TensorFlow's DType objects and walk a type table on every
+# call: ~40 us per tensor, ~0.5 ms for the ranker's 16 inputs. These do the cases a PredictRequest and a
+# PredictResponse carry (packed numeric content, strings, one value per element) directly and hand every
+# other case to TensorFlow, so the arrays are the same (tests/serving/test_codec.py checks them against
+# TensorFlow's functions).
+_DT_STRING = 7
+# dtype enum -> the TensorProto field holding one value per element when tensor_content is empty
+_VALUE_FIELDS = {1: "float_val", 2: "double_val", 3: "int_val", 9: "int64_val"}  # DT_FLOAT/DOUBLE/INT32/INT64
+# numpy dtypes tf.make_tensor_proto packs into tensor_content (when there is more than one element)
+_CONTENT_ENUMS = {np.dtype(np.float32): 1, np.dtype(np.float64): 2, np.dtype(np.int32): 3, np.dtype(np.int64): 9}
+
+
+def array_from_proto(proto) -> np.ndarray:
+    """`tf.make_ndarray(proto)`, faster for the usual request tensors (a new, writable array)."""
+    entry = dtype_table().get(proto.dtype)
+    if entry is not None and not proto.tensor_shape.unknown_rank:
+        shape = [d.size for d in proto.tensor_shape.dim]
+        count = int(np.prod(shape, dtype=np.int64))
+        dtype = entry[1]
+        if proto.tensor_content:
+            if len(proto.tensor_content) == count * dtype.itemsize:
+                return np.frombuffer(proto.tensor_content, dtype=dtype).reshape(shape).copy()
+        elif proto.dtype == _DT_STRING:
+            if len(proto.string_val) == count:
+                array = np.empty(count, dtype=object)
+                array[:] = list(proto.string_val)  # never a nested sequence: bytes stay whole
+                return array.reshape(shape)
+        elif proto.dtype in _VALUE_FIELDS:
+            values = getattr(proto, _VALUE_FIELDS[proto.dtype])
+            if len(values) == count and count:
+                return np.fromiter(values, dtype=dtype, count=count).reshape(shape)
+    import tensorflow as tf
+
+    return tf.make_ndarray(proto)
+
+
+def array_to_proto(array: np.ndarray):
+    """`tf.make_tensor_proto(array)` (the same message), faster for a numeric array of several elements."""
+    array = np.asarray(array)
+    enum = _CONTENT_ENUMS.get(array.dtype)
+    if enum is not None and array.size > 1:
+        from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
+
+        dims = [tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in array.shape]
+        return tensor_pb2.TensorProto(
+            dtype=enum,
+            tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=dims),
+            tensor_content=np.ascontiguousarray(array).tobytes(),
+        )
+    import tensorflow as tf
+
+    return tf.make_tensor_proto(array)

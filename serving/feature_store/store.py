@@ -12,6 +12,7 @@ the interface, the reads and the embedding cache.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import struct
@@ -129,6 +130,21 @@ class _CompressedTimestamps(Sequence):
 
 def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _popularity_of(n_old: int, n_recent: int, first_ts: int, as_of: int) -> dict:
+    """FeatureStore._popularity's value, remembered: a pure function of its arguments, and the requests of
+    one second (live) or of one replayed timestamp ask it for the same popular items again and again (the
+    stand-in list alone is up to 10,000 elements). Callers get a copy."""
+    # Window stand-ins: any value in [window start, as_of) bisects the same; first_ts is one when no
+    # interaction is older than the window, else as_of - 1.
+    stand_in = as_of - 1 if n_old else first_ts
+    if n_old + n_recent <= _LIST_UP_TO:
+        timestamps = [first_ts] * n_old + [stand_in] * n_recent  # bisect in C on a short list
+    else:
+        timestamps = _CompressedTimestamps(first_ts, n_old, n_recent, stand_in)
+    return features.item_features_at(timestamps, as_of)
 
 
 class FeatureStore(WritesMixin):
@@ -304,15 +320,7 @@ class FeatureStore(WritesMixin):
         """`features.item_features_at` on a stand-in for the item's timestamps before `as_of` with the same
         counts and first element (see _CompressedTimestamps)."""
         first_ts = int(float(first)) if first else 0
-        n_old, n_recent = int(n_old), int(n_recent)
-        # Window stand-ins: any value in [window start, as_of) bisects the same; first_ts is one when no
-        # interaction is older than the window, else as_of - 1.
-        stand_in = as_of - 1 if n_old else first_ts
-        if n_old + n_recent <= _LIST_UP_TO:
-            timestamps = [first_ts] * n_old + [stand_in] * n_recent  # bisect in C on a short list
-        else:
-            timestamps = _CompressedTimestamps(first_ts, n_old, n_recent, stand_in)
-        return features.item_features_at(timestamps, as_of)
+        return dict(_popularity_of(int(n_old), int(n_recent), first_ts, as_of))
 
     def items(self, item_ids: Iterable[str]) -> list[dict | None]:
         """Item features (id, title, genres, release year) per id; None for an id not in the catalog."""

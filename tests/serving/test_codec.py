@@ -117,3 +117,37 @@ def test_uint_and_half_inputs_convert():
     assert arrays["h"].dtype == np.float16
     with pytest.raises(ServingError, match="out of range for DT_UINT32"):
         parse_predict_request({"inputs": {"a": [-1], "h": [0.5]}}, specs, "s")
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(6, dtype=np.int64).reshape(2, 3),
+        np.float32([1.5, -2.25, 0.0]),
+        np.float64([[1.0], [2.0]]),
+        np.int32([7, 8]),
+        np.array([b"a", b"bc", b""], dtype=object),
+        np.array([[b"x", b""], [b"y", b"z"]], dtype=object),
+        np.float32(3.5),  # one element: make_tensor_proto uses float_val, not tensor_content
+        np.array([7], dtype=np.int64),
+        np.zeros((0, 3), np.float32),
+        np.array([], dtype=object),
+        np.array([True, False]),
+        np.float16([1, 2]),
+    ],
+    ids=repr,
+)
+def test_proto_conversions_equal_tensorflows(array):
+    """array_from_proto / array_to_proto (the gRPC server's) are tf.make_ndarray / tf.make_tensor_proto."""
+    tf = pytest.importorskip("tensorflow")
+    from towerflow.serving.tensor_codec import array_from_proto, array_to_proto
+
+    proto = tf.make_tensor_proto(array)
+    assert array_to_proto(array) == proto
+    ours, theirs = array_from_proto(proto), tf.make_ndarray(proto)
+    assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
+    np.testing.assert_array_equal(ours, theirs)
+    ours[...] = theirs  # writable, like make_ndarray's
+    # a string tensor holding fewer values than elements (TensorFlow repeats the last one)
+    short = tf.make_tensor_proto([b"p", b"q"], shape=[4])
+    np.testing.assert_array_equal(array_from_proto(short), tf.make_ndarray(short))
