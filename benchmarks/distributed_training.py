@@ -151,6 +151,15 @@ def _seed_splits(seeds: list[int]) -> list[tuple[tuple[int, ...], tuple[int, ...
     return splits
 
 
+def _per_user_arrays(rows: list[dict]) -> dict[str, np.ndarray]:
+    """ "<arm>/<seed>/<metric>" and "users": the arrays write_quality compares, to re-check them later."""
+    arrays = {"users": np.asarray(rows[0]["users"])}
+    for r in rows:
+        for metric, values in r["per_user"].items():
+            arrays[f"{r['arm']}/{r['seed']}/{metric}"] = values
+    return arrays
+
+
 def _interval(c: dict) -> str:
     return f"{c['difference']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]"
 
@@ -274,6 +283,7 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--results", default=str(RESULTS), help="the throughput table")
     parser.add_argument("--quality-results", default=str(QUALITY_RESULTS), help="the quality comparison")
+    parser.add_argument("--per-user", help="also keep every quality run's per-user values in this .npz")
     args = parser.parse_args(argv)
     print(machine())
     with tempfile.TemporaryDirectory(prefix="towerflow_dist_bench_") as work:
@@ -284,6 +294,8 @@ def main(argv=None) -> int:
         if not args.skip_quality:
             started = time.time()
             scores = quality(args.run_dir, args.quality_epochs, args.seeds, work)
+            if args.per_user:
+                np.savez(args.per_user, **_per_user_arrays(scores))
             write_quality(Path(args.quality_results), scores, args, time.time() - started)
     return 0
 
