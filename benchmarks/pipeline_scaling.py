@@ -79,6 +79,8 @@ class Stage:
     # set when the component finished within one progress poll: it is charged the time since the previous
     # stage ended (for the first component, the run's start-up too)
     unobserved_start: bool = False
+    # seconds since its command started (components may run side by side: towerflow's parallel runner)
+    start: float = 0.0
 
 
 @dataclass
@@ -89,12 +91,14 @@ class SizeResult:
     load_before: tuple[float, float, float] = (0.0, 0.0, 0.0)
     load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
     training: list[str] = field(default_factory=list)  # the Trainers' epochs under the example budget
+    # stage seconds that ran next to another stage (counted twice in the sum of the stages' walls)
+    overlap: float = 0.0
 
     @property
     def total(self) -> Stage:
         return Stage(
             "total",
-            sum(s.wall for s in self.stages if s.name != "synth"),
+            sum(s.wall for s in self.stages if s.name != "synth") - self.overlap,
             sum(s.cpu for s in self.stages if s.name != "synth"),
             max((s.peak_rss for s in self.stages if s.name != "synth"), default=0),
         )
@@ -105,6 +109,9 @@ class TreeSampler(threading.Thread):
 
     A process's CPU is counted up to its last sample, so a short-lived worker
     may lose up to one interval of CPU; RSS is the sum over live processes.
+    CPU is also kept per group: a pipeline node the runner started in a child
+    process of its own (`--node NAME` on its command line) and that child's
+    descendants form group NAME; every other process is group "".
     """
 
     def __init__(self, pid: int, interval: float = 0.5):
@@ -112,6 +119,7 @@ class TreeSampler(threading.Thread):
         self._root = psutil.Process(pid)
         self._interval = interval
         self._cpu: dict[tuple[int, float], float] = {}
+        self._group: dict[tuple[int, float], str] = {}
         self._halt = threading.Event()
         self.rss = 0
         self.lock = threading.Lock()
@@ -121,6 +129,18 @@ class TreeSampler(threading.Thread):
             procs = [self._root, *self._root.children(recursive=True)]
         except psutil.Error:
             return
+        groups: dict[int, str] = {}
+        for proc in procs:
+            try:
+                command = proc.cmdline()
+            except psutil.Error:
+                continue
+            if "--node" in command[:-1]:
+                name = command[command.index("--node") + 1]
+                try:
+                    groups.update({p.pid: name for p in [proc, *proc.children(recursive=True)]})
+                except psutil.Error:
+                    groups[proc.pid] = name
         rss = 0
         for proc in procs:
             try:
@@ -132,6 +152,7 @@ class TreeSampler(threading.Thread):
                 continue
             with self.lock:
                 self._cpu[key] = times.user + times.system
+                self._group.setdefault(key, groups.get(proc.pid, ""))
         with self.lock:
             self.rss = rss
 
@@ -139,6 +160,14 @@ class TreeSampler(threading.Thread):
     def cpu(self) -> float:
         with self.lock:
             return sum(self._cpu.values())
+
+    def group_cpu(self, group: str) -> float:
+        with self.lock:
+            return sum(cpu for key, cpu in self._cpu.items() if self._group.get(key) == group)
+
+    def groups(self) -> set[str]:
+        with self.lock:
+            return set(self._group.values())
 
     def run(self) -> None:
         while not self._halt.wait(self._interval):
@@ -149,8 +178,24 @@ class TreeSampler(threading.Thread):
         self.join()
 
 
-def measure_command(argv: list[str], log_path: Path, split_progress: bool) -> list[Stage]:
-    """Runs `argv`, logging its output; one Stage per component (progress lines) or one for the whole command."""
+def _union_seconds(intervals: list[tuple[float, float]]) -> float:
+    """Seconds covered by at least one of the (start, end) intervals."""
+    covered, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > reach:
+            covered += end - max(start, reach)
+            reach = end
+    return covered
+
+
+def measure_command(argv: list[str], log_path: Path, split_progress: bool) -> tuple[list[Stage], float]:
+    """Runs `argv`, logging its output; one Stage per component (progress lines) or one for the whole command.
+
+    Components may run side by side. A component the runner started in a child process of its own is
+    charged that process tree's CPU; any other component the CPU of the rest of the tree while it ran
+    (so two of those running at once would share it; the runner runs them one at a time). Returns the
+    stages and the seconds of stage time that overlapped another stage.
+    """
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     started = time.monotonic()
     with open(log_path, "a", encoding="utf-8", buffering=1) as log:
@@ -159,18 +204,18 @@ def measure_command(argv: list[str], log_path: Path, split_progress: bool) -> li
         sampler = TreeSampler(proc.pid)
         sampler.start()
         stages: list[Stage] = []
-        current: tuple[str, float, float, int] | None = None  # name, wall start, cpu start, peak rss
-        last_mark = (started, 0.0)  # wall and CPU when the previous stage ended
+        running: dict[str, list] = {}  # name -> [wall start, in-process CPU at start, peak rss]
+        last_mark = (started, 0.0)  # wall and in-process CPU when the previous stage ended
         peak_rss = 0
         peak_lock = threading.Lock()
 
         def track_peak() -> None:
-            nonlocal peak_rss, current
+            nonlocal peak_rss
             while proc.poll() is None:
                 with peak_lock:
                     peak_rss = max(peak_rss, sampler.rss)
-                    if current is not None:
-                        current = (*current[:3], max(current[3], sampler.rss))
+                    for state in running.values():
+                        state[2] = max(state[2], sampler.rss)
                 time.sleep(0.5)
 
         tracker = threading.Thread(target=track_peak, daemon=True)
@@ -180,18 +225,23 @@ def measure_command(argv: list[str], log_path: Path, split_progress: bool) -> li
             match = _PROGRESS.match(line.strip()) if split_progress else None
             if not match:
                 continue
-            now, state, cpu = time.monotonic(), match["state"], sampler.cpu
+            now, state, name = time.monotonic(), match["state"], match["name"]
+            local_cpu = sampler.group_cpu("")
             with peak_lock:
                 if state == "running":
-                    current = (match["name"], now, cpu, sampler.rss)
+                    running[name] = [now, local_cpu, sampler.rss]
                     continue
-                if current is None or current[0] != match["name"]:
+                if name not in running:
                     # finished within one progress poll: it ran since the previous stage ended
-                    current = (match["name"], *last_mark, sampler.rss)
-                name, wall0, cpu0, rss = current
+                    running[name] = [*last_mark, sampler.rss]
+                wall0, cpu0, rss = running.pop(name)
                 unobserved = (wall0, cpu0) == last_mark
-                stages.append(Stage(name, now - wall0, cpu - cpu0, max(rss, sampler.rss), unobserved))
-                current, last_mark = None, (now, cpu)
+                if name in sampler.groups():
+                    cpu = sampler.group_cpu(name)
+                else:
+                    cpu = local_cpu - cpu0
+                stages.append(Stage(name, now - wall0, cpu, max(rss, sampler.rss), unobserved, wall0 - started))
+                last_mark = (now, local_cpu)
         code = proc.wait()
         tracker.join()
         sampler.sample()
@@ -200,15 +250,17 @@ def measure_command(argv: list[str], log_path: Path, split_progress: bool) -> li
             raise RuntimeError(f"{argv[:3]} failed with exit code {code}; see {log_path}")
         whole = Stage(Path(argv[0]).name, time.monotonic() - started, sampler.cpu, peak_rss)
     if not split_progress:
-        return [whole]
+        return [whole], 0.0
+    covered = _union_seconds([(s.start, s.start + s.wall) for s in stages])
+    overlap = sum(s.wall for s in stages) - covered
     # start-up (imports, building the pipeline) and the runner's work between components
     other = Stage(
         "other",
-        max(whole.wall - sum(s.wall for s in stages), 0.0),
+        max(whole.wall - covered, 0.0),
         max(whole.cpu - sum(s.cpu for s in stages), 0.0),
         whole.peak_rss,
     )
-    return [*stages, other]
+    return [*stages, other], overlap
 
 
 def run_size(size: Size, work_dir: Path, train: bool, keep: bool) -> SizeResult:
@@ -219,7 +271,7 @@ def run_size(size: Size, work_dir: Path, train: bool, keep: bool) -> SizeResult:
     result.load_before = os.getloadavg()
     shutil.rmtree(out_dir, ignore_errors=True)
     if not (data_dir / "interactions.csv").is_file():
-        synth = measure_command(
+        synth, _ = measure_command(
             [TOWERFLOW, "data", "synth", "--users", str(size.users), "--items", str(size.items)]
             + ["--interactions", str(size.interactions), "--out", str(data_dir)],
             log_path,
@@ -227,9 +279,10 @@ def run_size(size: Size, work_dir: Path, train: bool, keep: bool) -> SizeResult:
         )
         result.stages.append(Stage("synth", synth[0].wall, synth[0].cpu, synth[0].peak_rss))
     run = [TOWERFLOW, "run", "--data-dir", str(data_dir), "--output-dir", str(out_dir), "--no-push"]
-    result.stages += measure_command(run + ([] if train else ["--no-train"]), log_path, split_progress=True)
+    stages, result.overlap = measure_command(run + ([] if train else ["--no-train"]), log_path, split_progress=True)
+    result.stages += stages
     if train:
-        [evaluate] = measure_command(
+        [evaluate], _ = measure_command(
             [TOWERFLOW, "evaluate", "--output-dir", str(out_dir)], log_path, split_progress=False
         )
         evaluate.name = "evaluate"
@@ -346,13 +399,16 @@ def machine_lines() -> list[str]:
 def format_results(results: list[SizeResult], command: str) -> str:
     lines = ["# Pipeline scaling", "", f"Command: `{command}`", "", "## Machine", "", *machine_lines()]
     lines += ["", "## Per component and size", ""]
-    lines.append("| size | stage | wall s | CPU s | peak RSS GB | rows/s |")
-    lines.append("|---|---|---:|---:|---:|---:|")
+    lines.append("| size | stage | start s | wall s | CPU s | peak RSS GB | rows/s |")
+    lines.append("|---|---|---:|---:|---:|---:|---:|")
     for r in results:
         for s in [*r.stages, r.total]:
             rate = f"{r.size.interactions / s.wall:,.0f}" if s.wall >= MIN_SECONDS else "-"
             name = f"**{s.name}**" if s.name == "total" else s.name + (" (*)" if s.unobserved_start else "")
-            lines.append(f"| {r.size.name} | {name} | {s.wall:.1f} | {s.cpu:.1f} | {_gb(s.peak_rss)} | {rate} |")
+            start = f"{s.start:.1f}" if s.name not in ("total", "other", "synth", "evaluate") else ""
+            lines.append(
+                f"| {r.size.name} | {name} | {start} | {s.wall:.1f} | {s.cpu:.1f} | {_gb(s.peak_rss)} | {rate} |"
+            )
     lines += [
         "",
         "(*) finished within one progress poll (1 s), so it is charged the time since the previous stage ended "
@@ -361,6 +417,12 @@ def format_results(results: list[SizeResult], command: str) -> str:
         "components); `total` is the whole `towerflow run` plus `towerflow evaluate`, without `synth` (making the "
         "data is not part of the pipeline). Peak RSS sums the RSS of the run's process tree (the runner and its "
         "Beam workers), so pages they share count once per process: an upper bound. "
+        "`start s` is when the component started, seconds into `towerflow run`: components whose inputs are "
+        "ready run side by side (the Trainers, Transform next to StatisticsGen, the index next to the ranker), "
+        "so `total` is the elapsed time, not the sum of the stages' walls; "
+        + "; ".join(f"{r.size.name}: {r.overlap:.0f} s of stage time overlapped another stage" for r in results)
+        + ". A component run in a child process of its own is charged that process tree's CPU, any other "
+        "the rest of the tree's CPU while it ran. "
         "rows/s is input interactions / wall seconds; "
         f"'-' below {MIN_SECONDS:.0f} s.",
     ]
@@ -420,6 +482,7 @@ def _load_result(raw: dict, unobserved: frozenset[str] = frozenset({"ImportSchem
         tuple(raw["load_before"]),
         tuple(raw["load_after"]),
         raw.get("training", []),
+        raw.get("overlap", 0.0),
     )
 
 

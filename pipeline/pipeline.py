@@ -12,7 +12,7 @@ from pathlib import Path
 import tensorflow_data_validation as tfdv
 from tfx import v1 as tfx
 
-from towerflow.components.evaluation.model_evaluator import ModelEvaluator
+from towerflow.components.evaluation.model_evaluator import BaselineEvaluator, ModelEvaluator
 from towerflow.components.index.component import IndexBuilder, IndexEvaluator
 from towerflow.components.ingestion import deletions, readers
 from towerflow.components.ingestion.component import Ingestion
@@ -57,13 +57,21 @@ def latest_blessed_model_resolver(model_producer: str = "TwoTowerTrainer", model
 
 
 def _model_evaluation(config: PipelineConfig, ingestion, two_tower_trainer, ranking_trainer, index_components) -> list:
-    """ModelEvaluator on the test split, against the baselines and the last blessed model (from MLMD).
+    """ModelEvaluator on the test split, against the baselines (BaselineEvaluator, which needs only the
+    data) and the last blessed model (from MLMD).
 
     The ANN recall/latency frontier comes from the IndexEvaluator (`index_evaluation`), so the evaluator
     builds no second index (`ann_queries=0`).
     """
     index_builder, index_evaluator = index_components
     baseline = latest_blessed_model_resolver()
+    parameters = config.model_evaluator.parameters()
+    # The baselines need no model: they are selected and scored while the models train.
+    baseline_evaluator = BaselineEvaluator(
+        examples=ingestion.outputs["examples"],
+        item_catalog=ingestion.outputs["item_catalog"],
+        **{key: parameters[key] for key in ("ks", "baselines", "guarded_metrics") if key in parameters},
+    )
     model_evaluator = ModelEvaluator(
         examples=ingestion.outputs["examples"],
         item_catalog=ingestion.outputs["item_catalog"],
@@ -73,10 +81,11 @@ def _model_evaluation(config: PipelineConfig, ingestion, two_tower_trainer, rank
         baseline_blessing=baseline.outputs["model_blessing"],
         index=index_builder.outputs["index"],
         index_evaluation=index_evaluator.outputs["blessing"],
+        baseline_evaluation=baseline_evaluator.outputs["evaluation"],
         ann_queries=0,
-        **config.model_evaluator.parameters(),
+        **parameters,
     ).with_id("ModelEvaluator")
-    return [baseline, model_evaluator]
+    return [baseline, baseline_evaluator, model_evaluator]
 
 
 def _pushers(config: PipelineConfig, two_tower_trainer, ranking_trainer, index_evaluator, model_evaluator) -> list:

@@ -52,10 +52,13 @@ import importlib
 import json
 import math
 import os
+import pickle
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from tfx import types
 from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
@@ -108,6 +111,13 @@ HEADLINE_PROPERTIES = ("recall@10", "recall@50", "recall@100", "ndcg@10", "hit_r
 COMPARED_METRICS = ("recall@100", "ndcg@10", "hit_rate@10")
 COMPARED_SLICES = ("all", "warm", "cold")
 DEFAULT_BASELINES = ",".join(baseline_models.BASELINES)
+BASELINE_EVALUATION_FILE = "baseline_evaluation.pkl"
+
+
+class BaselineEvaluation(types.Artifact):
+    """The baselines' selection and test-window reports (BaselineEvaluator), and the best one's fallback lists."""
+
+    TYPE_NAME = "towerflow.BaselineEvaluation"
 
 
 # --------------------------------------------------------------------------- evaluating
@@ -229,15 +239,24 @@ def run_evaluation(
     config: EvaluatorConfig | None = None,
     data: OfflineData | None = None,
     index_evaluation_dir: str | None = None,
+    baseline_evaluation_dir: str | None = None,
 ) -> dict:
     """Everything ModelEvaluator does except recording MLMD properties; returns the result dict
-    (also written to `<output_dir>/model_evaluation.json`, with the HTML report next to it)."""
+    (also written to `<output_dir>/model_evaluation.json`, with the HTML report next to it).
+
+    `baseline_evaluation_dir`: a BaselineEvaluator's output for the same data and settings, used
+    instead of selecting and scoring the baselines here (the same computation, done earlier).
+    """
     config = config or EvaluatorConfig()
     data = data or OfflineData.from_artifacts(examples_uri, catalog_uri)
     eval_set = data.eval_set()
     factory = load_factory(config.full_pipeline_fn) if config.full_pipeline_fn else None
     ks = curve_ks(config.ks, len(eval_set.catalog))
-    fitted = baseline_models.select(data.frame, data.users, data.catalog.index, config.baselines)
+    precomputed = read_baseline_evaluation(baseline_evaluation_dir, config, ks, len(eval_set))
+    if precomputed:
+        fitted, baselines = precomputed["fitted"], precomputed["reports"]
+    else:
+        fitted, baselines = evaluate_baselines(data, config, ks)
     common = dict(
         ks=ks,
         rerank_depth=config.rerank_depth,
@@ -247,11 +266,8 @@ def run_evaluation(
         full_pipeline=factory,
         slicings=user_slicings(data.users),
     )
-    everything = evaluate_models(
-        data, model_dir, ranker_dir, baselines={n: b.recommend for n, b in fitted.items()}, **common
-    )
-    baselines = {name: everything[name] for name in fitted}
-    models = {name: r for name, r in everything.items() if name not in fitted}
+    models = evaluate_models(data, model_dir, ranker_dir, baselines={}, **common)
+    everything = {**baselines, **models}
     reports = {POPULARITY: baselines[POPULARITY], **models}
     last_blessed = (
         evaluate_models(data, baseline_dir, baseline_ranker_dir, baselines={}, **common) if baseline_dir else {}
@@ -305,15 +321,7 @@ def run_evaluation(
         "curve_ks": list(ks),
         "reports": result_reports,
         "baseline_reports": result_baseline,
-        "baselines": {
-            name: {
-                "settings": b.settings,
-                "selection": b.selection,
-                "describe": b.describe(),
-                **baselines[name].to_dict(),
-            }
-            for name, b in fitted.items()
-        },
+        "baselines": {name: {**fitted[name], **baselines[name].to_dict()} for name in fitted},
         "best_baseline": None,
         "comparisons": comparisons,
         "per_user": {
@@ -329,17 +337,80 @@ def run_evaluation(
     }
     if best:
         result["best_baseline"] = {
-            "name": best,
-            "settings": fitted[best].settings,
-            "describe": fitted[best].describe(),
-            "metric": config.gate.baseline_metric,
-            "value": result["baselines"][best]["metrics"]["all"][parse_metric(config.gate.baseline_metric)[1]],
+            **_best_baseline_entry(best, fitted, baselines, config),
             "fallback_file": None if blessed else FALLBACK_FILE,
         }
     write_outputs(result, output_dir)
     if best and not blessed:
-        write_fallback(result["best_baseline"], data, output_dir, n=max(config.ks))
+        made = precomputed and precomputed["fallback"]
+        if made and made["best"] == result["best_baseline"] | {"fallback_file": None} and made["n"] == max(config.ks):
+            shutil.copyfile(
+                os.path.join(baseline_evaluation_dir, FALLBACK_FILE), os.path.join(output_dir, FALLBACK_FILE)
+            )
+        else:
+            write_fallback(result["best_baseline"], data, output_dir, n=max(config.ks))
     return result
+
+
+def _best_baseline_entry(best: str, fitted: Mapping, reports: Mapping[str, EvalReport], config) -> dict:
+    metric = config.gate.baseline_metric
+    value = reports[best].to_dict()["metrics"]["all"][parse_metric(metric)[1]]
+    return {
+        "name": best,
+        "settings": fitted[best]["settings"],
+        "describe": fitted[best]["describe"],
+        "metric": metric,
+        "value": value,
+    }
+
+
+def evaluate_baselines(data: OfflineData, config: "EvaluatorConfig", ks: Sequence[int]) -> tuple[dict, dict]:
+    """The baselines' settings chosen on the eval window (train-only fits) and their test-window reports:
+    ({name: {"settings", "selection", "describe"}}, {name: EvalReport}); needs no model."""
+    fitted = baseline_models.select(data.frame, data.users, data.catalog.index, config.baselines)
+    recommenders = {name: b.recommend for name, b in fitted.items()}
+    reports = evaluate_models(data, None, None, ks=ks, baselines=recommenders, slicings=user_slicings(data.users))
+    info = {
+        name: {"settings": b.settings, "selection": b.selection, "describe": b.describe()} for name, b in fitted.items()
+    }
+    return info, reports
+
+
+def _baseline_key(config: "EvaluatorConfig", ks: Sequence[int], test_users: int) -> dict:
+    """What a BaselineEvaluator's output must match to stand in for the ModelEvaluator's own computation."""
+    return {"ks": tuple(ks), "baselines": tuple(config.baselines), "test_users": test_users}
+
+
+def write_baseline_evaluation(data: OfflineData, config: "EvaluatorConfig", output_dir: str) -> dict:
+    """BaselineEvaluator's work: `evaluate_baselines`, and the best baseline's fallback lists (ModelEvaluator
+    copies them when it does not bless the models)."""
+    eval_set = data.eval_set()
+    ks = curve_ks(config.ks, len(eval_set.catalog))
+    fitted, reports = evaluate_baselines(data, config, ks)
+    best = best_baseline(_to_dicts(reports), config.gate.baseline_metric)
+    fallback = None
+    if best:
+        entry = _best_baseline_entry(best, fitted, reports, config)
+        write_fallback(entry, data, output_dir, n=max(config.ks))
+        fallback = {"best": {**entry, "fallback_file": None}, "n": max(config.ks)}
+    payload = {
+        "key": _baseline_key(config, ks, len(eval_set)),
+        "fitted": fitted,
+        "reports": reports,
+        "fallback": fallback,
+    }
+    with open(os.path.join(output_dir, BASELINE_EVALUATION_FILE), "wb") as f:
+        pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL)
+    return payload
+
+
+def read_baseline_evaluation(path: str | None, config: "EvaluatorConfig", ks: Sequence[int], test_users: int):
+    """A BaselineEvaluator's output if it was made for these settings and test users, else None."""
+    if not path or not os.path.isfile(os.path.join(path, BASELINE_EVALUATION_FILE)):
+        return None
+    with open(os.path.join(path, BASELINE_EVALUATION_FILE), "rb") as f:
+        payload = pickle.load(f)  # written by this pipeline's own BaselineEvaluator
+    return payload if payload["key"] == _baseline_key(config, ks, test_users) else None
 
 
 def served_score_model(config: "EvaluatorConfig") -> str:
@@ -468,6 +539,7 @@ def ModelEvaluator(  # noqa: N802 - TFX names components like classes
     baseline_blessing: InputArtifact[standard_artifacts.ModelBlessing] = None,
     index: InputArtifact[RetrievalIndex] = None,
     index_evaluation: InputArtifact[standard_artifacts.ModelBlessing] = None,
+    baseline_evaluation: InputArtifact[BaselineEvaluation] = None,
     ks: Parameter[str] = "10,50,100",
     guarded_metrics: Parameter[str] = "recall@100,ndcg@10",
     gated_models: Parameter[str] = "two_tower,two_tower+dcn,two_tower+dcn+pop",
@@ -524,6 +596,7 @@ def ModelEvaluator(  # noqa: N802 - TFX names components like classes
         index_dir=index.uri if index is not None else None,
         config=config,
         index_evaluation_dir=index_evaluation.uri if index_evaluation is not None else None,
+        baseline_evaluation_dir=baseline_evaluation.uri if baseline_evaluation is not None else None,
     )
     # TFX Evaluator conventions: LatestBlessedModelStrategy pairs blessings to models by current_model_id.
     blessing.set_string_custom_property("current_model", model.uri)
@@ -536,3 +609,21 @@ def ModelEvaluator(  # noqa: N802 - TFX names components like classes
         blessing.set_int_custom_property("baseline_model_id", int(baseline_model.id))
     for key, value in blessing_properties(result).items():
         _set_property(blessing, key, value)
+
+
+@component
+def BaselineEvaluator(  # noqa: N802 - TFX names components like classes
+    examples: InputArtifact[standard_artifacts.Examples],
+    item_catalog: InputArtifact[ItemCatalog],
+    evaluation: OutputArtifact[BaselineEvaluation],
+    ks: Parameter[str] = "10,50,100",
+    baselines: Parameter[str] = DEFAULT_BASELINES,
+    guarded_metrics: Parameter[str] = "recall@100,ndcg@10",
+):
+    """The ModelEvaluator's baseline half, which needs no model: each baseline's settings chosen on the
+    eval window, its test-window report and the best one's fallback lists (`write_baseline_evaluation`).
+    It runs while the models train; the ModelEvaluator (`baseline_evaluation`) uses it when made with its
+    own `ks` and `baselines`, and otherwise computes the same itself. `guarded_metrics` only as the
+    ModelEvaluator's (its Ks must be among `ks`)."""
+    config = EvaluatorConfig(ks=ks, gate=GateConfig(guarded_metrics), baselines=baselines)
+    write_baseline_evaluation(OfflineData.from_artifacts(examples.uri, item_catalog.uri), config, evaluation.uri)

@@ -398,3 +398,58 @@ def test_executor_records_blessing_properties(model_dirs, artifact_dirs, tmp_pat
     recall = blessing.get_float_custom_property("two_tower:recall@10")
     assert 0 < recall <= 1 and not math.isnan(recall)
     assert os.path.isfile(tmp_path / "blessing" / ME.REPORT_FILE)
+
+
+def _without_created(path):
+    with open(path) as f:
+        result = json.load(f)
+    result.pop("created")
+    return result
+
+
+def test_baseline_evaluator_output_gives_the_same_evaluation(world, model_dirs, artifact_dirs, tmp_path):
+    # The BaselineEvaluator (run as the pipeline runs it: its executor, its own data load) makes what
+    # ModelEvaluator would compute itself: the same model_evaluation.json and fallback lists, byte for byte.
+    from tfx.types import standard_artifacts
+
+    from towerflow.components.ingestion.component import ItemCatalog
+
+    def artifact(cls, uri):
+        a = cls()
+        a.uri = uri
+        return a
+
+    made = tmp_path / "baselines"
+    made.mkdir()
+    ME.BaselineEvaluator.EXECUTOR_SPEC.executor_class().Do(
+        {
+            "examples": [artifact(standard_artifacts.Examples, artifact_dirs["examples"])],
+            "item_catalog": [artifact(ItemCatalog, artifact_dirs["catalog"])],
+        },
+        {"evaluation": [artifact(ME.BaselineEvaluation, str(made))]},
+        {"ks": ",".join(map(str, KS)), "guarded_metrics": "recall@20,ndcg@10"},
+    )
+    assert (made / ME.BASELINE_EVALUATION_FILE).is_file() and (made / ME.FALLBACK_FILE).is_file()
+    outputs = {}
+    for name, baseline_dir in (("own", None), ("given", str(made)), ("other_ks", str(made))):
+        out = tmp_path / name
+        out.mkdir()
+        config = _config(ann_queries=0, **({"ks": (5, 10, 20, 50)} if name == "other_ks" else {}))
+        result = ME.run_evaluation(
+            artifact_dirs["examples"],
+            artifact_dirs["catalog"],
+            os.path.join(model_dirs["broken"], "Format-Serving"),
+            str(out),
+            config=config,
+            data=world,
+            baseline_evaluation_dir=baseline_dir,
+        )
+        assert not result["blessed"]  # so the fallback lists are written (copied when given)
+        outputs[name] = out
+    assert _without_created(outputs["given"] / ME.EVALUATION_FILE) == _without_created(
+        outputs["own"] / ME.EVALUATION_FILE
+    )
+    assert (outputs["given"] / ME.FALLBACK_FILE).read_bytes() == (outputs["own"] / ME.FALLBACK_FILE).read_bytes()
+    # made for other ks: not used, the evaluator computes its own (ks 5..50 reports K=50)
+    other = _without_created(outputs["other_ks"] / ME.EVALUATION_FILE)
+    assert "recall@50" in other["reports"]["popularity"]["metrics"]["all"]

@@ -1,0 +1,95 @@
+"""ParallelLocalDagRunner's scheduling: nodes start when their upstream nodes finished, child nodes run
+next to this process's nodes, failures stop the run after the running nodes finished."""
+
+import time
+
+import pytest
+from tfx.proto.orchestration import pipeline_pb2
+
+from towerflow.pipeline import local_runner
+
+
+def _pipeline(edges: dict[str, list[str]]) -> pipeline_pb2.Pipeline:
+    pipeline = pipeline_pb2.Pipeline()
+    for node_id, upstream in edges.items():
+        node = pipeline.nodes.add().pipeline_node
+        node.node_info.id = node_id
+        node.upstream_nodes.extend(upstream)
+    return pipeline
+
+
+class _FakeChild:
+    """A child process that 'runs' for `seconds` and exits with `code`."""
+
+    def __init__(self, log, node_id, seconds, code):
+        self._log, self._node, self._end, self._code = log, node_id, time.monotonic() + seconds, code
+        log.append(("start", node_id, time.monotonic()))
+        self.returncode = None
+
+    def poll(self):
+        if self.returncode is None and time.monotonic() >= self._end:
+            self.returncode = self._code
+            self._log.append(("end", self._node, time.monotonic()))
+        return self.returncode
+
+    def terminate(self):
+        self.returncode = -15
+
+    def wait(self):
+        return self.returncode
+
+
+def _run(monkeypatch, edges, child_nodes, child_seconds=0.6, local_seconds=0.3, fail=(), log=None):
+    log = [] if log is None else log
+
+    def launch(pipeline, node_id):
+        log.append(("start", node_id, time.monotonic()))
+        time.sleep(local_seconds)
+        log.append(("end", node_id, time.monotonic()))
+        if node_id in fail:
+            raise ValueError(f"{node_id} failed")
+
+    def popen(command, preexec_fn=None):
+        node_id = command[command.index("--node") + 1]
+        return _FakeChild(log, node_id, child_seconds, 1 if node_id in fail else 0)
+
+    monkeypatch.setattr(local_runner, "_launch", launch)
+    monkeypatch.setattr(local_runner.subprocess, "Popen", popen)
+    runner = local_runner.ParallelLocalDagRunner(child_nodes=child_nodes, niceness={})
+    pipeline = _pipeline(edges)
+    order = list(edges)
+    upstream = {n: set(u) for n, u in edges.items()}
+    try:
+        runner._schedule(pipeline, order, upstream, "unused.pb")
+    finally:
+        times = {(event, node): t for event, node, t in log}
+    return times
+
+
+EDGES = {"A": [], "B": ["A"], "C": ["A"], "D": ["B", "C"]}
+
+
+def test_a_child_node_runs_next_to_a_local_node_and_dependents_wait_for_both(monkeypatch):
+    t = _run(monkeypatch, EDGES, child_nodes={"B"})
+    assert t[("start", "B")] >= t[("end", "A")] and t[("start", "C")] >= t[("end", "A")]
+    assert t[("start", "B")] < t[("end", "C")]  # side by side
+    assert t[("start", "D")] >= max(t[("end", "B")], t[("end", "C")])
+
+
+def test_local_nodes_run_one_at_a_time_in_order(monkeypatch):
+    t = _run(monkeypatch, EDGES, child_nodes=set())
+    assert t[("end", "A")] <= t[("start", "B")] and t[("end", "B")] <= t[("start", "C")]
+    assert t[("end", "C")] <= t[("start", "D")]
+
+
+def test_a_failed_child_stops_the_run_after_the_running_nodes(monkeypatch):
+    with pytest.raises(RuntimeError, match="B.*exit status 1"):
+        _run(monkeypatch, EDGES, child_nodes={"B"}, fail={"B"})
+
+
+def test_a_failed_local_node_raises_its_own_error_and_starts_nothing_after(monkeypatch):
+    log = []
+    with pytest.raises(ValueError, match="C failed"):
+        _run(monkeypatch, EDGES, child_nodes={"B"}, fail={"C"}, log=log)
+    started = [node for event, node, _ in log if event == "start"]
+    assert "D" not in started and log[-1][:2] == ("end", "B")  # B (running) finished before the error
