@@ -32,6 +32,10 @@ SHUFFLE_BUFFER = 50_000
 CHUNK_SIZE = 16_384
 # The Trainers' custom_config key of the example budget (`budgeted_epochs`, run_fns._fit).
 EXAMPLE_BUDGET_KEY = "example_budget"
+# Validation after each epoch reads at most this many eval examples (the same first batches every epoch);
+# custom_config[VALIDATION_EXAMPLES_KEY] sets it, 0 for the whole eval split. ml-100k's ~10k all count.
+VALIDATION_EXAMPLES = 50_000
+VALIDATION_EXAMPLES_KEY = "validation_examples"
 
 
 def records(file_pattern: str | Sequence[str], shuffle: bool, seed: int | None) -> tf.data.Dataset:

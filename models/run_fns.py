@@ -70,17 +70,32 @@ def naive_input_fn(file_pattern: str | Sequence[str], tft_output: tft.TFTransfor
     )
 
 
-def _catalog_from_dataset(dataset: tf.data.Dataset) -> dict[str, np.ndarray]:
-    """Transformed candidate features of every distinct item in `dataset` (for mixed negatives)."""
-    keys = E.CANDIDATE_ID_FEATURES + (F.ITEM_LOG_FREQUENCY_XF,)
-    rows: dict[int, dict[str, np.ndarray]] = {}
+def _columns(dataset: tf.data.Dataset, keys) -> dict[str, np.ndarray]:
+    """The `keys` of every batch of `dataset`, concatenated in dataset order."""
+    parts: dict[str, list[np.ndarray]] = {key: [] for key in keys}
     for batch in dataset:
-        ids = batch[F.ITEM_ID_XF].numpy()
-        for i, item in enumerate(ids):
-            if int(item) not in rows:
-                rows[int(item)] = {k: batch[k].numpy()[i] for k in keys}
-    ordered = [rows[k] for k in sorted(rows)]
-    return {k: np.stack([r[k] for r in ordered]) for k in keys}
+        for key in keys:
+            parts[key].append(batch[key].numpy())
+    return {key: np.concatenate(values) for key, values in parts.items()}
+
+
+def _catalog_from_columns(columns: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each distinct item's candidate features as of its first row, ordered by item id."""
+    keys = E.CANDIDATE_ID_FEATURES + (F.ITEM_LOG_FREQUENCY_XF,)
+    _, first = np.unique(columns[F.ITEM_ID_XF], return_index=True)
+    return {key: columns[key][first] for key in keys}
+
+
+def training_columns(file_pattern, tft_output: tft.TFTransformOutput, keys, batch_size: int = 8192):
+    """Only `keys` of every training example, in file order: one read that parses nothing else."""
+    spec = {key: value for key, value in tft_output.transformed_feature_spec().items() if key in set(keys)}
+    dataset = (
+        input_pipeline.records(file_pattern, shuffle=False, seed=None)
+        .batch(batch_size)
+        .map(lambda serialized: tf.io.parse_example(serialized, spec), num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    return _columns(dataset, keys)
 
 
 def _config(custom_config: Mapping | None, key: str, cls):
@@ -120,17 +135,22 @@ def _fit(
     seed: int,
     dist: distribution.Distribution,
     bucket_hours: float = 0.0,
+    examples: int | None = None,
 ):
     """Trains on the train files, validates on the eval files (not under parameter_server: the chief
     only coordinates there). `batch_size` is per micro-batch; replicas split it (`Distribution.global_batch_size`).
 
     With an example budget (custom_config["example_budget"], the pipeline's --example-budget) the
     epochs are `input_pipeline.budgeted_epochs`: fewer passes over larger data, at least one.
+    `examples`: the training examples when the caller already counted them (else the files are read).
+    Validation reads at most `input_pipeline.VALIDATION_EXAMPLES` eval examples per epoch
+    (custom_config["validation_examples"]; 0 for all).
     """
     tft_output = tft.TFTransformOutput(fn_args.transform_output)
     budget = (fn_args.custom_config or {}).get(input_pipeline.EXAMPLE_BUDGET_KEY)
     if budget is not None and not dist.config.steps_per_epoch:
-        examples = input_pipeline.count_records(fn_args.train_files)
+        if examples is None:
+            examples = input_pipeline.count_records(fn_args.train_files)
         configured, epochs = epochs, input_pipeline.budgeted_epochs(epochs, examples, int(budget))
         print(
             f"{name}: {examples:,} training examples, budget {int(budget):,}: {epochs} of {configured} epochs",
@@ -152,6 +172,16 @@ def _fit(
 
         def make_eval(batch):
             return input_fn(fn_args.eval_files, tft_output, batch, shuffle=False)
+
+    limit = int(
+        (fn_args.custom_config or {}).get(input_pipeline.VALIDATION_EXAMPLES_KEY, input_pipeline.VALIDATION_EXAMPLES)
+    )
+    if limit:
+        make_all_eval = make_eval
+
+        def make_eval(batch):
+            # a bounded validation: the first batches of the (fixed-order) eval data, every epoch
+            return make_all_eval(batch).take(-(-limit // batch))
 
     distribution.enable_gradient_accumulation(model, dist.config.gradient_accumulation_steps)
     callbacks = distribution.checkpoint_callbacks(dist, getattr(fn_args, "model_run_dir", None), name)
@@ -245,18 +275,24 @@ def run_two_tower(fn_args) -> None:
     seed = int((fn_args.custom_config or {}).get("seed", 0))
     tf.keras.utils.set_random_seed(seed)
     tft_output = tft.TFTransformOutput(fn_args.transform_output)
-    catalog = recency = None
-    if config.num_random_negatives:
-        catalog = _catalog_from_dataset(input_fn(fn_args.train_files, tft_output, 4096, shuffle=False))
-    if config.recency_half_life_days:
-        timestamps = [
-            batch[F.TIMESTAMP_XF].numpy() for batch in input_fn(fn_args.train_files, tft_output, 8192, shuffle=False)
-        ]
-        recency = RecencyWeighting.from_timestamps(np.concatenate(timestamps), config.recency_half_life_days)
-        print(f"two_tower recency weighting: {recency}", flush=True)
+    catalog = recency = examples = None
+    if config.num_random_negatives or config.recency_half_life_days:
+        # One read of the training files for the catalog, the recency weights and the example count,
+        # parsing only the columns they need.
+        keys = (F.TIMESTAMP_XF,) + (E.CANDIDATE_ID_FEATURES + (F.ITEM_LOG_FREQUENCY_XF,)) * bool(
+            config.num_random_negatives
+        )
+        columns = training_columns(fn_args.train_files, tft_output, keys)
+        examples = len(columns[F.TIMESTAMP_XF])
+        if config.num_random_negatives:
+            catalog = _catalog_from_columns(columns)
+        if config.recency_half_life_days:
+            recency = RecencyWeighting.from_timestamps(columns[F.TIMESTAMP_XF], config.recency_half_life_days)
+            print(f"two_tower recency weighting: {recency}", flush=True)
+        del columns
     with dist.strategy.scope():
         model = build_two_tower(config, tft_output, catalog, recency)
-    _, history = _fit(model, fn_args, config.batch_size, config.epochs, "two_tower", seed, dist)
+    _, history = _fit(model, fn_args, config.batch_size, config.epochs, "two_tower", seed, dist, examples=examples)
     _export_and_summarize(dist, lambda path: export_two_tower(model, tft_output, path), fn_args, config, history, model)
 
 
