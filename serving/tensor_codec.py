@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -368,7 +369,7 @@ def array_from_proto(proto) -> np.ndarray:
     entry = dtype_table().get(proto.dtype)
     if entry is not None and not proto.tensor_shape.unknown_rank:
         shape = [d.size for d in proto.tensor_shape.dim]
-        count = int(np.prod(shape, dtype=np.int64))
+        count = math.prod(shape)
         dtype = entry[1]
         if proto.tensor_content:
             if len(proto.tensor_content) == count * dtype.itemsize:
