@@ -8,6 +8,7 @@ TRAINED_COMPONENTS = DATA_COMPONENTS | {
     "IndexBuilder",
     "IndexEvaluator",
     "LatestBlessedModelResolver",
+    "BaselineEvaluator",
     "ModelEvaluator",
 }
 PUSHERS = frozenset({"TwoTowerPusher", "RankingPusher"})

@@ -75,7 +75,9 @@ def test_task_dependencies_follow_the_data_flow(compiled):
         "IndexEvaluator": ["IndexBuilder", "Ingestion"],
         "LatestBlessedModelResolver-model-resolver": [],
         "LatestBlessedModelResolver-model-blessing-resolver": [],
+        "BaselineEvaluator": ["Ingestion"],  # the baselines need no model
         "ModelEvaluator": [
+            "BaselineEvaluator",
             "IndexBuilder",
             "IndexEvaluator",  # its recall/latency frontier goes into the evaluation report
             "Ingestion",

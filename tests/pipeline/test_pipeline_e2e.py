@@ -58,7 +58,13 @@ def test_examples_artifact_records_splits_cutoffs_and_counts(ml100k_run, ml100k_
         for ev in store.get_events_by_artifact_ids([examples.id])
         if ev.type == metadata_store_pb2.Event.INPUT
     }
-    assert sorted(nodes[c] for c in consumers) == ["IndexEvaluator", "ModelEvaluator", "StatisticsGen", "Transform"]
+    assert sorted(nodes[c] for c in consumers) == [
+        "BaselineEvaluator",
+        "IndexEvaluator",
+        "ModelEvaluator",
+        "StatisticsGen",
+        "Transform",
+    ]
 
 
 def test_real_output_has_no_leakage(ml100k_run, ml100k_dir):
