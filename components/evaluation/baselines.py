@@ -4,6 +4,10 @@
                         reference (protocol.PopularityRecommender)
     recent_popularity   counts over the last `window_days` before the cut-off; ties by all-time count
     segment_popularity  counts among users of the same age bucket x gender; ties by all-time count
+    newcomer_popularity counts over the last `window_days` of only the interactions users made while
+                        among their first `first_n` (what people new to the catalog pick: in MovieLens
+                        the sign-up flow shows popular titles); window = recent_popularity's chosen one;
+                        ties by all-time count
     item_knn            cosine similarity of items over the user co-occurrence matrix, each item keeping
                         its `neighbors` most similar items (0 = all); a user's score for an item is the
                         sum of its similarities to the user's items
@@ -40,9 +44,10 @@ from towerflow.models import features as F
 POPULARITY = "popularity"
 RECENT_POPULARITY = "recent_popularity"
 SEGMENT_POPULARITY = "segment_popularity"
+NEWCOMER_POPULARITY = "newcomer_popularity"
 ITEM_KNN = "item_knn"
 EASE = "ease"
-BASELINES = (POPULARITY, RECENT_POPULARITY, SEGMENT_POPULARITY, ITEM_KNN, EASE)
+BASELINES = (POPULARITY, RECENT_POPULARITY, SEGMENT_POPULARITY, NEWCOMER_POPULARITY, ITEM_KNN, EASE)
 SECONDS_PER_DAY = 86_400
 _CHUNK_USERS = 512
 
@@ -52,6 +57,7 @@ class BaselineGrids:
     """The values each setting is chosen from on the eval window, and the metric that chooses."""
 
     recent_days: tuple[float, ...] = (1, 3, 7, 14, 30, 60, 90)
+    newcomer_first: tuple[int, ...] = (5, 10, 20, 50)
     knn_neighbors: tuple[int, ...] = (10, 25, 50, 100, 200, 0)
     ease_lambdas: tuple[float, ...] = (10, 50, 100, 250, 500, 1000, 2500)
     metric: str = "ndcg@10"
@@ -65,6 +71,8 @@ class BaselineGrids:
             raise ValueError(f"metric must look like 'ndcg@10', got {self.metric!r}")
         if not self.recent_days or any(not d > 0 for d in self.recent_days):
             raise ValueError(f"recent_days must be positive, got {self.recent_days}")
+        if not self.newcomer_first or any(n < 1 for n in self.newcomer_first):
+            raise ValueError(f"newcomer_first must be >= 1, got {self.newcomer_first}")
         if not self.knn_neighbors or any(n < 0 for n in self.knn_neighbors):
             raise ValueError(f"knn_neighbors must be >= 0 (0 = all), got {self.knn_neighbors}")
         if not self.ease_lambdas or any(not lam > 0 for lam in self.ease_lambdas):
@@ -251,6 +259,22 @@ class RecentPopularity(ScoredRecommender):
         return np.broadcast_to(self._scores, (len(user_ids), len(self._scores)))
 
 
+class NewcomerPopularity(RecentPopularity):
+    """Interactions in [as_of - window_days, as_of) that their user made as one of their first `first_n`
+    (ordinal by time among the user's interactions before as_of, ties by the frame's order); the same list
+    for everyone."""
+
+    def __init__(self, fit: FitInput, window_days: float, first_n: int):
+        super().__init__(fit, window_days)
+        self.first_n = int(first_n)
+        frame = fit.frame.sort_values(F.TIMESTAMP, kind="stable")
+        ordinal = frame.groupby(frame[F.USER_ID].astype(str), sort=False).cumcount()
+        early = frame[(ordinal < self.first_n).to_numpy()]
+        recent = early[early[F.TIMESTAMP] >= fit.as_of - self.window_days * SECONDS_PER_DAY]
+        self._scores = _counts(recent, fit.catalog)
+        self.rank = _rank_of(self._scores, self._tie_rank)
+
+
 class SegmentPopularity(ScoredRecommender):
     """Counts among users of the same age bucket x gender; unknown users get all-time popularity."""
 
@@ -345,6 +369,8 @@ def build(name: str, fit: FitInput, settings: Mapping[str, float]):
         return SegmentPopularity(fit)
     if name == RECENT_POPULARITY:
         return RecentPopularity(fit, settings["window_days"])
+    if name == NEWCOMER_POPULARITY:
+        return NewcomerPopularity(fit, settings["window_days"], int(settings["first_n"]))
     fallback = RecentPopularity(fit, settings["fallback_window_days"])
     if name == ITEM_KNN:
         return ItemKNN(fit, int(settings["neighbors"]), fallback)
@@ -432,6 +458,11 @@ def select(
         SEGMENT_POPULARITY: ({}, {}),
         RECENT_POPULARITY: ({"window_days": float(window)}, window_scores),
     }
+    if NEWCOMER_POPULARITY in names:
+        first, scores = _choose(
+            list(grids.newcomer_first), lambda n: NewcomerPopularity(val_fit, window, n), eval_set, grids
+        )
+        chosen[NEWCOMER_POPULARITY] = ({"window_days": float(window), "first_n": float(first)}, scores)
     if ITEM_KNN in names:
         n, scores = _choose(list(grids.knn_neighbors), lambda n: ItemKNN(val_fit, n, fallback), eval_set, grids)
         chosen[ITEM_KNN] = ({"neighbors": float(n), "fallback_window_days": float(window)}, scores)

@@ -38,6 +38,17 @@ def test_recent_popularity_counts_the_window_and_ties_by_all_time_order():
     assert B.RecentPopularity(_fit(), 30)(["u4"], 5, [set()]) == [["b", "a", "d", "c", "e"]]
 
 
+def test_newcomer_popularity_counts_only_each_users_first_interactions_in_the_window():
+    # first interactions: u1 a (day 1), u2 a (day 3), u3 b (day 8) -> a 2, b 1; the rest by all-time order
+    assert B.NewcomerPopularity(_fit(), 30, first_n=1)(["u4"], 5, [set()]) == [["a", "b", "d", "c", "e"]]
+    # a 3-day window (t >= day 7) holds only u3's first, b; then all-time order
+    assert B.NewcomerPopularity(_fit(), 3, first_n=1)(["u4"], 5, [set()]) == [["b", "a", "d", "c", "e"]]
+    # each user's first two within 3 days: u2 c (its 2nd), u3 b and d -> b, d, c by all-time order, then a, e
+    rec = B.build(B.NEWCOMER_POPULARITY, _fit(), {"window_days": 3, "first_n": 2})
+    assert rec(["u4"], 5, [set()]) == [["b", "d", "c", "a", "e"]]
+    assert rec(["u3"], 2, [{"b", "d"}]) == [["c", "a"]]
+
+
 def test_segment_popularity_counts_within_age_bucket_and_gender():
     rec = B.SegmentPopularity(_fit())
     # women 25-34 (u1, u2): a 2, b 1, c 1 -> a, then b/c by all-time order (b before c), then d, e
@@ -112,6 +123,8 @@ def test_settings_are_chosen_on_the_eval_window_and_refit_on_train_and_eval():
     # so every count is 0 and the order is all-time popularity over train+eval: a 6, b 4, c 4, d 1, e 0
     assert recent.recommend(["new"], 5, [set()]) == [["a", "c", "b", "d", "e"]]
     assert fitted[B.ITEM_KNN].settings["fallback_window_days"] == 3.0
+    newcomer = fitted[B.NEWCOMER_POPULARITY]
+    assert newcomer.settings["window_days"] == 3.0 and set(newcomer.selection) == {"5", "10", "20", "50"}
     assert set(fitted[B.EASE].selection) == {"1", "100"}
     assert fitted[B.POPULARITY].selection == {} and fitted[B.POPULARITY].describe() == "popularity"
 
@@ -132,9 +145,11 @@ def test_unknown_baseline_and_bad_grids():
         B.BaselineGrids(metric="ndcg")
     with pytest.raises(ValueError, match="ease_lambdas"):
         B.BaselineGrids(ease_lambdas=(0,))
+    with pytest.raises(ValueError, match="newcomer_first"):
+        B.BaselineGrids(newcomer_first=(0,))
 
 
 def test_item_matrix_baselines_are_left_out_of_large_catalogs():
     with pytest.warns(UserWarning, match="item_knn and ease left out"):
         fitted = B.select(_split_frame(), USERS, CATALOG, grids=B.BaselineGrids(max_item_matrix=3))
-    assert set(fitted) == {B.POPULARITY, B.RECENT_POPULARITY, B.SEGMENT_POPULARITY}
+    assert set(fitted) == {B.POPULARITY, B.RECENT_POPULARITY, B.SEGMENT_POPULARITY, B.NEWCOMER_POPULARITY}
