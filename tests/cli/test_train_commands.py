@@ -126,9 +126,11 @@ def _train(run_dir, spec, output, lines, epochs=1, distribution=None, max_restar
     return launch(job, cluster, max_restarts=max_restarts, echo=lines.append)
 
 
-# Training seeds per arm of the quality comparison. One run against one run mixes the seed's noise into
-# the difference: on ml-100k, of 5 pairs of single-process runs that differ only in their seed, one
-# falls outside the paired interval on Recall@100 (benchmarks/results/distributed_training_quality.md).
+# Training runs (seeds) per arm of the quality comparison. Runs of one arm that differ only in their seed
+# differ in quality, so the check's interval must hold that run-to-run noise as well as the users':
+# `run_level_comparison` resamples the users (paired) and each arm's runs. A paired bootstrap over the
+# users alone (on seed-averaged values) leaves it out and calls runs that differ only in their seed
+# different too often (benchmarks/results/distributed_training_quality.md).
 QUALITY_SEEDS = (0, 1, 2)
 
 
@@ -137,7 +139,7 @@ def test_two_workers_match_one_process_on_the_protocol(run_dir, offline_data, tm
     import numpy as np
 
     from towerflow.components.evaluation.offline import evaluate_models
-    from towerflow.components.evaluation.statistics import paired_comparison
+    from towerflow.components.evaluation.statistics import format_comparison, run_level_comparison
     from towerflow.models.input_pipeline import count_records
     from towerflow.models.two_tower import TwoTowerConfig
 
@@ -160,21 +162,29 @@ def test_two_workers_match_one_process_on_the_protocol(run_dir, offline_data, tm
     assert min(report.metric("recall", 100) for report in reports["workers"]) > 0.15
     outside = []
     for metric in ("recall@100", "ndcg@10"):
-        # Each user's value averaged over the seeds of an arm, then compared user by user.
-        mean = {name: np.mean([r.per_user[metric] for r in arm], axis=0) for name, arm in reports.items()}
-        comparison = paired_comparison(mean["workers"], mean["single"])
+        # (seeds x users) per arm: the interval holds the users' noise and the seed-to-seed noise.
+        runs = {name: np.stack([r.per_user[metric] for r in arm]) for name, arm in reports.items()}
+        comparison = run_level_comparison(runs["workers"], runs["single"])
         print(
-            f"{metric} over seeds {QUALITY_SEEDS}: 2 workers {comparison['mean']:.4f} vs 1 process "
-            f"{comparison['reference_mean']:.4f}, difference 95% CI "
-            f"[{comparison['ci_low']:+.4f}, {comparison['ci_high']:+.4f}]"
+            f"{metric} over seeds {QUALITY_SEEDS}, 2 workers vs 1 process: {format_comparison(comparison, 4)}; "
+            f"run means 2 workers {np.round(runs['workers'].mean(axis=1), 4).tolist()}, "
+            f"1 process {np.round(runs['single'].mean(axis=1), 4).tolist()}"
         )
         if not comparison["ci_low"] <= 0.0 <= comparison["ci_high"]:
-            outside.append(f"{metric} {comparison['mean']:.4f} vs {comparison['reference_mean']:.4f}")
-    # The goal: within noise (the paired bootstrap interval of the difference holds 0). Missing it is
-    # reported as an expected failure with the numbers, never loosened. Measured on ml-100k (runs/dist):
-    # NDCG@10 0.3405 vs 0.3400, within; Recall@100 0.4321 vs 0.4207, [+0.0023, +0.0211] -- 2 workers
-    # ABOVE one process. Single runs of this model spread by up to 0.03 Recall@100 between seeds, which a
-    # 3-seed mean does not average away; the benchmark's model over 5 seeds is within noise on both.
+            outside.append(f"{metric} {format_comparison(comparison, 4)}")
+    # The goal: within noise (the run-level interval of the difference holds 0). Missing it is reported as
+    # an expected failure with the numbers, never loosened. Measured on ml-100k (runs/dist, 2026-12-01):
+    # NDCG@10 0.3405 vs 0.3400, +0.0005 [-0.0085, +0.0097], within; Recall@100 0.4321 vs 0.4207, +0.0113
+    # [+0.0022, +0.0210], p 0.007 -- 2 workers ABOVE one process (run means 0.4390 / 0.4262 / 0.4310 vs
+    # 0.4147 / 0.4239 / 0.4236). The run level widens nothing here (the user-only interval of these same,
+    # deterministic runs was [+0.0023, +0.0211]): their run means vary no more than the users' own noise
+    # explains, so the miss is not seed noise. A full-suite run on the test's own pipeline run (same data
+    # and test users, another Transform output) had 2 workers BELOW instead: Recall@100 0.4152 vs 0.4312,
+    # -0.0160 [-0.0328, +0.0008], within; NDCG@10 0.3328 vs 0.3445, -0.0117 [-0.0202, -0.0028], outside.
+    # Same seeds, opposite signs: the Transform output (its files, which the default by-file sharding
+    # splits between the workers) moves the arms more than the seeds do, and no interval over one
+    # Transform output holds that. The benchmark's larger model over 5 seeds is within noise on both
+    # metrics (benchmarks/results/distributed_training_quality.md).
     if outside:
         pytest.xfail(f"2 workers not within noise of 1 process: {'; '.join(outside)} (goal of issue 16)")
 
