@@ -417,8 +417,9 @@ def format_results(results: list[SizeResult], command: str) -> str:
         "components); `total` is the whole `towerflow run` plus `towerflow evaluate`, without `synth` (making the "
         "data is not part of the pipeline). Peak RSS sums the RSS of the run's process tree (the runner and its "
         "Beam workers), so pages they share count once per process: an upper bound. "
-        "`start s` is when the component started, seconds into `towerflow run`: components whose inputs are "
-        "ready run side by side (the Trainers, Transform next to StatisticsGen, the index next to the ranker), "
+        "`start s` is when the component was seen starting, seconds after `towerflow run` was launched: "
+        "components whose inputs are ready run side by side (pipeline/local_runner.py: StatisticsGen and the "
+        "BaselineEvaluator next to Transform, the two-tower Trainer and the index next to the ranker), "
         "so `total` is the elapsed time, not the sum of the stages' walls; "
         + "; ".join(f"{r.size.name}: {r.overlap:.0f} s of stage time overlapped another stage" for r in results)
         + ". A component run in a child process of its own is charged that process tree's CPU, any other "

@@ -255,6 +255,7 @@ def run_evaluation(
     precomputed = read_baseline_evaluation(baseline_evaluation_dir, config, ks, len(eval_set))
     if precomputed:
         fitted, baselines = precomputed["fitted"], precomputed["reports"]
+        print(f"ModelEvaluator: baselines {', '.join(fitted)} from {baseline_evaluation_dir}", flush=True)
     else:
         fitted, baselines = evaluate_baselines(data, config, ks)
     common = dict(
