@@ -113,72 +113,6 @@ def tensor_proto(array: np.ndarray, repeat: int = 1):
     return tensor_pb2.TensorProto(dtype=dtype, tensor_shape=shape, tensor_content=content)
 
 
-def _strings_proto(values: list[bytes], dims: tuple[int, ...]):
-    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
-
-    shape = tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in dims])
-    return tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_shape=shape, string_val=values)
-
-
-def _utf8(value) -> bytes:
-    return value.encode() if isinstance(value, str) else bytes(value)
-
-
-class CandidateEncoder:
-    """The candidates' columns of a ranker request as TensorProtos -- the same messages as `tensor_proto` over
-    `columns(rows, CANDIDATE_FEATURES + ITEM_POINT_IN_TIME_FEATURES)` -- with each item's static features
-    (id, title, genres, year) encoded to bytes once and kept by item id.
-
-    A cached encoding is used only while the row still carries the values it was made from (compared on
-    every call), so a changed catalog entry is re-encoded. At most `max_items` are kept (then it starts over).
-    Per 300-candidate request: ~0.15 ms instead of ~0.8 ms for the columns and their protos.
-    """
-
-    def __init__(self, max_items: int = 200_000):
-        self.max_items = max_items
-        self._items: dict = {}
-
-    def _entry(self, row: Mapping) -> tuple:
-        item_id, title = row.get(features.ITEM_ID), row.get(features.ITEM_TITLE)
-        genres, year = row.get(features.ITEM_GENRES), row.get(features.ITEM_RELEASE_YEAR)
-        entry = self._items.get(item_id)
-        if entry is not None and entry[0] == title and entry[1] == genres and entry[2] == year:
-            return entry
-        entry = (
-            title,
-            list(genres) if genres is not None else None,  # a copy: an in-place change is a change
-            year,
-            ("" if item_id is None else str(item_id)).encode(),
-            ("" if title is None else str(title)).encode(),
-            [_utf8(g) for g in genres or []],
-            0 if year is None else year,
-        )
-        if len(self._items) >= self.max_items:
-            self._items = {}
-        self._items[item_id] = entry
-        return entry
-
-    def protos(self, rows: Sequence[Mapping]) -> dict:
-        n = len(rows)
-        entries = [self._entry(row) for row in rows]
-        width = max([len(e[5]) for e in entries] + [1])
-        genres: list[bytes] = []
-        for e in entries:
-            genres += e[5]
-            if len(e[5]) < width:
-                genres += [b""] * (width - len(e[5]))
-        out = {
-            features.ITEM_ID: _strings_proto([e[3] for e in entries], (n,)),
-            features.ITEM_TITLE: _strings_proto([e[4] for e in entries], (n,)),
-            features.ITEM_GENRES: _strings_proto(genres, (n, width)),
-            features.ITEM_RELEASE_YEAR: tensor_proto(np.array([e[6] for e in entries], dtype=np.int64)),
-        }
-        for key in features.ITEM_POINT_IN_TIME_FEATURES:
-            values = [row.get(key) for row in rows]
-            out[key] = tensor_proto(np.array([0 if v is None else v for v in values], dtype=_DTYPES[key]))
-        return out
-
-
 class ModelClient:
     """query_tower / candidate_tower / ranker calls over gRPC or REST, pinned to a version."""
 
@@ -191,7 +125,6 @@ class ModelClient:
         self._clients: dict[tuple[str, float], object] = {}
         self._signatures: dict[tuple[str, int], frozenset[str]] = {}
         self._lock = threading.Lock()
-        self._candidates = CandidateEncoder()
 
     def _client(self, timeout: float):
         key = (self.protocol, round(timeout, 3))
@@ -262,10 +195,7 @@ class ModelClient:
         query features repeated for every candidate.
         """
         n = len(candidates)
-        if self.protocol == "grpc":
-            inputs: dict = self._candidates.protos(candidates)
-        else:
-            inputs = columns(candidates, features.CANDIDATE_FEATURES + features.ITEM_POINT_IN_TIME_FEATURES)
+        inputs: dict = columns(candidates, features.CANDIDATE_FEATURES + features.ITEM_POINT_IN_TIME_FEATURES)
         query_columns = columns([query], features.QUERY_FEATURES)
         if RANK_CANDIDATES_SIGNATURE in self.signatures(RANKER, version, timeout):
             inputs.update(query_columns)

@@ -9,7 +9,6 @@ from towerflow.components.index.scann_index import ScannIndex
 from towerflow.components.pusher import model_repository
 from towerflow.models import features
 from towerflow.serving.recommender.served import (
-    CandidateEncoder,
     ModelClient,
     ModelUnavailableError,
     VersionWatcher,
@@ -122,43 +121,7 @@ def test_rank_sends_the_query_once_when_the_ranker_has_rank_candidates(monkeypat
     (broadcast, once), (plain, repeated) = calls
     assert broadcast == "rank_candidates"
     assert once[features.USER_ID].shape == (1,) and once[features.HIST_ITEM_IDS].shape == (1, 2)
-    assert [d.size for d in once[features.ITEM_ID].tensor_shape.dim] == [3]
+    assert once[features.ITEM_ID].shape == (3,)
     assert plain == "ranker"
     assert [d.size for d in repeated[features.HIST_ITEM_IDS].tensor_shape.dim] == [3, 2]
     assert list(repeated[features.USER_ID].string_val) == [b"u1"] * 3
-
-
-def test_candidate_encoder_equals_columns_and_tensor_protos():
-    """The ranker request's candidate protos with cached item encodings are those of columns + tensor_proto,
-    also after an item's catalog entry changed, for missing values, non-ASCII titles and ragged genres."""
-    keys = features.CANDIDATE_FEATURES + features.ITEM_POINT_IN_TIME_FEATURES
-
-    def expected(rows):
-        return {k: tensor_proto(v) for k, v in columns(rows, keys).items()}
-
-    rng = np.random.default_rng(0)
-    catalog = {
-        f"i{n}": {
-            features.ITEM_ID: f"i{n}",
-            features.ITEM_TITLE: f"Amélie {n} (2001)",
-            features.ITEM_GENRES: ["Comedy", "Romance", "Drama"][: n % 4],
-            features.ITEM_RELEASE_YEAR: 1990 + n,
-        }
-        for n in range(20)
-    }
-    catalog["i3"] = {features.ITEM_ID: "i3"}  # not in the catalog: only its id
-    catalog["i4"][features.ITEM_TITLE] = None
-    encoder = CandidateEncoder(max_items=15)  # small: the cache also starts over on the way
-    for call in range(30):
-        if call == 10:
-            catalog["i5"] = {**catalog["i5"], features.ITEM_TITLE: "Changed", features.ITEM_RELEASE_YEAR: 2020}
-        if call == 20:
-            catalog["i6"][features.ITEM_GENRES].append("War")  # changed in place
-        rows = [
-            {**catalog[f"i{n}"], features.ITEM_PRIOR_COUNT: int(rng.integers(0, 50)),
-             features.ITEM_RECENT_COUNT: int(rng.integers(0, 5)), features.ITEM_DAYS_SINCE_FIRST: float(rng.random())}
-            for n in rng.permutation(20)[: int(rng.integers(1, 20))]
-        ]  # fmt: skip
-        if call % 7 == 0:
-            rows[0].pop(features.ITEM_RECENT_COUNT)  # a missing point-in-time value is 0, as in columns
-        assert encoder.protos(rows) == expected(rows), call
