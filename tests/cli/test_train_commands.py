@@ -111,7 +111,10 @@ def offline_data(run_dir):
     return OfflineData.from_artifacts(artifacts["Ingestion.examples"], artifacts["Ingestion.item_catalog"])
 
 
-def _train(run_dir, spec, output, lines, epochs=1, distribution=None, max_restarts=0, seed=0):
+def _train(run_dir, spec, output, lines, epochs=1, distribution=None, max_restarts=0, seed=0, data=None):
+    """`data`: {"train_files": [...], "eval_files": [...]} in place of the run's Transform output files."""
+    import dataclasses
+
     cluster = LocalCluster.parse(spec)
     job = job_from_run(
         run_dir,
@@ -123,7 +126,33 @@ def _train(run_dir, spec, output, lines, epochs=1, distribution=None, max_restar
         distribution=distribution,
         seed=seed,
     )
+    if data:
+        job = dataclasses.replace(job, **data)
     return launch(job, cluster, max_restarts=max_restarts, echo=lines.append)
+
+
+def _reshard(files: list[str], out: Path, seed: int) -> list[str]:
+    """The records of each split's files shuffled with `seed` into as many new files (same data, another
+    layout): which records share a file is what by-file sharding hands each worker, and it differs
+    between Transform runs of the same data."""
+    import glob
+
+    import numpy as np
+    import tensorflow as tf
+
+    patterns = []
+    for pattern in files:
+        names = sorted(glob.glob(pattern))
+        records = list(tf.data.TFRecordDataset(names, compression_type="GZIP").as_numpy_iterator())
+        order = np.random.default_rng(seed).permutation(len(records))
+        split_dir = out / Path(pattern).parent.name
+        split_dir.mkdir(parents=True, exist_ok=True)
+        for part, rows in enumerate(np.array_split(order, len(names))):
+            with tf.io.TFRecordWriter(str(split_dir / f"part-{part:05d}.gz"), options="GZIP") as writer:
+                for row in rows:
+                    writer.write(records[row])
+        patterns.append(str(split_dir / "*"))
+    return patterns
 
 
 # Training runs (seeds) per arm of the quality comparison. Runs of one arm that differ only in their seed
@@ -148,8 +177,15 @@ def test_two_workers_match_one_process_on_the_protocol(run_dir, offline_data, tm
     lines: list[str] = []
     reports: dict[str, list] = {"single": [], "workers": []}
     for seed in QUALITY_SEEDS:
-        single = _train(run_dir, "local:1", tmp_path / f"single_{seed}", lines, seed=seed)
-        workers = _train(run_dir, "local:2w", tmp_path / f"workers_{seed}", lines, seed=seed)
+        # Each seed also draws the data's file layout (both arms train on the same one): the layout moves
+        # the arms as much as the seed does (below), so it is part of the run-to-run noise being compared.
+        data = {
+            "train_files": _reshard(job.train_files, tmp_path / f"data_{seed}" / "train", seed),
+            "eval_files": _reshard(job.eval_files, tmp_path / f"data_{seed}" / "eval", seed),
+        }
+        assert count_records(data["train_files"]) == examples
+        single = _train(run_dir, "local:1", tmp_path / f"single_{seed}", lines, seed=seed, data=data)
+        workers = _train(run_dir, "local:2w", tmp_path / f"workers_{seed}", lines, seed=seed, data=data)
         assert workers.summary["distribution"]["replicas"] == 2
         # The replicas split the batch: the epoch took one process's optimizer steps (full batches only).
         assert workers.summary["distribution"]["steps"] == examples // TwoTowerConfig().batch_size
