@@ -79,8 +79,10 @@ class SessionThreads:
     every 5 ms, identical outputs): the per-session default pool that the earlier setting here (inter_op
     -1 with per-session threads) actually got 3.3-4.4 ms of CPU per call, one thread 2.3-2.9 ms; the
     query tower 1.0-1.4 -> 0.5-0.8 ms; 4 threads calling at once finished in 0.9-1.5 s instead of 1.6-2.9 s
-    (benchmarks/results/recommend.md). inter_op < 0 runs the ops in the calling thread (TensorFlow
-    honours that only with process-wide pools, so such a Session shares them); 0 = TensorFlow's choice.
+    (benchmarks/results/recommend.md). 0 = TensorFlow's choice. inter_op < 0 asks for the ops to run in the
+    calling thread; with per-session threads DirectSession ignored that and made a pool of one thread per
+    core (py-spy: RunInternal schedules onto it), so such a Session uses the process-wide pools instead
+    (measured in process: 3.4-4.3 ms per ranker call, no cheaper than one thread).
     """
 
     intra_op: int = 1
