@@ -53,8 +53,16 @@ _RUNNING = metadata_store_pb2.Execution.RUNNING
 CHILD_PROCESS_NODES = frozenset(
     {"StatisticsGen", "TwoTowerTrainer", "IndexBuilder", "IndexEvaluator", "BaselineEvaluator"}
 )
-# Lower priorities for the children with the most slack, so they take the cores' spare time.
-CHILD_NICENESS = {"StatisticsGen": 5, "BaselineEvaluator": 10}
+# Lower priorities for the children, so they take the cores' spare time rather than slowing the critical
+# path: StatisticsGen (nothing downstream but ExampleValidator) and the baselines the most, the two-tower
+# and index a little (they finish well before the ranker).
+CHILD_NICENESS = {
+    "StatisticsGen": 15,
+    "BaselineEvaluator": 19,
+    "TwoTowerTrainer": 5,
+    "IndexBuilder": 5,
+    "IndexEvaluator": 5,
+}
 PARALLEL_ENV = "TOWERFLOW_PARALLEL_NODES"
 
 
@@ -123,7 +131,10 @@ class ParallelLocalDagRunner(tfx.orchestration.LocalDagRunner):
             raise RuntimeError(f"pipeline nodes failed: {failed}")
 
     def _loop(self, pipeline, pending, upstream, ir_path, done, failed, children) -> None:
-        while pending or children:
+        lock = threading.Lock()
+
+        def tend_children() -> None:
+            """Collects finished children and starts the child nodes that became ready (holding `lock`)."""
             for node_id, proc in list(children.items()):
                 if proc.poll() is not None:
                     del children[node_id]
@@ -133,28 +144,53 @@ class ParallelLocalDagRunner(tfx.orchestration.LocalDagRunner):
                         failed[node_id] = f"exit status {proc.returncode}"
             if failed:
                 pending.clear()  # start nothing new; let the running nodes finish
-            ready = [n for n in pending if upstream[n] <= done]
-            for node_id in [n for n in ready if n in self._child_nodes][: self._max_children - len(children)]:
+            ready = [n for n in pending if n in self._child_nodes and upstream[n] <= done]
+            for node_id in ready[: self._max_children - len(children)]:
                 command = [sys.executable, "-m", "towerflow.pipeline.local_runner", "--ir", ir_path, "--node", node_id]
                 increment = self._niceness.get(node_id, 0)
                 children[node_id] = subprocess.Popen(
                     command, preexec_fn=functools.partial(os.nice, increment) if increment else None
                 )
                 pending.remove(node_id)
-            local = [n for n in ready if n not in self._child_nodes]
-            if local:
-                # in this process and its main thread, as LocalDagRunner runs every node
-                pending.remove(local[0])
-                try:
-                    _launch(pipeline, local[0])
-                except Exception as error:  # re-raised by _schedule once the children finished
-                    failed[local[0]] = error
-                else:
-                    done.add(local[0])
+
+        while True:
+            with lock:
+                tend_children()
+                if not (pending or children):
+                    return
+                local = [n for n in pending if n not in self._child_nodes and upstream[n] <= done]
+                if local:
+                    pending.remove(local[0])
+                elif pending and not children and not failed:
+                    raise RuntimeError(f"nodes {pending} wait for upstream nodes that never ran")
+            if not local:
+                time.sleep(0.2)
                 continue
-            if pending and not children and not failed:
-                raise RuntimeError(f"nodes {pending} wait for upstream nodes that never ran")
-            time.sleep(0.2)
+            # In this process and its main thread, as LocalDagRunner runs every node; meanwhile a thread
+            # keeps starting the child nodes whose inputs become ready (e.g. the index after the two-tower).
+            halt = threading.Event()
+
+            def tend_in_background(halt=halt) -> None:
+                while not halt.wait(0.5):
+                    with lock:
+                        tend_children()
+
+            helper = threading.Thread(target=tend_in_background, name="tend-children", daemon=True)
+            helper.start()
+            try:
+                _launch(pipeline, local[0])
+            except Exception as error:  # re-raised by _schedule once the children finished
+                outcome = error
+            else:
+                outcome = None
+            finally:
+                halt.set()
+                helper.join()
+            with lock:
+                if outcome is None:
+                    done.add(local[0])
+                else:
+                    failed[local[0]] = outcome
 
 
 @dataclass

@@ -93,3 +93,11 @@ def test_a_failed_local_node_raises_its_own_error_and_starts_nothing_after(monke
         _run(monkeypatch, EDGES, child_nodes={"B"}, fail={"C"}, log=log)
     started = [node for event, node, _ in log if event == "start"]
     assert "D" not in started and log[-1][:2] == ("end", "B")  # B (running) finished before the error
+
+
+def test_a_child_node_starts_while_a_local_node_runs(monkeypatch):
+    # B (child) finishes while C (local) still runs: E, which needs only B, starts before C ends.
+    edges = {"A": [], "B": ["A"], "C": ["A"], "E": ["B"], "D": ["C", "E"]}
+    t = _run(monkeypatch, edges, child_nodes={"B", "E"}, child_seconds=0.4, local_seconds=1.5)
+    assert t[("end", "B")] <= t[("start", "E")] < t[("end", "C")]
+    assert t[("start", "D")] >= max(t[("end", "C")], t[("end", "E")])
