@@ -427,3 +427,11 @@ def mlp(layer_sizes: Sequence[int], output_dim: int | None, name: str) -> tf.ker
     if output_dim is not None:
         layers.append(tf.keras.layers.Dense(output_dim))
     return tf.keras.Sequential(layers, name=name)
+
+
+def track_mean(metric: tf.keras.metrics.Mean, value: tf.Tensor, weight: tf.Tensor) -> None:
+    """`metric.update_state(value, weight)` where a metric may be updated: in a replica's step, or
+    with no strategy; not in a strategy's cross-replica context (e.g. building the variables), where
+    its sync-on-read variables refuse updates."""
+    if not tf.distribute.in_cross_replica_context():
+        metric.update_state(value, sample_weight=weight)

@@ -127,6 +127,10 @@ class DCNRankingModel(tfrs.Model):
         optimizer: tf.keras.optimizers.legacy.Optimizer | None = None,
     ):
         super().__init__()
+        # The epoch's loss per example (Keras' "loss" is the last step's value, as tfrs.Model returns it);
+        # a Mean metric, reset each epoch and summed over replicas. Set untracked, so its variables stay
+        # out of the model's weights and checkpoints; `metrics` lists it.
+        object.__setattr__(self, "_mean_loss", tf.keras.metrics.Mean(name="mean_loss"))
         self.config = config
         self._optimizer, self.embeddings = E.optimizer_and_embeddings(config, table_sizes, optimizer)
         self.query_features = E.QueryFeatureEncoder(config.history_pooling, name="query_features")
@@ -228,6 +232,10 @@ class DCNRankingModel(tfrs.Model):
         replicas = tf.distribute.get_replica_context().num_replicas_in_sync
         return loss_sum / tf.cast(rows * replicas, loss_sum.dtype)
 
+    @property
+    def metrics(self):
+        return [*super().metrics, self._mean_loss]
+
     def compute_loss(self, features: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         query, candidate = self._encode(features)
         trunk = self._top(query, candidate)
@@ -252,4 +260,5 @@ class DCNRankingModel(tfrs.Model):
             labels = tf.one_hot(tf.zeros(tf.shape(logits)[0], tf.int32), tf.shape(logits)[1])
             interaction_loss = self.interaction_task(labels=labels, predictions=logits)
             loss += self.config.interaction_weight * self._per_example(interaction_loss, rows)
+        E.track_mean(self._mean_loss, loss, tf.cast(rows, tf.float32))
         return loss

@@ -174,6 +174,10 @@ class TwoTowerModel(tfrs.Model):
     ):
         super().__init__()
         self.config = config
+        # The epoch's loss per example (Keras' "loss" is the last step's value, as tfrs.Model returns it);
+        # a Mean metric, reset each epoch and summed over replicas. Set untracked, so its variables stay
+        # out of the model's weights and checkpoints; `metrics` lists it.
+        object.__setattr__(self, "_mean_loss", tf.keras.metrics.Mean(name="mean_loss"))
         if config.recency_half_life_days and recency is None:
             raise ValueError("recency_half_life_days > 0 needs the training data's RecencyWeighting")
         self.recency = recency if config.recency_half_life_days else None
@@ -240,6 +244,10 @@ class TwoTowerModel(tfrs.Model):
         uniform = 1.0 / tf.cast(tf.shape(self._catalog[F.ITEM_ID_XF])[0], tf.float32)
         return (batch * unigram + num_random * uniform) / (batch + num_random)
 
+    @property
+    def metrics(self):
+        return [*super().metrics, self._mean_loss]
+
     def compute_loss(self, features: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         candidates = self.candidates_for_batch(features)
         # One lookup for both towers: the TPU embedding layer needs every
@@ -257,7 +265,10 @@ class TwoTowerModel(tfrs.Model):
             kwargs["candidate_ids"] = candidates[F.ITEM_ID_XF]
         if self.recency is not None:
             kwargs["sample_weight"] = self.recency.weights(features[F.TIMESTAMP_XF])
-        return self.task(query, candidate, compute_metrics=not training, **kwargs)
+        loss = self.task(query, candidate, compute_metrics=not training, **kwargs)
+        rows = tf.cast(tf.shape(query)[0], tf.float32)
+        E.track_mean(self._mean_loss, loss / tf.maximum(rows, 1.0), rows)
+        return loss
 
 
 def gather_in_batch_candidates(

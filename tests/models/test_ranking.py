@@ -165,3 +165,16 @@ def test_interaction_task_needs_negatives():
 def test_time_bucket_must_be_non_negative():
     with pytest.raises(ValueError, match="time_bucket_hours"):
         RankingConfig(time_bucket_hours=-1)
+
+
+def test_mean_loss_is_the_epochs_loss_per_example(table_sizes, make_batch):
+    tf.keras.utils.set_random_seed(3)
+    # without the interaction head, whose negatives are drawn at random on every call: deterministic losses
+    model = DCNRankingModel(RankingConfig(interaction_weight=0.0, **SMALL), table_sizes)
+    model.compile()
+    data = make_batch(40, seed=1)
+    logs = model.evaluate(tf.data.Dataset.from_tensor_slices(data).batch(16), verbose=0, return_dict=True)
+    rows = (16, 16, 8)
+    losses = [float(model.compute_loss({k: v[i : i + n] for k, v in data.items()})) for i, n in zip((0, 16, 32), rows)]
+    assert logs["loss"] == pytest.approx(losses[-1], rel=1e-5)  # per example, of the last batch only
+    assert logs["mean_loss"] == pytest.approx(sum(n * loss for n, loss in zip(rows, losses)) / 40, rel=1e-5)

@@ -378,3 +378,16 @@ def test_two_replicas_give_the_loss_gradient_and_update_of_one_process(overrides
     assert result["gradient_max_difference"] <= 1e-5 * result["gradient_max"] + 1e-7
     assert result["steps"] == [1, 1] and result["update_max"] > 1e-4
     assert result["update_max_difference"] <= 1e-5
+
+
+def test_mean_loss_is_the_epochs_loss_per_example_not_the_last_batchs(table_sizes, make_batch):
+    tf.keras.utils.set_random_seed(3)
+    model = TwoTowerModel(TwoTowerConfig(**SMALL), table_sizes)
+    model.compile()
+    data = make_batch(40, seed=1)
+    dataset = tf.data.Dataset.from_tensor_slices(data).batch(16)  # 16 + 16 + 8 rows
+    logs = model.evaluate(dataset, verbose=0, return_dict=True)
+    batches = [{k: v[i : i + 16] for k, v in data.items()} for i in (0, 16, 32)]
+    losses = [float(model.compute_loss(batch)) for batch in batches]
+    assert logs["loss"] == pytest.approx(losses[-1], rel=1e-5)  # Keras' "loss": the last (8-row) batch's sum
+    assert logs["mean_loss"] == pytest.approx(sum(losses) / 40, rel=1e-5)
