@@ -430,6 +430,19 @@ def _dense_as_slices(gradient: tf.Tensor) -> tf.IndexedSlices:
     return tf.IndexedSlices(gradient, tf.range(rows), tf.shape(gradient, out_type=tf.int64))
 
 
+def report_global_metrics(model: tf.keras.Model, dist: Distribution) -> None:
+    """Makes the logged metrics the global ones under multi_worker_mirrored.
+
+    Keras reduces a multi-worker step's outputs by summing them over the workers ("auto"), metrics
+    included, although a metric's result is already aggregated over every replica: each worker's
+    `mean_loss` (the epoch's loss per example) would be logged N times over. "first" logs the first
+    replica's outputs: the global metrics as they are, and for `loss` (the last step's own loss, as
+    tfrs.Model returns it) the first replica's share of that batch.
+    """
+    if dist.config.strategy == "multi_worker_mirrored" and dist.replicas > 1:
+        model.distribute_reduction_method = "first"
+
+
 def enable_gradient_accumulation(model: tf.keras.Model, micro_batches: int) -> None:
     """Makes `model.fit` take one optimizer step per `micro_batches` micro-batches.
 

@@ -183,6 +183,7 @@ def _fit(
             # a bounded validation: the first batches of the (fixed-order) eval data, every epoch
             return make_all_eval(batch).take(-(-limit // batch))
 
+    distribution.report_global_metrics(model, dist)
     distribution.enable_gradient_accumulation(model, dist.config.gradient_accumulation_steps)
     callbacks = distribution.checkpoint_callbacks(dist, getattr(fn_args, "model_run_dir", None), name)
     callbacks.append(_Progress(name, dist.global_batch_size(batch_size)))
