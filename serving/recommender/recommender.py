@@ -353,21 +353,21 @@ class Recommender:
             count = int(evaluation.get("rerank_depth") or 100)
         return beta, (count if beta > 0 else 0)
 
+    def recent_then_all_time(self, as_of: int, want: int, window_days: float) -> list[tuple[str, float]]:
+        """At least `want` items (if the store has them): by their count in the last `window_days`, ties by
+        item id; when fewer items had events in the window (the list is then complete), followed by the
+        others by all-time count, ties by id."""
+        recent = self.popular_items(as_of, want, window_days)
+        if len(recent) >= want:
+            return recent
+        have = {item for item, _ in recent}
+        return recent + [p for p in self.popular_items(as_of, want + len(have)) if p[0] not in have]
+
     def recently_popular(self, as_of: int, count: int, banned: set) -> list[str]:
-        """The `count` most recently popular items not in `banned`: by their count in the last
-        RECENT_WINDOW_DAYS (the ranker's ITEM_RECENT_COUNT), ties by item id; when fewer items had
-        events in that window, then by all-time count (ties by id). The offline evaluation's order."""
-        want = count + len(banned)
-        recent = self.popular_items(as_of, want, features.RECENT_WINDOW_DAYS)
-        out = [item for item, _ in recent if item not in banned][:count]
-        if len(out) < count:  # the window's list is complete (shorter than asked): every other item has 0
-            have = {item for item, _ in recent}
-            for item, _ in self.popular_items(as_of, want + len(have)):
-                if item not in have and item not in banned:
-                    out.append(item)
-                    if len(out) == count:
-                        break
-        return out
+        """The `count` most recently popular items not in `banned`, in the offline evaluation's order:
+        `recent_then_all_time` over RECENT_WINDOW_DAYS (the ranker's ITEM_RECENT_COUNT window)."""
+        ranked = self.recent_then_all_time(as_of, count + len(banned), features.RECENT_WINDOW_DAYS)
+        return [item for item, _ in ranked if item not in banned][:count]
 
     def _retrieve(self, state: _State) -> None:
         served, request = state.served, state.request
@@ -511,11 +511,7 @@ class Recommender:
         popular: list[tuple[str, float]] = []
         if store_ok:
             try:
-                window = self.config.cold_start.popularity_window_days
-                popular = self.popular_items(state.as_of, want, window)
-                if len(popular) < want:
-                    have = {i for i, _ in popular}
-                    popular += [p for p in self.popular_items(state.as_of, want) if p[0] not in have]
+                popular = self.recent_then_all_time(state.as_of, want, self.config.cold_start.popularity_window_days)
             except Exception as err:  # noqa: BLE001 - the store failed too: use the in-process list
                 self._fall_back(state, "popularity", err)
                 popular = []
