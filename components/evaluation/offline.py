@@ -568,7 +568,8 @@ class BlendedRecommender:
             _shared=self._shared,
         )
 
-    def _popular(self, k: int, seen) -> list[str]:
+    def popular(self, k: int, seen) -> list[str]:
+        """The `k` most recently popular items not in `seen` (the blend's popular candidates)."""
         out = []
         for item in self._shared["by_popularity"]:
             if item not in seen:
@@ -577,19 +578,30 @@ class BlendedRecommender:
                     break
         return out
 
+    def base_candidates(self, user_ids, k, exclude) -> list[list[str]]:
+        """Per user: retrieval's top max(k, depth), then the most recently popular unseen items not among them."""
+        depth = max(k, self._depth)
+        retrieved, _ = self._retrieval.scored(user_ids, depth, exclude)
+        candidates = []
+        for cands, seen in zip(retrieved, exclude):
+            have = set(cands)
+            extra = [i for i in self.popular(depth, seen) if i not in have]
+            candidates.append(list(cands) + extra)
+        return candidates
+
     def components(self, user_ids, k, exclude) -> list[dict]:
         """Per user: candidate ids and their retrieval logit, interaction score and log popularity."""
         key = (tuple(user_ids), int(k))
         cache = self._shared["cache"]
         if key in cache:
             return cache[key]
-        depth = max(k, self._depth)
-        retrieved, _ = self._retrieval.scored(user_ids, depth, exclude)
-        candidates = []
-        for cands, seen in zip(retrieved, exclude):
-            have = set(cands)
-            extra = [i for i in self._popular(depth, seen) if i not in have]
-            candidates.append(list(cands) + extra)
+        out = self.score_candidates(user_ids, self.base_candidates(user_ids, k, exclude))
+        cache[key] = out
+        return out
+
+    def score_candidates(self, user_ids, candidates: Sequence[Sequence[str]]) -> list[dict]:
+        """Per user: the given candidate ids ("items") with their retrieval logit ("logit"), log(1 +
+        recent count) ("log_pop") and, with a ranker, DCN interaction score ("interaction")."""
         queries = self._retrieval.query_embeddings(user_ids)
         index = self._retrieval._index
         out = []
@@ -620,7 +632,6 @@ class BlendedRecommender:
             for entry in out:
                 entry["interaction"] = interaction[start : start + len(entry["items"])]
                 start += len(entry["items"])
-        cache[key] = out
         return out
 
     def __call__(self, user_ids, k, exclude):

@@ -158,9 +158,9 @@ def test_blend_popular_candidates_follow_the_feature_stores_order_and_scores_are
     without = sorted((i for i in recent if recent[i] == 0), key=lambda i: (-prior[i], str(i)))
     assert with_recent and without  # the world has both kinds
     expected = with_recent + without
-    assert blended._popular(len(expected), set()) == expected
+    assert blended.popular(len(expected), set()) == expected
     seen = set(expected[:3])
-    assert blended._popular(5, seen) == expected[3:8]
+    assert blended.popular(5, seen) == expected[3:8]
     users, exclude = _users_and_seen(world, n=4)
     lists = blended(users, 10, exclude)
     for user, got, entry in zip(users, lists, blended.components(users, 10, exclude)):
