@@ -293,7 +293,11 @@ def score_fold(fold: dict, args) -> dict:
         tuned = fold["blend_models"]
         started = time.time()
         state_blend, state_scores = tune_state_blend(
-            full.validation_view(), [t for t, _ in tuned], [r for _, r in tuned], depth=args.rerank_depth
+            full.validation_view(),
+            [t for t, _ in tuned],
+            [r for _, r in tuned],
+            depth=args.rerank_depth,
+            objective=tuple(args.state_objective),
         )
         print(
             f"  fold {fold['index']}: state blend chosen on the eval window ({time.time() - started:.0f}s): "
@@ -618,6 +622,13 @@ def main(argv=None) -> int:
         dest="state_blend",
         action="store_false",
         help=f"with --blend-from, do not choose and score the state-aware blend {STATE_BLENDED}",
+    )
+    parser.add_argument(
+        "--state-objective",
+        nargs="+",
+        choices=("ndcg@10", "recall@100"),
+        default=["ndcg@10", "recall@100"],
+        help="the eval-window metrics (summed) the state-aware blend is chosen by",
     )
     parser.add_argument(
         "--blend-seeds", type=int, nargs="+", default=None, help="seeds of --blend-from's fits (default: --seeds)"
