@@ -40,11 +40,12 @@ from towerflow.serving.recommender import reranking
 from towerflow.serving.recommender.config import RerankingConfig
 from towerflow.serving.recommender.replay import score_lists
 
+# freshness_boost and novelty_weight are in units of each request's score scale (reranking.score_scale)
 GRID = {
-    "diversity_lambda": (0.8, 0.85, 0.9, 0.95, 0.98),
-    "diversity_depth": (20, 50),
+    "diversity_lambda": (0.5, 0.6, 0.7, 0.8, 0.9, 0.95),
+    "diversity_depth": (10, 20, 50),
     "freshness_boost": (0.05, 0.1, 0.2, 0.3),
-    "novelty_weight": (0.0, 0.05, 0.1, 0.2),
+    "novelty_weight": (0.0, 0.02, 0.05, 0.1, 0.2),
 }
 MAX_COST = 0.02  # the bound on the NDCG@10 cost
 CONFIDENCE = 0.95

@@ -1,12 +1,19 @@
 """Re-ranking, exploration and explanations: what happens to the ranked candidates before they are shown.
 
 * `rerank`: drops seen, excluded and rule-blocked or unavailable items, adds
-  business-rule boosts and a freshness boost (items first interacted with less
+  business-rule boosts, a freshness boost (items first interacted with less
   than `freshness_days` ago) and a novelty term (- weight x log(1 + interactions
   so far)), then orders by maximal marginal relevance over
   genres: each next item maximises  lambda x relevance - (1 - lambda) x its
   highest genre (Jaccard) similarity to the items already picked. lambda = 1 is
   pure relevance order.
+  The freshness boost, the novelty weight and MMR's relevance are in units of the
+  request's own score scale: the spread of its best `diversity_depth` scores
+  (`score_scale`). Retrieval logits, the ranker and the popularity term give scores
+  whose spread differs several times between models and users; in these units the
+  same settings move every list alike, and MMR treats k = 10 and k = 100 alike
+  (relevance = (score - best) / scale, whatever the pool's lowest score).
+  Rule boosts stay in score units (the rules file's numbers are added as they are).
 * `explore`: epsilon-greedy slots. epsilon = epsilon0 / sqrt(1 + events) shrinks
   as the user engages; a slot (after the protected top ones) is replaced with
   probability epsilon by a draw from the least-exposed candidates whose score
@@ -20,6 +27,7 @@
 from __future__ import annotations
 
 import hashlib
+import heapq
 import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,9 +61,21 @@ class Candidate:
         return frozenset(self.item.get(features.ITEM_GENRES) or ())
 
 
-def mmr(candidates: Sequence[Candidate], k: int, diversity_lambda: float, depth: int) -> list[Candidate]:
+def score_scale(scores: Sequence[float], depth: int) -> float:
+    """The unit of a request's re-ranking terms: best minus `depth`-th best of `scores` (1.0 if that is 0)."""
+    if not scores:
+        return 1.0
+    top = heapq.nlargest(max(1, depth), scores)
+    spread = float(top[0] - top[-1])
+    return spread if spread > 0 and math.isfinite(spread) else 1.0
+
+
+def mmr(
+    candidates: Sequence[Candidate], k: int, diversity_lambda: float, depth: int, scale: float | None = None
+) -> list[Candidate]:
     """Greedy MMR over genre sets among the best `max(k, depth)` (input sorted by score, best first).
 
+    relevance = (score - best score) / scale, `scale` defaulting to `score_scale` of the input's scores.
     Vectorised: the pool's genre sets are one boolean matrix, so each pick updates every remaining item's
     highest genre Jaccard similarity in one step (two empty genre sets count as similarity 1).
     """
@@ -64,8 +84,9 @@ def mmr(candidates: Sequence[Candidate], k: int, diversity_lambda: float, depth:
     pool = list(candidates[: max(k, depth)])
     rest = list(candidates[len(pool) :])
     scores = np.array([c.score for c in pool], dtype=np.float64)
-    span = scores.max() - scores.min()
-    relevance = (scores - scores.min()) / span if span > 0 else np.ones_like(scores)
+    if scale is None:
+        scale = score_scale(scores[:depth].tolist(), depth)
+    relevance = (scores - scores.max()) / scale
     genre_sets = [c.genres for c in pool]
     vocabulary = {g: i for i, g in enumerate(sorted(set().union(*genre_sets)))}
     matrix = np.zeros((len(pool), max(1, len(vocabulary))), dtype=bool)
@@ -99,15 +120,18 @@ def rerank(
     config: RerankingConfig,
 ) -> list[Candidate]:
     """Filtered, boosted and MMR-ordered candidates (all of them; the caller cuts to k after exploring)."""
-    kept = []
     # rules with nothing to block, restrict or boost (the usual case) need no per-item look-ups
     plain = not (rules.blocked or rules.available_in or rules.boosts)
-    freshness_days, freshness_boost = config.freshness_days, config.freshness_boost
-    novelty_weight, log1p = config.novelty_weight, math.log1p
-    for c in candidates:
+    kept = [
+        c
+        for c in candidates
+        if c.item_id not in seen and c.item_id not in exclude and (plain or rules.allowed(c.item_id, context))
+    ]
+    scale = score_scale([c.score for c in kept], config.diversity_depth)
+    freshness_days, freshness_boost = config.freshness_days, scale * config.freshness_boost
+    novelty_weight, log1p = scale * config.novelty_weight, math.log1p
+    for c in kept:
         item_id = c.item_id
-        if item_id in seen or item_id in exclude or not (plain or rules.allowed(item_id, context)):
-            continue
         pit = c.pit
         days = pit.get(features.ITEM_DAYS_SINCE_FIRST)
         prior = pit.get(features.ITEM_PRIOR_COUNT)
@@ -116,9 +140,8 @@ def rerank(
         boost = 0.0 if plain else rules.boost(item_id)
         c.score = c.score + boost + (freshness_boost if c.fresh else 0.0) - novelty
         c.stage_scores["reranking"] = float(c.score)
-        kept.append(c)
     kept.sort(key=lambda c: -c.score)  # stable: ties keep the ranking order
-    return mmr(kept, k, config.diversity_lambda, config.diversity_depth)
+    return mmr(kept, k, config.diversity_lambda, config.diversity_depth, scale)
 
 
 def request_rng(request_id: str, seed: int) -> np.random.Generator:

@@ -22,12 +22,42 @@ def cand(item, score, genres=(), prior=10, days=100.0):
 
 
 def test_mmr_hand_computed():
-    # relevance normalised to [1, 0.9, 0.8, 0]; lambda 0.5
+    # scale = best - 10th best = 10 - 0 (4 items); relevance (score - 10) / 10 = [0, -0.1, -0.2, -1]; lambda 0.5
     cands = [cand("a", 10, ["x"]), cand("b", 9, ["x"]), cand("c", 8, ["y"]), cand("d", 0, ["z"])]
-    # pick a (0.5); then b: 0.5*0.9 - 0.5*1 = -0.05, c: 0.5*0.8 - 0 = 0.4, d: 0 -> c;
-    # then b: -0.05, d: 0 -> d; then b
+    # pick a (0); then b: 0.5*-0.1 - 0.5*1 = -0.55, c: 0.5*-0.2 - 0 = -0.1, d: -0.5 -> c;
+    # then b: -0.55, d: -0.5 -> d; then b
     assert [c.item_id for c in reranking.mmr(cands, 4, 0.5, 10)] == ["a", "c", "d", "b"]
     assert [c.item_id for c in reranking.mmr(cands, 4, 1.0, 10)] == ["a", "b", "c", "d"]
+    # depth 2: scale = 10 - 9 = 1, relevance [0, -1, -2, -10]: after a, b 0.5*-1 - 0.5*1 = -1, c 0.5*-2 - 0 = -1
+    # (a tie: argmax takes the higher-scored b), d -5; then c -1 vs d -5 -> c, then d
+    assert [c.item_id for c in reranking.mmr(cands, 4, 0.5, 2)] == ["a", "b", "c", "d"]
+
+
+def test_score_scale_is_the_spread_of_the_best_depth_scores():
+    assert reranking.score_scale([3.0, 10.0, 9.0, 0.0], 2) == 1.0  # 10 - 9
+    assert reranking.score_scale([3.0, 10.0, 9.0, 0.0], 3) == 7.0  # 10 - 3
+    assert reranking.score_scale([3.0, 10.0, 9.0, 0.0], 50) == 10.0  # fewer than depth: best - worst
+    assert reranking.score_scale([5.0, 5.0], 2) == 1.0 and reranking.score_scale([], 20) == 1.0
+
+
+def test_mmr_and_boosts_do_not_depend_on_the_score_scale():
+    rng = np.random.default_rng(0)
+    names = ["Action", "Comedy", "Drama"]
+    for _ in range(20):
+        scores = np.sort(rng.normal(size=30))[::-1]
+        genres = [[g for g in names if rng.random() < 0.4] for _ in scores]
+        priors = rng.integers(0, 100, size=30)
+        days = rng.uniform(0, 60, size=30)
+        cfg = RerankingConfig(diversity_lambda=0.7, diversity_depth=10, freshness_boost=0.2, novelty_weight=0.1)
+        orders = []
+        for factor, shift in ((1.0, 0.0), (7.5, -3.0)):  # the same scores in other units
+            cands = [
+                cand(f"i{n}", factor * float(s) + shift, g, prior=int(p), days=float(d))
+                for n, (s, g, p, d) in enumerate(zip(scores, genres, priors, days))
+            ]
+            out = reranking.rerank(cands, 10, seen=set(), exclude=set(), rules=Rules(), context={}, config=cfg)
+            orders.append([c.item_id for c in out[:10]])
+        assert orders[0] == orders[1]
 
 
 def test_rerank_filters_boosts_and_freshness():
@@ -38,11 +68,12 @@ def test_rerank_filters_boosts_and_freshness():
             "availability": {"context_field": "region", "items": {"c": ["de"]}},
         }
     )
-    cfg = RerankingConfig(diversity_lambda=1.0, freshness_days=30, freshness_boost=1.5, novelty_weight=0.0)
+    cfg = RerankingConfig(diversity_lambda=1.0, freshness_days=30, freshness_boost=0.15, novelty_weight=0.0)
     cands = [cand("a", 10), cand("b", 9), cand("c", 8), cand("d", 1), cand("e", 0, days=3.0), cand("s", 20)]
     out = reranking.rerank(cands, 5, seen={"s"}, exclude={"zz"}, rules=rules, context={}, config=cfg)
     assert [c.item_id for c in out] == ["a", "d", "e"]  # b blocked, c not available without a region, s seen
-    assert out[1].score == 6.0 and out[2].score == 1.5 and out[2].fresh
+    # the rule boost in score units (1 + 5); freshness 0.15 x the kept scores' spread (10 - 0)
+    assert out[1].score == 6.0 and out[2].score == pytest.approx(1.5) and out[2].fresh
     cands = [cand("a", 10), cand("c", 8)]
     out = reranking.rerank(cands, 5, seen=set(), exclude={"a"}, rules=rules, context={"region": "de"}, config=cfg)
     assert [c.item_id for c in out] == ["c"]
@@ -53,7 +84,8 @@ def test_novelty_term_favours_the_long_tail():
     cands = [cand("head", 5.0, prior=53), cand("tail", 2.0, prior=0)]
     out = reranking.rerank(cands, 2, seen=set(), exclude=set(), rules=Rules(), context={}, config=cfg)
     assert [c.item_id for c in out] == ["tail", "head"]
-    assert out[1].score == pytest.approx(5.0 - np.log(54.0)) and out[0].score == 2.0
+    # in units of the scores' spread, 5 - 2
+    assert out[1].score == pytest.approx(5.0 - 3.0 * np.log(54.0)) and out[0].score == 2.0
 
 
 def test_explore_pool_is_above_the_floor_and_least_exposed():
@@ -174,8 +206,9 @@ def _mmr_reference(candidates, k, diversity_lambda, depth):
 
     pool, rest = list(candidates[: max(k, depth)]), list(candidates[max(k, depth) :])
     scores = [c.score for c in pool]
-    low, span = min(scores), max(scores) - min(scores)
-    relevance = [(x - low) / span if span > 0 else 1.0 for x in scores]
+    best = sorted(scores, reverse=True)[:depth]
+    scale = best[0] - best[-1] if best[0] > best[-1] else 1.0
+    relevance = [(x - best[0]) / scale for x in scores]
     max_sim, chosen, left = [0.0] * len(pool), [], list(range(len(pool)))
     while left and len(chosen) < k:
         gains = [diversity_lambda * relevance[i] - (1 - diversity_lambda) * max_sim[i] for i in left]
