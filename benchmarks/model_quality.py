@@ -250,6 +250,31 @@ def _compare_by_metric(entries: dict, best: dict[str, str], names, resamples: in
     return out
 
 
+def head_to_head(scored: dict, resamples: int) -> dict:
+    """The state blend against two_tower+dcn+pop on the same users (when both were scored)."""
+    entries = scored["entries"]
+    if STATE_BLENDED not in entries or BLENDED not in entries:
+        return {}
+    return _compare(entries[STATE_BLENDED], entries[BLENDED], resamples)
+
+
+def head_to_head_table(scored: dict) -> str:
+    cells = scored.get("head_to_head") or {}
+    if not cells:
+        return ""
+    lines = [f"| {STATE_BLENDED} vs {BLENDED} | " + " | ".join(METRICS) + " |", "|---|" + "---:|" * len(METRICS)]
+    for s in SLICES:
+        out = []
+        for m in METRICS:
+            c = cells[f"{s}:{m}"]
+            out.append(
+                f"{c['mean']:.3f} vs {c['reference_mean']:.3f} ({c['lift']:+.1%} "
+                f"[{c['lift_ci_low']:+.1%}, {c['lift_ci_high']:+.1%}], p={c['p_value']:.2g})"
+            )
+        lines.append(f"| {s} | " + " | ".join(out) + " |")
+    return "\n".join(lines)
+
+
 def list_overlap(lists, others, k: int) -> np.ndarray:
     """Per user: the items the first `k` of both lists share, over k."""
     return np.array([len(set(a[:k]) & set(b[:k])) / k for a, b in zip(lists, others)], dtype=np.float64)
@@ -358,6 +383,7 @@ def score_fold(fold: dict, args) -> dict:
     models = [n for n in entries if n not in fitted]
     return dict(
         index=fold["index"],
+        head_to_head=head_to_head({"entries": entries}, args.bootstrap),
         best_by_metric=by_metric,
         by_metric=_compare_by_metric(entries, by_metric, models, args.bootstrap),
         state_blend=state_blend.to_dict() if state_blend is not None else None,
@@ -402,6 +428,7 @@ def pool(folds: list[dict], args) -> dict:
     by_metric = best_by_metric(entries, baselines)
     keys = [k for k in folds[0].get("overlap", {}) if all(k in f.get("overlap", {}) for f in folds)]
     return dict(
+        head_to_head=head_to_head({"entries": entries}, args.bootstrap),
         best_by_metric=by_metric,
         by_metric=_compare_by_metric(entries, by_metric, [n for n in entries if n not in baselines], args.bootstrap),
         overlap={k: np.concatenate([f["overlap"][k] for f in folds]) for k in keys},
@@ -514,13 +541,13 @@ def score_folds(folds: list[dict], args) -> dict:
         if result.get("state_blend_describe"):
             print(f"  {STATE_BLENDED}: {result['state_blend_describe']}")
         print(table(result))
-        print(by_metric_table(result))
-        print(overlap_table(result))
+        for extra in (by_metric_table(result), head_to_head_table(result), overlap_table(result)):
+            print(extra)
     pooled = pool(scored, args)
     print(f"\npooled over {len(scored)} folds: {pooled['users']} test users, best baseline {pooled['best']}")
     print(table(pooled))
-    print(by_metric_table(pooled))
-    print(overlap_table(pooled))
+    for extra in (by_metric_table(pooled), head_to_head_table(pooled), overlap_table(pooled)):
+        print(extra)
     goals = []
     for model in (BLENDED, STATE_BLENDED) if BLENDED in pooled["comparisons"] else ("two_tower+dcn",):
         if model not in pooled["comparisons"]:
@@ -566,14 +593,14 @@ def write_outputs(result: dict, json_path: Path, results_md: str | None) -> None
             chosen += f"; {STATE_BLENDED}({fold['state_blend_describe']})"
         parts.append(f"Settings chosen on the eval window: {chosen}\n")
         parts.append(table(fold) + "\n")
-        parts.extend(t + "\n" for t in (by_metric_table(fold), overlap_table(fold)) if t)
+        parts.extend(t + "\n" for t in (by_metric_table(fold), head_to_head_table(fold), overlap_table(fold)) if t)
     pooled = result["pooled"]
     parts.append(
         f"### Pooled over folds ({pooled['users']} users: {pooled['warm']} warm, {pooled['cold']} cold); "
         f"best baseline {pooled['best']}\n"
     )
     parts.append(table(pooled) + "\n")
-    parts.extend(t + "\n" for t in (by_metric_table(pooled), overlap_table(pooled)) if t)
+    parts.extend(t + "\n" for t in (by_metric_table(pooled), head_to_head_table(pooled), overlap_table(pooled)) if t)
     parts.append("Goals (pooled):\n\n" + "\n".join(f"- {g}" for g in result["goals"]) + "\n")
     Path(results_md).write_text("\n".join(parts))
     print(f"wrote {results_md}")

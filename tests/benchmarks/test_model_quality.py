@@ -4,6 +4,7 @@ import os
 import sys
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
 
@@ -45,3 +46,17 @@ def test_models_are_compared_with_the_best_baseline_on_each_metric():
     lines = Q.goal_check(pooled, "model", by_metric=True)
     assert lines[1].startswith("model all recall@100: +25.0%") and "vs newcomer" in lines[1]
     assert "vs recent" in lines[0] and "NOT met" in lines[0]  # +0% NDCG@10 misses the +10% goal
+
+
+def test_the_state_blend_is_compared_head_to_head_with_the_previous_blend():
+    entries = {
+        Q.BLENDED: _entry([0.4, 0.4, 0.2, 0.2], [0.5] * 4),
+        Q.STATE_BLENDED: _entry([0.5, 0.5, 0.2, 0.2], [0.5] * 4),
+    }
+    out = Q.head_to_head({"entries": entries}, resamples=50)
+    assert out["warm:recall@100"]["lift"] == 0.25  # 0.5 vs 0.4
+    assert out["cold:recall@100"]["lift"] == 0.0
+    assert out["all:recall@100"]["difference"] == pytest.approx(0.05)
+    assert Q.head_to_head({"entries": {Q.BLENDED: entries[Q.BLENDED]}}, resamples=50) == {}
+    table = Q.head_to_head_table({"head_to_head": out})
+    assert "| warm | " in table and "+25.0%" in table
