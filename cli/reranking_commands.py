@@ -30,6 +30,7 @@ from towerflow.serving.recommender.rerank_selection import (
     K,
     choose,
     evaluate_grid,
+    qualifying,
     rerank_lists,
 )
 
@@ -124,8 +125,8 @@ def select_reranking(args) -> None:
     emit("# Re-ranking defaults: chosen on the eval window, reported on the test window")
     emit()
     emit(f"Run: {run_dir.name}; two_tower / ranker as pushed; retrieval top-N {depth} (the pushed re-ranking "
-         f"depth), k {K}, exploration off, no popularity candidates; eval users {len(windows['eval'])}, "
-         f"test users {len(windows['test'])}.")  # fmt: skip
+         f"depth), k {K}, exploration off, no cold-start segment candidates (the popularity blend as served); "
+         f"eval users {len(windows['eval'])}, test users {len(windows['test'])}.")  # fmt: skip
     emit(f"Grid ({len(trials)} settings): {json.dumps(GRID)}")
     emit(f"Rule: lambda < 1 and freshness boost > 0, diversity@{TOP} and coverage@{TOP} above plain, NDCG@10 cost "
          f"<= {MAX_COST:.0%} at the upper {CONFIDENCE:.0%} bootstrap bound; then the largest summed relative "
@@ -133,13 +134,16 @@ def select_reranking(args) -> None:
     emit()
     header = (f"| order | NDCG@10 | Recall@{K} | diversity@{TOP} | coverage@{TOP} | NDCG@10 cost | "
               f"cost, upper {CONFIDENCE:.0%} bound |")  # fmt: skip
+    best = qualifying(plain, trials)
     emit("## Eval window (chooses)")
+    emit()
+    emit(f"Qualifying settings: {len(best)} of {len(trials)}; below, the {min(5, len(best))} with the largest gain "
+         f"(the first is chosen) and the defaults config.py had before.")  # fmt: skip
     emit()
     emit(header)
     emit("|---|---:|---:|---:|---:|---:|---:|")
     emit(_row("pure relevance (lambda 1, no boosts)", plain))
-    best = sorted(trials, key=lambda t: -t.gain(plain) if t.cost_upper <= MAX_COST else math.inf)[:5]
-    for t in best:
+    for t in best[:5]:
         emit(_row(json.dumps(t.settings), t.metrics, t.cost, t.cost_upper))
     current = next((t for t in trials if all(getattr(base, n) == v for n, v in t.settings.items())), None)
     if current is not None:

@@ -87,19 +87,21 @@ class RankingConfig:
 @dataclass
 class RerankingConfig:
     # MMR trade-off: 1.0 = pure relevance order (diversity off), lower = more genre diversity.
-    # The re-ranking defaults (diversity_lambda, diversity_depth, freshness_boost, novelty_weight) were
-    # chosen on the EVAL window by `towerflow select-reranking --run-dir RUN`
-    # (rerank_selection.py: its grid and rule -- diversity and freshness on, diversity@10 and coverage@10
-    # up, NDCG@10 cost <= 2% at the upper 95% bootstrap bound over eval users, then the largest gain) on a
-    # fresh ml-100k pipeline run of this code: eval NDCG@10 0.3804 vs 0.3792 plain (bound 1.23%),
-    # diversity@10 0.8433 vs 0.8335, coverage@10 0.1385 vs 0.1344. The test window, reported only:
-    # NDCG@10 0.3683 vs 0.3699 (cost 0.44%), diversity@10 0.8388 vs 0.8204, coverage@10 0.1439 vs 0.1397.
-    diversity_lambda: float = 0.9
-    diversity_depth: int = 20  # MMR picks from the best `diversity_depth` candidates
+    # freshness_boost and novelty_weight, like MMR's relevance, are in units of each request's score scale:
+    # the spread of its best `diversity_depth` scores (reranking.score_scale).
+    # The defaults (diversity_lambda, diversity_depth, freshness_boost, novelty_weight) were chosen on the
+    # EVAL window by `towerflow select-reranking --run-dir RUN` (rerank_selection.py: its grid and rule --
+    # diversity and freshness on, diversity@10 and coverage@10 up, NDCG@10 cost <= 2% at the upper 95%
+    # bootstrap bound over eval users, then the largest gain) on a default ml-100k run serving
+    # two_tower+dcn+pop (benchmarks/results/reranking.md): eval NDCG@10 0.3746 vs 0.3748 plain (bound
+    # 1.99%), diversity@10 0.8531 vs 0.8527, coverage@10 0.0583 vs 0.0553. The test window, reported only:
+    # NDCG@10 0.3848 vs 0.3774 (cost -1.98%), diversity@10 0.8552 vs 0.8330, coverage@10 0.0583 vs 0.0535.
+    diversity_lambda: float = 0.5
+    diversity_depth: int = 20  # MMR picks from the best max(k, diversity_depth) candidates
     freshness_days: float = 30.0  # an item first seen less than this long ago counts as new
-    freshness_boost: float = 0.3  # added to its score
-    # Subtracted x log(1 + the item's interactions so far): favours the long tail, so lists differ more
-    # between users (catalog coverage); genre MMR alone makes each list varied but not the lists distinct.
+    freshness_boost: float = 0.1  # added to its score, x the request's score scale
+    # Subtracted x log(1 + the item's interactions so far) x the score scale: favours the long tail, so lists
+    # differ more between users (catalog coverage); genre MMR alone makes each list varied, not the lists distinct.
     novelty_weight: float = 0.1
     rules_file: str | None = None  # business rules YAML (serving/recommender/rules.py)
     rules_poll_seconds: float = 2.0  # the rules file is re-read when it changes

@@ -9,9 +9,10 @@ while raising intra-list diversity and catalog coverage of the top 10.
 Protocol, the e2e replay's (tests/serving/recommender/test_e2e.py) one window
 earlier: the store materialized as of the EVAL cut-off, every eval-window user
 asked for k = 100 with `context.timestamp` = that cut-off, exploration off,
-retrieval top-N = the pushed evaluation's re-ranking depth, no popularity
-candidates. Each user's candidates go through the service's own features,
-retrieval and ranking once (`Recommender.ranked`); every setting of the grid
+retrieval top-N = the pushed evaluation's re-ranking depth, no cold-start
+segment candidates (the popularity blend's candidates and term as served).
+Each user's candidates go through the service's own features, retrieval and
+ranking once (`Recommender.ranked`); every setting of the grid
 then re-ranks them with the service's `reranking.rerank`, scored like the
 replay (`replay.score_lists`).
 
@@ -103,8 +104,8 @@ def evaluate_grid(ranked, eval_set, genres, rules, base: RerankingConfig, grid=G
     return plain, trials
 
 
-def choose(plain: dict, trials: list[Trial]) -> Trial | None:
-    """The rule of the module docstring; None if no setting qualifies."""
+def qualifying(plain: dict, trials: list[Trial]) -> list[Trial]:
+    """The settings the rule may choose from, best first (the first is `choose`'s pick)."""
     ok = [
         t
         for t in trials
@@ -114,9 +115,7 @@ def choose(plain: dict, trials: list[Trial]) -> Trial | None:
         and t.metrics[f"coverage@{TOP}"] > plain[f"coverage@{TOP}"]
         and t.cost_upper <= MAX_COST
     ]
-    if not ok:
-        return None
-    return max(
+    return sorted(
         ok,
         key=lambda t: (
             round(t.gain(plain), 9),
@@ -125,4 +124,11 @@ def choose(plain: dict, trials: list[Trial]) -> Trial | None:
             -t.settings["novelty_weight"],
             -t.settings["diversity_depth"],
         ),
+        reverse=True,
     )
+
+
+def choose(plain: dict, trials: list[Trial]) -> Trial | None:
+    """The rule of the module docstring; None if no setting qualifies."""
+    ok = qualifying(plain, trials)
+    return ok[0] if ok else None
