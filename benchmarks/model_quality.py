@@ -312,7 +312,9 @@ def score_fold(fold: dict, args) -> dict:
         top = sorted(blend_scores.items(), key=lambda kv: -kv[1])[:5]
         print(f"  fold {fold['index']}: blend chosen on the eval window {blend}; best: {top}", flush=True)
     state_blend, state_scores = None, {}
-    if fold.get("blend_models") and args.state_blend:
+    if fold.get("state_blend_fixed") is not None:  # one setting for every fold (--state-blend-pooled)
+        state_blend = fold["state_blend_fixed"]
+    elif fold.get("blend_models") and args.state_blend:
         from towerflow.components.evaluation.blend import tune_state_blend
 
         tuned = fold["blend_models"]
@@ -523,6 +525,26 @@ def goal_check(pooled: dict, model: str = "two_tower+dcn", target: float = 0.10,
     return lines
 
 
+def pooled_state_blend(folds: list[dict], args):
+    """One state blend for every fold, chosen on all the folds' eval windows' users together (train-only
+    fits): the way a pipeline default is chosen. A later fold's eval window overlaps an earlier fold's
+    test window, so on those folds the test score of this setting is not out of sample."""
+    from towerflow.components.evaluation.blend import tune_state_blend_windows
+    from towerflow.components.evaluation.offline import OfflineData
+
+    windows = []
+    for fold in folds:
+        artifacts, tuned = fold["artifacts"], fold["blend_models"]
+        full = OfflineData.from_artifacts(artifacts["Ingestion.examples"], artifacts["Ingestion.item_catalog"])
+        windows.append((full.validation_view(), [t for t, _ in tuned], [r for _, r in tuned]))
+    started = time.time()
+    blend, _ = tune_state_blend_windows(windows, depth=args.rerank_depth, objective=tuple(args.state_objective))
+    print(
+        f"state blend chosen on the {len(folds)} eval windows pooled ({time.time() - started:.0f}s): {blend.describe()}"
+    )
+    return blend
+
+
 def score_folds(folds: list[dict], args) -> dict:
     scored = []
     for fold in folds:
@@ -651,6 +673,11 @@ def main(argv=None) -> int:
         help=f"with --blend-from, do not choose and score the state-aware blend {STATE_BLENDED}",
     )
     parser.add_argument(
+        "--state-blend-pooled",
+        action="store_true",
+        help="choose ONE state blend on all folds' eval windows together (a pipeline default) instead of per fold",
+    )
+    parser.add_argument(
         "--state-objective",
         nargs="+",
         choices=("ndcg@10", "recall@100"),
@@ -696,6 +723,10 @@ def main(argv=None) -> int:
     if args.train_only:
         print(f"trained {len(folds)} folds x seeds {args.seeds} under {work} in {time.time() - started:.0f}s")
         return 0
+    if args.blend_from and args.state_blend and args.state_blend_pooled:
+        fixed = pooled_state_blend(folds, args)
+        for fold in folds:
+            fold["state_blend_fixed"] = fixed
 
     result = score_folds(folds, args)
     result["machine"] = f"{cpu_model()}, {cores()} cores, {memory_gib()}"

@@ -325,46 +325,79 @@ def tune_state_blend(
     over all users (ties to the earlier in the grid). Without rankers w is 0. Returns the blend and,
     per option, each state's best weights with its objective, NDCG@10 and Recall@100 on the eval window.
     """
+    return tune_state_blend_windows(
+        [(data, two_tower_dirs, ranker_dirs)],
+        depth,
+        windows,
+        first_ns,
+        rerank_grid,
+        popularity_grid,
+        newcomer_grid,
+        objective,
+        min_events,
+    )
+
+
+def tune_state_blend_windows(
+    eval_windows: Sequence[tuple[OfflineData, Sequence[str], Sequence[str | None]]],
+    depth: int = 100,
+    windows: Sequence[float] = NEWCOMER_WINDOW_GRID,
+    first_ns: Sequence[int] = NEWCOMER_FIRST_N_GRID,
+    rerank_grid: Sequence[float] = RERANK_GRID,
+    popularity_grid: Sequence[float] = POPULARITY_GRID,
+    newcomer_grid: Sequence[float] = NEWCOMER_GRID,
+    objective: Sequence[str] = OBJECTIVE,
+    min_events: int = COLD_MIN_EVENTS,
+) -> tuple[StateBlend, dict]:
+    """`tune_state_blend` over several eval windows' users together (e.g. one fixed setting for every
+    rolling-origin fold, as a pipeline default): each (data, two-tower dirs, ranker dirs) is scored as
+    there, and the users of all windows are pooled before choosing."""
     metrics = tuple(objective)
-    ks = tuple(int(m.split("@")[1]) for m in ("ndcg@10", "recall@100"))
-    if not set(metrics) <= {"ndcg@10", "recall@100"}:
+    ks = (10, 100)
+    if not metrics or not set(metrics) <= {"ndcg@10", "recall@100"}:
         raise ValueError(f"objective metrics must be among ndcg@10 and recall@100, got {metrics}")
-    eval_set = data.eval_set()
-    as_of = int(np.ceil(eval_set.cutoff))
-    has_ranker = all(r is not None for r in ranker_dirs)
+    has_ranker = all(r is not None for _, _, rankers in eval_windows for r in rankers)
     grid = _grid(rerank_grid if has_ranker else (0.0,), popularity_grid, newcomer_grid)
     options = [(float(w), int(n)) for w in windows for n in first_ns]
-    users = list(eval_set.user_ids)
-    exclude = list(eval_set.seen)
-    # per (option, grid index): per-user metric vectors, summed over the models
-    sums: dict[tuple[tuple[float, int], int], dict[str, np.ndarray]] = {}
-    cold = None
-    for two_tower_dir, ranker_dir in zip(two_tower_dirs, ranker_dirs):
-        retrieval = TwoTowerRecommender(two_tower_dir, data, as_of)
-        first = StateBlend(options[0][0], options[0][1], grid[0], grid[0], min_events)
-        recommender = StateBlendedRecommender(
-            retrieval, ranker_dir if has_ranker else None, data, as_of, first, depth=depth, options=options
-        )
-        table = recommender.table(users, max(ks), exclude)
-        cold = is_cold(table.prior_count, min_events)
-        is_relevant = table.relevance(eval_set.relevant)
+    # per (option, grid index): per-user metric vectors (each window's mean over its models), windows concatenated
+    parts: dict[tuple[tuple[float, int], int], dict[str, list[np.ndarray]]] = {}
+    colds = []
+    for data, two_tower_dirs, ranker_dirs in eval_windows:
+        eval_set = data.eval_set()
+        as_of = int(np.ceil(eval_set.cutoff))
+        users, exclude = list(eval_set.user_ids), list(eval_set.seen)
         n_relevant = np.array([len(r) for r in eval_set.relevant])
-        for option in options:
-            for g, weights in enumerate(grid):
-                blend = StateBlend(option[0], option[1], weights, weights, min_events)
-                values = per_user_metrics(table, blend, is_relevant, n_relevant, ks)
-                acc = sums.setdefault((option, g), {m: np.zeros(len(users)) for m in values})
-                for m, v in values.items():
-                    acc[m] += v
-    n_models = len(two_tower_dirs)
-    masks = {COLD: cold, WARM: ~cold, "all": np.ones(len(users), bool)}
+        sums: dict = {}
+        for two_tower_dir, ranker_dir in zip(two_tower_dirs, ranker_dirs):
+            retrieval = TwoTowerRecommender(two_tower_dir, data, as_of)
+            first = StateBlend(options[0][0], options[0][1], grid[0], grid[0], min_events)
+            recommender = StateBlendedRecommender(
+                retrieval, ranker_dir if has_ranker else None, data, as_of, first, depth=depth, options=options
+            )
+            table = recommender.table(users, max(ks), exclude)
+            cold = is_cold(table.prior_count, min_events)
+            is_relevant = table.relevance(eval_set.relevant)
+            for option in options:
+                for g, weights in enumerate(grid):
+                    blend = StateBlend(option[0], option[1], weights, weights, min_events)
+                    values = per_user_metrics(table, blend, is_relevant, n_relevant, ks)
+                    acc = sums.setdefault((option, g), {m: np.zeros(len(users)) for m in values})
+                    for m, v in values.items():
+                        acc[m] += v / len(two_tower_dirs)
+        colds.append(cold)
+        for key, values in sums.items():
+            for m, v in values.items():
+                parts.setdefault(key, {}).setdefault(m, []).append(v)
+    sums = {key: {m: np.concatenate(v) for m, v in values.items()} for key, values in parts.items()}
+    cold = np.concatenate(colds)
+    masks = {COLD: cold, WARM: ~cold, "all": np.ones(len(cold), bool)}
 
     def mean(values: Mapping[str, np.ndarray], mask: np.ndarray, metric: str | None = None) -> float:
         if not mask.any():
             return float("nan")
         if metric is not None:
-            return float(values[metric][mask].mean() / n_models)
-        return float(sum(values[m][mask].mean() for m in metrics) / n_models)
+            return float(values[metric][mask].mean())
+        return float(sum(values[m][mask].mean() for m in metrics))
 
     def tie_key(g: int) -> tuple:
         w = grid[g]

@@ -19,6 +19,7 @@ from towerflow.components.evaluation.blend import (
     per_user_metrics,
     rank_columns,
     tune_state_blend,
+    tune_state_blend_windows,
 )
 from towerflow.components.evaluation.offline import BlendedRecommender, TwoTowerRecommender
 from towerflow.components.evaluation.protocol import evaluate
@@ -238,3 +239,23 @@ def test_base_lists_are_two_tower_dcn_pops_lists(world, retrieval, ranker_dir):
     for w, beta in ((0.5, 2.0), (0.0, 1e3)):
         old = BlendedRecommender(retrieval, ranker_dir, world, AS_OF, depth=30, rerank_weight=w, popularity_weight=beta)
         assert recommender.base_lists(users, 10, seen, w, beta) == old(users, 10, seen)
+
+
+def test_tuning_over_several_windows_pools_their_users(world, model_dirs, ranker_dir):
+    tower = os.path.join(model_dirs["good"], "Format-Serving")
+    grids = dict(
+        depth=30,
+        windows=(14.0,),
+        first_ns=(1, 5),
+        rerank_grid=(0.0, 1.0),
+        popularity_grid=(0.0, 1.0),
+        newcomer_grid=(0.0, 1.0),
+        min_events=3,
+    )
+    one, report = tune_state_blend(world, [tower], [ranker_dir], **grids)
+    # the same window twice: every user counted twice, the same means, so the same choice
+    two, pooled = tune_state_blend_windows([(world, [tower], [ranker_dir])] * 2, **grids)
+    assert two == one
+    for key, entry in report.items():
+        assert pooled[key]["cold"]["users"] == 2 * entry["cold"]["users"]
+        assert pooled[key]["all"]["objective"] == pytest.approx(entry["all"]["objective"])
