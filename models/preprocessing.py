@@ -28,10 +28,12 @@ depending on the schema.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 
 import tensorflow as tf
 import tensorflow_transform as tft
+from tensorflow.python.framework.ops import EagerTensor  # tf.Transform's own test for a known path
 
 from towerflow.models import features as F
 from towerflow.models.vocabulary import VocabularyLimits
@@ -172,15 +174,22 @@ def _item_frequency_lookup(x: tf.Tensor, vocab_path: tf.Tensor):
     # The frequency vocabulary's lines are "count item_id"; tf.Transform writes
     # and reads them with a space delimiter, so item ids must not contain
     # spaces (MovieLens and synthetic ids are plain tokens).
-    initializer = tf.lookup.TextFileInitializer(
-        vocab_path,
-        key_dtype=tf.string,
-        key_index=1,
-        value_dtype=tf.int64,
-        value_index=0,
-        delimiter=" ",
-    )
-    table = tf.lookup.StaticHashTable(initializer, default_value=0)
+    with contextlib.ExitStack() as stack:
+        if tf.inside_function() and isinstance(vocab_path, (EagerTensor, str, bytes)):
+            # Once the analyzers have run, the path is a constant: build the table in the init scope, as
+            # tf.Transform builds its own lookups' tables (tf_utils.construct_and_lookup_table). Built inside
+            # the traced function it was re-read from the file and re-hashed on every call -- every batch
+            # Transform applies and every call of an exported model's signatures (~10 ms each).
+            stack.enter_context(tf.init_scope())
+        initializer = tf.lookup.TextFileInitializer(
+            vocab_path,
+            key_dtype=tf.string,
+            key_index=1,
+            value_dtype=tf.int64,
+            value_index=0,
+            delimiter=" ",
+        )
+        table = tf.lookup.StaticHashTable(initializer, default_value=0)
     return table.lookup(x), table.size()
 
 

@@ -195,3 +195,15 @@ def test_vocabulary_limits_are_validated():
         VocabularyLimits.from_settings({"item_topk": 7})
     with pytest.raises(ValueError, match="unknown vocabulary settings"):
         VocabularyLimits.from_custom_config({VOCABULARY_CONFIG_KEY: {"top_k": 5}})
+
+
+def test_item_frequency_table_is_built_once_not_on_every_call(transformed):
+    # The transform graph's signature must not re-read the frequency vocabulary file on every call (each
+    # batch Transform applies, each call of an exported model): its table is built in the init scope.
+    _, _, tft_output = transformed
+    loaded = tf.saved_model.load(tft_output.transform_savedmodel_dir)
+    signature = loaded.signatures["serving_default"]
+    ops = [op.type for op in signature.graph.get_operations()]
+    ops += [node.op for function in signature.graph.as_graph_def().library.function for node in function.node_def]
+    assert "InitializeTableFromTextFileV2" not in ops
+    assert "LookupTableFindV2" in ops  # the lookups themselves are still there
