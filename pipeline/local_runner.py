@@ -53,16 +53,20 @@ _RUNNING = metadata_store_pb2.Execution.RUNNING
 CHILD_PROCESS_NODES = frozenset(
     {"StatisticsGen", "TwoTowerTrainer", "IndexBuilder", "IndexEvaluator", "BaselineEvaluator"}
 )
-# Lower priorities for the children, so they take the cores' spare time rather than slowing the critical
-# path: StatisticsGen (nothing downstream but ExampleValidator) the most, the baselines less (the
-# ModelEvaluator needs them: at 19 they were starved and it waited 215 s for them in a 1M run), the
-# two-tower and index a little (they finish well before the ranker).
+# Priorities of the children. From Transform to the ModelEvaluator the 2 cores are busy, so priorities change
+# less how much work there is than which node is left running alone at the end, leaving a core idle (a
+# child's imports, the index, the baselines' Python). The ModelEvaluator needs the ranker, the two-tower ->
+# index -> IndexEvaluator chain and the baselines: the chain runs at the ranker's priority (at 5 it finished
+# after the ranker in a 1M run and the ModelEvaluator waited ~100 s for the index), the baselines a little
+# below (at 19 they were starved and the ModelEvaluator waited 215 s for them). StatisticsGen feeds only
+# ExampleValidator, nothing the models need: the lowest priority but one (at 15 it still finished before the
+# ModelEvaluator started).
 CHILD_NICENESS = {
     "StatisticsGen": 15,
-    "BaselineEvaluator": 10,
-    "TwoTowerTrainer": 5,
-    "IndexBuilder": 5,
-    "IndexEvaluator": 5,
+    "BaselineEvaluator": 5,
+    "TwoTowerTrainer": 0,
+    "IndexBuilder": 0,
+    "IndexEvaluator": 0,
 }
 PARALLEL_ENV = "TOWERFLOW_PARALLEL_NODES"
 
