@@ -432,3 +432,20 @@ def tune_state_blend_windows(
             best_option, best_value = (option, chosen), value
     option, chosen = best_option
     return StateBlend(option[0], option[1], grid[chosen[COLD]], grid[chosen[WARM]], min_events), report
+
+
+# One setting for runs without train-only fits (the ModelEvaluator): chosen by `tune_state_blend_windows` on
+# the three rolling-origin folds' eval windows together (train-only fits, seed 0; benchmark
+# --state-blend-pooled; benchmarks/results/model_quality.md).
+DEFAULT_STATE_BLEND = StateBlend(
+    window_days=30.0,
+    first_n=20,
+    cold=BlendWeights(rerank=0.0, popularity=2.0, newcomer=1.0),
+    warm=BlendWeights(rerank=0.5, popularity=4.0, newcomer=3.0),
+)
+
+
+def full_pipeline(data: OfflineData, retrieval: TwoTowerRecommender, ranker_dir: str | None, as_of: int):
+    """`DEFAULT_STATE_BLEND` as the ModelEvaluator's full-pipeline factory (`full_pipeline_fn =
+    "towerflow.components.evaluation.blend.full_pipeline"`): reported as "full_pipeline"."""
+    return StateBlendedRecommender(retrieval, ranker_dir, data, as_of, DEFAULT_STATE_BLEND)

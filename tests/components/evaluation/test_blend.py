@@ -259,3 +259,16 @@ def test_tuning_over_several_windows_pools_their_users(world, model_dirs, ranker
     for key, entry in report.items():
         assert pooled[key]["cold"]["users"] == 2 * entry["cold"]["users"]
         assert pooled[key]["all"]["objective"] == pytest.approx(entry["all"]["objective"])
+
+
+def test_the_full_pipeline_factory_serves_the_default_blend(world, retrieval, ranker_dir):
+    from towerflow.components.evaluation.blend import DEFAULT_STATE_BLEND, full_pipeline
+    from towerflow.components.evaluation.model_evaluator import load_factory
+
+    factory = load_factory("towerflow.components.evaluation.blend.full_pipeline")
+    assert factory is full_pipeline
+    users, seen = _users_and_seen(world)
+    got = factory(world, retrieval, ranker_dir, AS_OF)(users, 10, seen)
+    expected = StateBlendedRecommender(retrieval, ranker_dir, world, AS_OF, DEFAULT_STATE_BLEND)(users, 10, seen)
+    assert got == expected
+    assert all(not set(g) & s for g, s in zip(got, seen))
