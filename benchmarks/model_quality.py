@@ -34,7 +34,9 @@ scored too: per user state (cold = fewer than 5 events before the request, the s
 warm otherwise) its own (w, beta, gamma), gamma weighting log(1 + the item's newcomer count: recent
 interactions made by users within their first N), and its candidates extended with the unseen items
 newcomers picked most; (window, N) and each state's weights are chosen on the EVAL window with the
-train-only fits (`blend.tune_state_blend`, objective NDCG@10 + Recall@100). --no-state-blend skips it.
+train-only fits (`blend.tune_state_blend`, objective NDCG@10 + Recall@100; --state-objective changes it).
+--state-blend-pooled chooses ONE setting on all folds' eval windows together instead (how a pipeline
+default is chosen; not out of sample on the earlier folds). --no-state-blend skips it.
 Each model is also compared with the best baseline ON EACH METRIC (e.g. newcomer popularity on
 Recall@100), not only with the best by NDCG@10.
 
