@@ -209,11 +209,23 @@ class Recommender:
 
     # ------------------------------------------------------------------ the request
 
-    def _stage(self, state: _State, name: str, fn, *args):
-        """Runs one stage under its budget, records its time; exceptions propagate to the caller's fallback."""
+    def _stage(self, state: _State, name: str, fn, *args, inline: bool = False):
+        """Runs one stage under its budget, records its time; exceptions propagate to the caller's fallback.
+
+        A stage that waits on the store or the model server runs in the stage pool, so the request stops
+        waiting at the budget. `inline` stages (re-ranking, exploration: CPU work in this process, which a
+        timeout could not stop anyway) run in the request's thread and are over budget when they return
+        late: the hand-off to a pool thread and back cost more than they do (two thread wake-ups, under
+        load ~1/6 of the service's CPU for five stages).
+        """
         budget = getattr(self.config.budgets_ms, name) / 1000.0
         start = time.perf_counter()
         try:
+            if inline:
+                result = fn(*args)
+                if time.perf_counter() - start > budget:
+                    raise StageTimeoutError(f"{name} over its {budget * 1000:.0f} ms budget")
+                return result
             future = self._pool.submit(fn, *args)
             try:
                 return future.result(timeout=budget)
@@ -292,11 +304,13 @@ class Recommender:
             except Exception as err:  # noqa: BLE001 - keep the retrieval order
                 self._fall_back(state, "ranking", err)
         try:
-            state.candidates = self._stage(state, "reranking", self._rerank, state)
+            state.candidates = self._stage(state, "reranking", self._rerank, state, inline=True)
         except Exception as err:  # noqa: BLE001
             self._fall_back(state, "reranking", err)
+            # the ranking order: final scores (retrieval + popularity + w x ranker), best first
+            state.candidates.sort(key=lambda c: -c.stage_scores.get("final", c.score))
         try:
-            state.candidates = self._stage(state, "exploration", self._explore, state)
+            state.candidates = self._stage(state, "exploration", self._explore, state, inline=True)
         except Exception as err:  # noqa: BLE001
             self._fall_back(state, "exploration", err)
             state.candidates = state.candidates[: request.k]

@@ -42,7 +42,7 @@ RETRIEVAL = "retrieval"
 POPULARITY = "popularity"
 
 
-@dataclass
+@dataclass(slots=True)
 class Candidate:
     """One item on its way through the stages."""
 

@@ -1,5 +1,7 @@
 """The recommend pipeline stage by stage, on a real Redis feature store with stand-in models."""
 
+import time
+
 import numpy as np
 import pytest
 
@@ -177,6 +179,23 @@ def test_stage_over_budget_falls_back(make_recommender, world):
     out = r.recommend({"user_id": "warm", "k": 5, "context": {"timestamp": world.AS_OF}})
     assert out["fallback"]["stage"] == "retrieval" and "budget" in out["fallback"]["reason"]
     assert len(out["items"]) == 5 and out["timings_ms"]["retrieval"] < 150
+
+
+def test_cpu_stage_over_budget_falls_back_when_it_returns(make_recommender, world):
+    # re-ranking runs in the request's thread: a slow one is noticed when it returns, and its result dropped
+    r, _ = make_recommender(config(budgets_ms={"reranking": 5}))
+    original = r._rerank
+
+    def slow(state):
+        time.sleep(0.05)
+        return list(reversed(original(state)))
+
+    r._rerank = slow
+    out = r.recommend({"user_id": "warm", "k": 5, "context": {"timestamp": world.AS_OF}, "explore": False})
+    assert out["fallback"]["stage"] == "reranking" and "budget" in out["fallback"]["reason"]
+    assert out["timings_ms"]["reranking"] >= 50
+    final = [i["stage_scores"]["final"] for i in out["items"]]
+    assert len(final) == 5 and final == sorted(final, reverse=True)  # the ranking order, not the reversed list
 
 
 def test_bad_requests_are_refused_with_a_message(make_recommender):
