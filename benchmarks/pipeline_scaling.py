@@ -28,11 +28,13 @@ import math
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -263,7 +265,7 @@ def measure_command(argv: list[str], log_path: Path, split_progress: bool) -> tu
     return [*stages, other], overlap
 
 
-def run_size(size: Size, work_dir: Path, train: bool, keep: bool) -> SizeResult:
+def run_size(size: Size, work_dir: Path, train: bool, keep: bool, run_args: Sequence[str] = ()) -> SizeResult:
     data_dir = work_dir / f"data-{size.name}"
     out_dir = work_dir / f"scale-{size.name}"
     log_path = work_dir / f"scale-{size.name}.log"
@@ -278,7 +280,7 @@ def run_size(size: Size, work_dir: Path, train: bool, keep: bool) -> SizeResult:
             split_progress=False,
         )
         result.stages.append(Stage("synth", synth[0].wall, synth[0].cpu, synth[0].peak_rss))
-    run = [TOWERFLOW, "run", "--data-dir", str(data_dir), "--output-dir", str(out_dir), "--no-push"]
+    run = [TOWERFLOW, "run", "--data-dir", str(data_dir), "--output-dir", str(out_dir), "--no-push", *run_args]
     stages, result.overlap = measure_command(run + ([] if train else ["--no-train"]), log_path, split_progress=True)
     result.stages += stages
     if train:
@@ -497,6 +499,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", default="benchmarks/results/pipeline_scaling.md")
     parser.add_argument("--lock", default=None, help="flock this file for the whole run (shared machines)")
     parser.add_argument("--keep-runs", action="store_true", help="keep each size's pipeline outputs")
+    parser.add_argument(
+        "--run-args",
+        default="",
+        help="more `towerflow run` flags for every size, one string (e.g. '--example-budget 1000000')",
+    )
     parser.add_argument("--command", default=None, help="with --render: the command that measured the json")
     parser.add_argument("--render", default=None, help="only re-render the table from a pipeline_scaling.json")
     args = parser.parse_args(argv)
@@ -518,7 +525,9 @@ def main(argv: list[str] | None = None) -> None:
     lock_wait = time.monotonic() - waited
     for name in args.sizes:
         print(f"size {name}: running (log: {work_dir / f'scale-{name}.log'})", flush=True)
-        result = run_size(SIZES[name], work_dir, train=not args.no_train, keep=args.keep_runs)
+        result = run_size(
+            SIZES[name], work_dir, train=not args.no_train, keep=args.keep_runs, run_args=shlex.split(args.run_args)
+        )
         result.lock_wait = lock_wait if not results else 0.0
         results.append(result)
         with open(work_dir / "pipeline_scaling.json", "w") as f:
