@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from towerflow.models import embeddings as E
 from towerflow.models import features as F
 from towerflow.models import hard_negatives as H
+from towerflow.models.ranking import INTERACTION_OUTPUT, RankingConfig
 
 DAY = F.SECONDS_PER_DAY
 
@@ -101,3 +103,103 @@ def test_transformed_popularity_is_log1p():
     )
     assert got.shape == (2, 3) and got.dtype == np.float32
     assert np.allclose(got, np.log1p([[0, 1, 0.0], [9, 3, 2.5]]))
+
+
+# --------------------------------------------------------------------------- the model
+
+SMALL = dict(user_id_dim=8, item_id_dim=8, feature_dim=4, deep_layers=(16,), batch_size=16)
+
+
+def _catalog(make_batch, n_items=4):
+    """A tiny catalog: the candidate id features of `n_items` rows of a made batch."""
+    items = make_batch(n_items, seed=21)
+    return {key: items[key] for key in E.CANDIDATE_ID_FEATURES}
+
+
+def _with_item(batch, catalog, rows, popularity):
+    """`batch` with each row's item replaced by catalog row rows[i] and its popularity features."""
+    out = dict(batch)
+    for key in E.CANDIDATE_ID_FEATURES:
+        out[key] = catalog[key][rows]
+    for j, key in enumerate(F.ITEM_POPULARITY_XF):
+        out[key] = popularity[:, j]
+    return out
+
+
+def test_negatives_score_as_the_exported_call_scores_that_item(table_sizes, make_batch):
+    catalog = _catalog(make_batch)
+    model = H.HardNegativeRanker(RankingConfig(num_negatives=2, **SMALL), table_sizes, catalog)
+    batch = make_batch(3, seed=5)
+    negatives = np.array([[0, 2], [3, 1], [1, 0]], np.int32)
+    popularity = np.random.default_rng(2).uniform(0, 3, (3, 2, 3)).astype(np.float32)
+    features = {key: tf.constant(v) for key, v in batch.items()}
+    features[H.NEGATIVE_ITEMS] = tf.constant(negatives)
+    features[H.NEGATIVE_POPULARITY] = tf.constant(popularity)
+    query, candidate = model._encode(features)
+    logits, valid = model.hard_negative_logits(features, query, model._top(query, candidate))
+    expected = [model(batch)[INTERACTION_OUTPUT].numpy()[:, 0]]
+    for j in range(2):
+        swapped = _with_item(batch, catalog, negatives[:, j], popularity[:, j])
+        expected.append(model(swapped)[INTERACTION_OUTPUT].numpy()[:, 0])
+    np.testing.assert_allclose(logits.numpy(), np.stack(expected, axis=1), rtol=1e-5, atol=1e-5)
+    assert valid.numpy().all()
+
+
+def test_loss_is_the_softmax_over_the_valid_negatives_plus_the_base(table_sizes, make_batch):
+    catalog = _catalog(make_batch)
+    config = RankingConfig(rating_weight=0.0, liked_weight=0.0, num_negatives=2, **SMALL)
+    model = H.HardNegativeRanker(config, table_sizes, catalog)
+    batch = make_batch(2, seed=9)
+    negatives = np.array([[1, -1], [2, 3]], np.int32)  # row 0 has one negative
+    popularity = np.ones((2, 2, 3), np.float32)
+    base = np.array([[0.5, -1.0, 7.0], [0.0, 2.0, 1.0]], np.float32)
+    features = {**batch, H.NEGATIVE_ITEMS: negatives, H.NEGATIVE_POPULARITY: popularity}
+    scores = [model(batch)[INTERACTION_OUTPUT].numpy()[:, 0]]
+    for j in range(2):
+        swapped = _with_item(batch, catalog, np.maximum(negatives[:, j], 0), popularity[:, j])
+        scores.append(model(swapped)[INTERACTION_OUTPUT].numpy()[:, 0])
+    logits = np.stack(scores, axis=1)
+
+    def softmax_ce(values):  # mean over rows; row 0 without its padded column
+        rows = [values[0, :2], values[1]]
+        return float(np.mean([np.log(np.exp(r).sum()) - r[0] for r in rows]))
+
+    assert float(model.compute_loss(features)) == pytest.approx(softmax_ce(logits), rel=1e-4)
+    with_base = {**features, H.BASE_SCORES: base}
+    assert float(model.compute_loss(with_base)) == pytest.approx(softmax_ce(logits + base), rel=1e-4)
+
+
+def test_base_score_is_the_blends_fixed_terms():
+    base = H.BaseScore(
+        queries=np.array([[1.0, 0.0], [0.0, 2.0]]),
+        item_embeddings=np.array([[1.0, 1.0], [3.0, -1.0], [0.0, 0.5]]),
+        temperature=0.5,
+        popularity_weight=4.0,
+    )
+    items = np.array([[0, 1], [2, 0]])
+    log_recent = np.array([[0.0, 1.0], [0.5, 0.0]])
+    # logit = q . e / 0.5 + 4 x log_recent
+    assert np.allclose(base.scores(items, log_recent), [[2.0, 6.0 + 4.0], [2.0 + 2.0, 4.0]])
+
+
+def test_trains_and_lowers_the_loss(table_sizes, make_batch):
+    catalog = _catalog(make_batch, n_items=6)
+    config = RankingConfig(
+        num_negatives=3,
+        learning_rate=0.1,
+        batch_size=16,
+        epochs=1,
+        **{k: v for k, v in SMALL.items() if k != "batch_size"},
+    )
+    model = H.HardNegativeRanker(config, table_sizes, catalog)
+    model.compile()
+    n = 64
+    columns = make_batch(n, seed=4)
+    rows = np.random.default_rng(0).integers(0, 6, n)
+    for key in E.CANDIDATE_ID_FEATURES:
+        columns[key] = catalog[key][rows]
+    timestamps = np.arange(n, dtype=np.int64) * 3600
+    events = H.EventIndex(rows, timestamps, n_items=6)
+    pools = np.array([[j for j in range(6) if j != r] for r in rows], np.int32)
+    history = H.fit(model, columns, pools, events, timestamps, epochs=6, seed=0)
+    assert history[-1]["mean_loss"] < history[0]["mean_loss"]
