@@ -380,7 +380,29 @@ def measure(args, name: str, setup: dict, url: str, users: list[str], pids: dict
     misses = sum(float(line.split()[-1]) for line in metrics.splitlines()
                  if line.startswith('towerflow_embedding_cache_total{result="miss"}'))  # fmt: skip
     emit(f"Query-embedding cache hit ratio over the run: {hits / max(1.0, hits + misses):.2f}")
+    full = gc_pauses(metrics, generation=2)
+    if full is not None:
+        count, total, slowest = full
+        emit(f"Service full garbage collections over the run (set-up and warm-up included): {count:.0f}, "
+             f"{total * 1000:.0f} ms in all, the slowest {slowest}.")  # fmt: skip
     emit()
+
+
+def gc_pauses(metrics_text: str, generation: int) -> tuple[float, float, str] | None:
+    """(count, seconds in all, the slowest as its histogram bucket) of towerflow_gc_pause_seconds{generation}."""
+    prefix = f'towerflow_gc_pause_seconds_bucket{{generation="{generation}",le="'
+    buckets = [(line[len(prefix) :].split('"')[0], float(line.split()[-1]))
+               for line in metrics_text.splitlines() if line.startswith(prefix)]  # fmt: skip
+    total = [float(line.split()[-1]) for line in metrics_text.splitlines()
+             if line.startswith(f'towerflow_gc_pause_seconds_sum{{generation="{generation}"}}')]  # fmt: skip
+    if not buckets or not total:
+        return None
+    count, previous, slowest = buckets[-1][1], 0.0, "none"
+    for upper, cumulative in buckets:  # the last bucket that gained counts holds the slowest pause
+        if cumulative > previous:
+            slowest = f"<= {float(upper) * 1000:g} ms" if upper != "+Inf" else f"> {float(buckets[-2][0]) * 1000:g} ms"
+        previous = cumulative
+    return count, total[0], slowest
 
 
 def main(argv=None) -> int:

@@ -12,16 +12,83 @@
     towerflow_score{model, version}                 histogram of mean ranker scores per request (drift)
     towerflow_model_version{model}                  gauge, the version in use
     towerflow_rules_reloads_total{result}           counter
+    towerflow_gc_pause_seconds{generation}          histogram of the process's garbage-collection pauses (every
+                                                    thread stops for them: a source of tail latency)
 
 A registry per app (not the global one) lets tests and benchmarks run several apps in one process.
 """
 
 from __future__ import annotations
 
+import gc
+import threading
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import HistogramMetricFamily
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 SCORE_BUCKETS = (-10, -5, -3, -2, -1, -0.5, 0, 0.5, 1, 2, 3, 5, 10)
+GC_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class GcPauses:
+    """The process's garbage-collection pauses per generation, from `gc.callbacks` (installed once per
+    process: collections are process-wide), exposed to every app's registry by `GcPauseCollector`."""
+
+    _instance: GcPauses | None = None
+    _instance_lock = threading.Lock()
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._started: float | None = None
+        self.counts = {g: [0] * (len(GC_BUCKETS) + 1) for g in range(3)}  # per bucket, then +Inf
+        self.sums = {g: 0.0 for g in range(3)}
+
+    @classmethod
+    def install(cls) -> GcPauses:
+        with cls._instance_lock:
+            if cls._instance is None:
+                cls._instance = cls()
+                gc.callbacks.append(cls._instance._callback)
+            return cls._instance
+
+    def _callback(self, phase: str, info: dict) -> None:
+        # collections do not nest and run with the GIL held: one start time is enough
+        if phase == "start":
+            self._started = time.perf_counter()
+        elif self._started is not None:
+            self.observe(int(info.get("generation", 0)), time.perf_counter() - self._started)
+            self._started = None
+
+    def observe(self, generation: int, seconds: float) -> None:
+        bucket = next((i for i, upper in enumerate(GC_BUCKETS) if seconds <= upper), len(GC_BUCKETS))
+        with self._lock:
+            self.counts[generation][bucket] += 1
+            self.sums[generation] += seconds
+
+    def snapshot(self) -> dict[int, tuple[list[int], float]]:
+        with self._lock:
+            return {g: (list(c), self.sums[g]) for g, c in self.counts.items()}
+
+
+class GcPauseCollector:
+    """towerflow_gc_pause_seconds{generation} from the process's GcPauses."""
+
+    def __init__(self, pauses: GcPauses):
+        self.pauses = pauses
+
+    def collect(self):
+        family = HistogramMetricFamily(
+            "towerflow_gc_pause_seconds", "Garbage-collection pauses of the process", labels=["generation"]
+        )
+        for generation, (counts, total) in self.pauses.snapshot().items():
+            cumulative, buckets = 0, []
+            for upper, count in zip([*map(str, GC_BUCKETS), "+Inf"], counts):
+                cumulative += count
+                buckets.append((upper, cumulative))
+            family.add_metric([str(generation)], buckets, total)
+        yield family
 
 
 class ServiceMetrics:
@@ -47,3 +114,4 @@ class ServiceMetrics:
         )
         self.model_version = Gauge("towerflow_model_version", "Model version in use", ["model"], registry=r)
         self.rules_reloads = Counter("towerflow_rules_reloads", "Business-rule reloads", ["result"], registry=r)
+        r.register(GcPauseCollector(GcPauses.install()))

@@ -281,3 +281,50 @@ def test_dashboard_and_scrape_config_name_real_metrics(service, world):
     if promtool:
         check = subprocess.run([promtool, "check", "config", str(deploy / "prometheus.yml")], capture_output=True)
         assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_gc_pauses_are_measured_per_generation():
+    import gc
+
+    from prometheus_client import generate_latest
+
+    from towerflow.serving.recommender.metrics import GC_BUCKETS, GcPauses, ServiceMetrics
+
+    metrics, other = ServiceMetrics(), ServiceMetrics()  # one callback per process, every registry sees it
+    assert sum(cb == GcPauses.install()._callback for cb in gc.callbacks) == 1
+
+    def full_collections(registry) -> float:
+        text = generate_latest(registry).decode()
+        line = next(x for x in text.splitlines() if x.startswith('towerflow_gc_pause_seconds_count{generation="2"}'))
+        return float(line.split()[-1])
+
+    before = full_collections(metrics.registry)
+    gc.collect(2)
+    gc.collect(2)
+    assert full_collections(metrics.registry) == before + 2 == full_collections(other.registry)
+    pauses = GcPauses()
+    pauses.observe(1, 0.003)  # into the 0.005 bucket
+    counts, total = pauses.snapshot()[1]
+    assert counts[GC_BUCKETS.index(0.005)] == 1 and sum(counts) == 1 and total == 0.003
+
+
+def test_benchmark_reads_the_gc_pauses_back():
+    import importlib.util
+    from pathlib import Path
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from towerflow.serving.recommender.metrics import GcPauseCollector, GcPauses
+
+    path = Path(__file__).resolve().parents[3] / "benchmarks" / "recommend_benchmark.py"
+    spec = importlib.util.spec_from_file_location("recommend_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    pauses, registry = GcPauses(), CollectorRegistry()
+    registry.register(GcPauseCollector(pauses))
+    for seconds in (0.0002, 0.03, 0.12):
+        pauses.observe(2, seconds)
+    count, total, slowest = bench.gc_pauses(generate_latest(registry).decode(), generation=2)
+    assert count == 3 and abs(total - 0.1502) < 1e-9 and slowest == "<= 250 ms"
+    pauses.observe(2, 3.0)
+    assert bench.gc_pauses(generate_latest(registry).decode(), generation=2)[2] == "> 1000 ms"
