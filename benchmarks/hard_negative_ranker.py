@@ -139,7 +139,9 @@ def train_ranker(tft_output, columns, timestamps, pools, events, catalog, extra,
 
     tf.keras.utils.set_random_seed(args.seed)
     config = RankingConfig(num_negatives=args.negatives, epochs=args.epochs, **json.loads(args.ranking))
-    model = H.HardNegativeRanker(config, table_sizes_from_transform_output(tft_output), catalog)
+    model = H.HardNegativeRanker(
+        config, table_sizes_from_transform_output(tft_output), catalog, in_batch_weight=args.in_batch_weight
+    )
     model.compile()
     started = time.time()
     base = None
@@ -164,11 +166,22 @@ def grid_scores(data, two_tower_dir: str, ranker_dir: str, depth: int) -> dict:
     as_of = int(np.ceil(eval_set.cutoff))
     retrieval = O.TwoTowerRecommender(two_tower_dir, data, as_of)
     base = O.BlendedRecommender(retrieval, ranker_dir, data, as_of, depth=depth)
-    return {
+    reports = {
         (w, beta): evaluate(base.with_weights(w, beta), eval_set, (10, 100))
         for w in O.BLEND_RERANK_WEIGHT_GRID
         for beta in O.POPULARITY_WEIGHT_GRID
     }
+
+    def ranker_alone(user_ids, k, exclude):
+        """The blend's candidates ordered by the DCN's interaction score alone (a diagnostic)."""
+        lists = []
+        for entry in base.components(user_ids, k, exclude):
+            order = np.argsort(-entry["interaction"], kind="stable")[:k]
+            lists.append([entry["items"][j] for j in order])
+        return lists
+
+    reports["ranker_alone"] = evaluate(ranker_alone, eval_set, (10, 100))
+    return reports
 
 
 def choose(reports: dict, users: np.ndarray | None = None) -> tuple[float, float]:
@@ -178,7 +191,8 @@ def choose(reports: dict, users: np.ndarray | None = None) -> tuple[float, float
         values = reports[key].per_user["ndcg@10"]
         return float(np.nanmean(values if users is None else values[users]))
 
-    return max(reports, key=lambda key: (round(score(key), 12), -key[1], -key[0]))
+    keys = [key for key in reports if isinstance(key, tuple)]
+    return max(keys, key=lambda key: (round(score(key), 12), -key[1], -key[0]))
 
 
 def main(argv=None) -> int:
@@ -199,6 +213,12 @@ def main(argv=None) -> int:
         default=None,
         metavar="BETA",
         help="train against the blend's fixed terms (retrieval logit + BETA x log recent count): a residual",
+    )
+    parser.add_argument(
+        "--in-batch-weight",
+        type=float,
+        default=0.0,
+        help="also today's in-batch sampled softmax with this weight (its negatives: the batch's other items)",
     )
     parser.add_argument("--ranking", default="{}", help="JSON RankingConfig overrides")
     parser.add_argument("--bootstrap", type=int, default=2000)
@@ -236,11 +256,20 @@ def main(argv=None) -> int:
         cells = {f"{s}:{m}@{k}": r[(w, beta)].metric(m, k, s) for m, k in METRICS for s in SLICES}
         result["chosen"][name] = {"w": w, "beta": beta, **cells}
         result["grid"][name] = {
-            f"w={k[0]:g},beta={k[1]:g}": [rep.metric("ndcg", 10), rep.metric("recall", 100)] for k, rep in r.items()
+            (f"w={k[0]:g},beta={k[1]:g}" if isinstance(k, tuple) else k): [
+                rep.metric("ndcg", 10),
+                rep.metric("recall", 100),
+            ]
+            for k, rep in r.items()
         }
+        alone = r["ranker_alone"]
         print(
             f"{name:>14} ranker: chosen (w, beta) = ({w:g}, {beta:g}); "
             + "; ".join(f"{key} {value:.4f}" for key, value in cells.items())
+        )
+        print(
+            f"{'':>14} the blend's candidates by the DCN score alone: NDCG@10 {alone.metric('ndcg', 10):.4f}, "
+            f"Recall@100 {alone.metric('recall', 100):.4f}"
         )
     a, b = reports["hard_negative"][chosen["hard_negative"]], reports["current"][chosen["current"]]
     comparison = {}
@@ -257,7 +286,7 @@ def main(argv=None) -> int:
     result["comparison"] = comparison
     for name in reports:
         print(f"\n{name} ranker, eval NDCG@10 / Recall@100 over the grid (rows w, columns beta):")
-        grid = reports[name]
+        grid = {k: v for k, v in reports[name].items() if isinstance(k, tuple)}
         betas = sorted({k[1] for k in grid})
         print("w \\ beta " + "".join(f"{b_:>14g}" for b_ in betas))
         for w in sorted({k[0] for k in grid}):

@@ -170,8 +170,16 @@ class HardNegativeRanker(DCNRankingModel):
     `call` (and so the export) is the parent's.
     """
 
-    def __init__(self, config: RankingConfig, table_sizes: Mapping[str, int], catalog: Mapping[str, np.ndarray]):
+    def __init__(
+        self,
+        config: RankingConfig,
+        table_sizes: Mapping[str, int],
+        catalog: Mapping[str, np.ndarray],
+        in_batch_weight: float = 0.0,
+    ):
         super().__init__(config, table_sizes)
+        # > 0: also today's in-batch sampled softmax (DCNRankingModel's interaction loss), with this weight
+        self.in_batch_weight = float(in_batch_weight)
         # untracked: constants, not weights (kept out of checkpoints and the export)
         object.__setattr__(self, "_catalog", {key: tf.constant(catalog[key]) for key in E.CANDIDATE_ID_FEATURES})
 
@@ -215,6 +223,14 @@ class HardNegativeRanker(DCNRankingModel):
             labels = tf.one_hot(tf.zeros(tf.shape(logits)[0], tf.int32), tf.shape(logits)[1])
             interaction_loss = self.interaction_task(labels=labels, predictions=mask_invalid(logits, valid))
             loss += self.config.interaction_weight * self._per_example(interaction_loss, rows)
+            if self.in_batch_weight:
+                in_batch, hits = self.interaction_logits(
+                    features, query, candidate, trunk, self.negative_shifts(features)
+                )
+                in_batch = mask_invalid(in_batch, tf.logical_not(hits))
+                in_batch_labels = tf.one_hot(tf.zeros(tf.shape(in_batch)[0], tf.int32), tf.shape(in_batch)[1])
+                in_batch_loss = self.interaction_task(labels=in_batch_labels, predictions=in_batch)
+                loss += self.in_batch_weight * self._per_example(in_batch_loss, rows)
         E.track_mean(self._mean_loss, loss, tf.cast(rows, tf.float32))
         return loss
 

@@ -203,3 +203,19 @@ def test_trains_and_lowers_the_loss(table_sizes, make_batch):
     pools = np.array([[j for j in range(6) if j != r] for r in rows], np.int32)
     history = H.fit(model, columns, pools, events, timestamps, epochs=6, seed=0)
     assert history[-1]["mean_loss"] < history[0]["mean_loss"]
+
+
+def test_in_batch_weight_adds_todays_in_batch_softmax(table_sizes, make_batch):
+    from towerflow.models.ranking import DCNRankingModel
+
+    catalog = _catalog(make_batch)
+    config = RankingConfig(rating_weight=0.0, liked_weight=0.0, num_negatives=1, **SMALL)
+    model = H.HardNegativeRanker(config, table_sizes, catalog)
+    batch = make_batch(2, seed=13)  # a batch of 2: the in-batch negative is the other row's item
+    batch[F.ITEM_ID_XF] = np.array([3, 5], np.int64)
+    features = {**batch, H.NEGATIVE_ITEMS: np.array([[1], [2]], np.int32)}
+    features[H.NEGATIVE_POPULARITY] = np.ones((2, 1, 3), np.float32)
+    hard = float(model.compute_loss(features))
+    in_batch = float(DCNRankingModel.compute_loss(model, batch))
+    model.in_batch_weight = 0.5
+    assert float(model.compute_loss(features)) == pytest.approx(hard + 0.5 * in_batch, rel=1e-4)
