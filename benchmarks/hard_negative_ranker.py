@@ -73,6 +73,11 @@ def build_training_data(artifacts: dict, two_tower_dir: str, data, as_of: int, d
     print(f"  {len(items):,} training interactions read, transformed and embedded ({time.time() - started:.0f}s)")
 
     events = H.EventIndex(items, timestamps, len(item_ids))
+    # the negatives' popularity inputs are counted here; the positives' came from ingestion: they must agree
+    own = events.popularity(items, timestamps)
+    for key in (F.ITEM_PRIOR_COUNT, F.ITEM_RECENT_COUNT, F.ITEM_DAYS_SINCE_FIRST):
+        if not np.allclose(own[key], raw[key].astype(np.float64), atol=1e-3):
+            raise RuntimeError(f"point-in-time {key} of the positives differs from ingestion's")
     user_codes, user_index = np.unique(users, return_inverse=True)
     seen = np.zeros((len(user_codes), len(item_ids)), dtype=bool)
     seen[user_index, items] = True
@@ -137,7 +142,7 @@ def train_ranker(tft_output, columns, timestamps, pools, events, catalog, extra,
     from towerflow.models.ranking import RankingConfig
     from towerflow.models.two_tower import TwoTowerConfig
 
-    tf.keras.utils.set_random_seed(args.seed)
+    tf.keras.utils.set_random_seed(args.train_seed)
     config = RankingConfig(num_negatives=args.negatives, epochs=args.epochs, **json.loads(args.ranking))
     model = H.HardNegativeRanker(
         config, table_sizes_from_transform_output(tft_output), catalog, in_batch_weight=args.in_batch_weight
@@ -147,7 +152,7 @@ def train_ranker(tft_output, columns, timestamps, pools, events, catalog, extra,
     base = None
     if args.residual is not None:
         base = H.BaseScore(extra["queries"], extra["item_embeddings"], TwoTowerConfig().temperature, args.residual)
-    history = H.fit(model, columns, pools, events, timestamps, config.epochs, args.seed, base, extra["positives"])
+    history = H.fit(model, columns, pools, events, timestamps, config.epochs, args.train_seed, base, extra["positives"])
     seconds = time.time() - started
     run_fns.export_ranking(model, tft_output, str(out / "serving"))
     summary = {"config": dataclasses.asdict(config), "history": history}
@@ -155,6 +160,21 @@ def train_ranker(tft_output, columns, timestamps, pools, events, catalog, extra,
     (out / "training_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print(f"  trained and exported the hard-negative ranker in {seconds:.0f}s -> {out / 'serving'}", flush=True)
     return summary
+
+
+def train_current(artifacts: dict, out: Path, seed: int) -> str:
+    """Today's ranker (run_fns.run_ranking, default RankingConfig) fit on the train split with `seed`,
+    as model_quality's --train-splits train fits are; returns its serving dir."""
+    from model_quality import _fn_args
+
+    from towerflow.models import run_fns
+
+    fn_args = _fn_args(artifacts, out, "ranking", {}, seed, ("train",))
+    if not Path(fn_args.serving_model_dir, "saved_model.pb").is_file():
+        started = time.time()
+        run_fns.run_ranking(fn_args)
+        print(f"  trained today's ranker, seed {seed}, in {time.time() - started:.0f}s", flush=True)
+    return fn_args.serving_model_dir
 
 
 def grid_scores(data, two_tower_dir: str, ranker_dir: str, depth: int) -> dict:
@@ -195,12 +215,39 @@ def choose(reports: dict, users: np.ndarray | None = None) -> tuple[float, float
     return max(keys, key=lambda key: (round(score(key), 12), -key[1], -key[0]))
 
 
+def pool(paths, resamples: int) -> dict:
+    """Several folds' result.json (their eval windows' users concatenated): the chosen points paired."""
+    from towerflow.components.evaluation.statistics import paired_comparison
+
+    results = [json.loads(Path(p).read_text()) for p in paths]
+    out = {}
+    for m, k in METRICS:
+        for s in SLICES:
+            values = {}
+            for name in ("hard_negative", "current"):
+                values[name] = np.concatenate(
+                    [
+                        np.asarray(r["per_user"][name][f"{m}@{k}"], float)[np.asarray(r["per_user"][name][s], bool)]
+                        for r in results
+                    ]
+                )
+            c = paired_comparison(values["hard_negative"], values["current"], resamples)
+            out[f"{s}:{m}@{k}"] = c
+            print(
+                f"pooled ({len(paths)} eval windows, {len(values['current'])} {s} users) hard_negative vs current "
+                f"{m}@{k}: {c['mean']:.4f} vs {c['reference_mean']:.4f} ({c['lift']:+.1%} "
+                f"[{c['lift_ci_low']:+.1%}, {c['lift_ci_high']:+.1%}], p={c['p_value']:.2g})"
+            )
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--fold-dir", default="runs/q13_train/fold2", help="a model_quality fold dir of train-only fits"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the fold dir's seed (its two-tower and ranker)")
+    parser.add_argument("--train-seed", type=int, default=None, help="the new ranker's seed (default: --seed)")
     parser.add_argument("--two-tower", default=None, help="default: <fold-dir>/seed<seed>/two_tower/serving")
     parser.add_argument("--ranker", default=None, help="today's ranker; default: <fold-dir>/seed<seed>/ranking/serving")
     parser.add_argument("--out", default="runs/hn/fold2/seed0", help="where the new ranker and results go")
@@ -223,7 +270,20 @@ def main(argv=None) -> int:
     parser.add_argument("--ranking", default="{}", help="JSON RankingConfig overrides")
     parser.add_argument("--bootstrap", type=int, default=2000)
     parser.add_argument("--halves", action="store_true", help="also choose on half the eval users, score the other")
+    parser.add_argument(
+        "--current-seed",
+        type=int,
+        default=None,
+        help="re-fit today's ranker on the train split with this seed (else --ranker / the fold dir's)",
+    )
+    parser.add_argument("--pool", nargs="+", default=None, help="only pool these result.json files")
     args = parser.parse_args(argv)
+    if args.train_seed is None:
+        args.train_seed = args.seed
+    if args.pool:
+        print(f"machine: {cpu_model()}, {cores()} cores, {memory_gib()}, Python {sys.version.split()[0]}")
+        pool(args.pool, args.bootstrap)
+        return 0
 
     from towerflow.components.evaluation.offline import OfflineData
     from towerflow.components.evaluation.statistics import paired_comparison
@@ -236,6 +296,8 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     artifacts = latest_artifacts(str(fold / "run" / "metadata.sqlite"))
+    if args.current_seed is not None:  # today's ranker re-fit on the train split with another seed
+        current = train_current(artifacts, out / "current_ranking", args.current_seed)
     full = OfflineData.from_artifacts(artifacts["Ingestion.examples"], artifacts["Ingestion.item_catalog"])
     data = full.validation_view()  # the EVAL window is scored; nothing here reads the test split's labels
     as_of = int(np.ceil(data.eval_set().cutoff))
@@ -284,6 +346,13 @@ def main(argv=None) -> int:
                 f"({c['lift']:+.1%} [{c['lift_ci_low']:+.1%}, {c['lift_ci_high']:+.1%}], p={c['p_value']:.2g})"
             )
     result["comparison"] = comparison
+    result["per_user"] = {
+        name: {
+            **{f"{m}@{k}": r[chosen[name]].per_user[f"{m}@{k}"].tolist() for m, k in METRICS},
+            **{s: r[chosen[name]].masks[s].tolist() for s in SLICES},
+        }
+        for name, r in reports.items()
+    }
     for name in reports:
         print(f"\n{name} ranker, eval NDCG@10 / Recall@100 over the grid (rows w, columns beta):")
         grid = {k: v for k, v in reports[name].items() if isinstance(k, tuple)}
