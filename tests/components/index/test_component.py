@@ -64,7 +64,9 @@ def test_index_evaluator_records_the_frontier_of_the_served_index(built_index, e
     assert frontier["source"] == "served index" and frontier["num_items"] == 60 and frontier["num_queries"] == 15
     assert frontier["served"]["recall"] == 1.0  # the served 60-item index scores exactly
     assert frontier["frontier"] and frontier["points"]
-    assert C.bless(metrics)[0]  # the frontier does not change the verdict's figures
+    # the frontier does not change the verdict's figures (recall; the latency bound is the machine's load's
+    # business, not this test's: 10 queries on a loaded 2-core machine can have a p99 over 10 ms)
+    assert C.bless(metrics, max_p99_latency_ms=float("inf"))[0]
     report = {"blessed": True, "failures": [], "metrics": metrics, "frontier": frontier}
     assert "recall/latency frontier" in C.format_evaluation(report)
     assert "frontier" not in C.evaluate_index(built_index[0], examples_dir, num_queries=5, latency_queries=5)
