@@ -215,26 +215,35 @@ def choose(reports: dict, users: np.ndarray | None = None) -> tuple[float, float
     return max(keys, key=lambda key: (round(score(key), 12), -key[1], -key[0]))
 
 
-def pool(paths, resamples: int) -> dict:
-    """Several folds' result.json (their eval windows' users concatenated): the chosen points paired."""
+def pool(paths, resamples: int, seeds: int = 1) -> dict:
+    """Several folds' result.json (their eval windows' users concatenated): the chosen points paired.
+
+    With `seeds` > 1 the paths come fold by fold, `seeds` runs of one fold each in a row, and a
+    ranker's value for a user is its mean over those runs (as model_quality averages seeds)."""
     from towerflow.components.evaluation.statistics import paired_comparison
 
-    results = [json.loads(Path(p).read_text()) for p in paths]
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    if len(runs) % seeds:
+        raise ValueError(f"{len(runs)} result files do not split into groups of {seeds} seeds")
+    folds = [runs[i : i + seeds] for i in range(0, len(runs), seeds)]
+
+    def fold_values(group, name, metric, slice_name):
+        mask = np.asarray(group[0]["per_user"][name][slice_name], bool)
+        values = np.mean([np.asarray(r["per_user"][name][metric], float) for r in group], axis=0)
+        return values[mask]
+
     out = {}
     for m, k in METRICS:
         for s in SLICES:
-            values = {}
-            for name in ("hard_negative", "current"):
-                values[name] = np.concatenate(
-                    [
-                        np.asarray(r["per_user"][name][f"{m}@{k}"], float)[np.asarray(r["per_user"][name][s], bool)]
-                        for r in results
-                    ]
-                )
+            values = {
+                name: np.concatenate([fold_values(group, name, f"{m}@{k}", s) for group in folds])
+                for name in ("hard_negative", "current")
+            }
             c = paired_comparison(values["hard_negative"], values["current"], resamples)
             out[f"{s}:{m}@{k}"] = c
             print(
-                f"pooled ({len(paths)} eval windows, {len(values['current'])} {s} users) hard_negative vs current "
+                f"pooled ({len(folds)} eval windows x {seeds} seed(s), {len(values['current'])} {s} users) "
+                f"hard_negative vs current "
                 f"{m}@{k}: {c['mean']:.4f} vs {c['reference_mean']:.4f} ({c['lift']:+.1%} "
                 f"[{c['lift_ci_low']:+.1%}, {c['lift_ci_high']:+.1%}], p={c['p_value']:.2g})"
             )
@@ -277,12 +286,15 @@ def main(argv=None) -> int:
         help="re-fit today's ranker on the train split with this seed (else --ranker / the fold dir's)",
     )
     parser.add_argument("--pool", nargs="+", default=None, help="only pool these result.json files")
+    parser.add_argument(
+        "--pool-seeds", type=int, default=1, help="--pool's files are fold by fold, this many seeds each"
+    )
     args = parser.parse_args(argv)
     if args.train_seed is None:
         args.train_seed = args.seed
     if args.pool:
         print(f"machine: {cpu_model()}, {cores()} cores, {memory_gib()}, Python {sys.version.split()[0]}")
-        pool(args.pool, args.bootstrap)
+        pool(args.pool, args.bootstrap, args.pool_seeds)
         return 0
 
     from towerflow.components.evaluation.offline import OfflineData
