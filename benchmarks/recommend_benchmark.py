@@ -345,14 +345,18 @@ def measure(args, name: str, setup: dict, url: str, users: list[str], pids: dict
     emit("| concurrency | req/s | errors | fallbacks | e2e p50 | e2e p95 | e2e p99 | "
          + " | ".join(f"{s} p50/p95/p99" for s in STAGES[:-1]) + " | load avg (1 min) |")  # fmt: skip
     emit("|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * (len(STAGES) - 1) + "---:|")
-    results, cpu_rows = {}, []
+    results, cpu_rows, gc_rows = {}, [], {}
     for c in [int(x) for x in args.concurrency.split(",")]:
         run_level(url, users, c, min(50, args.requests), 20, args.k, seed=99)  # warm-up, not counted
+        gc_before = gc_pauses(httpx.get(f"{url}/metrics").text, generation=2)
         before = cpu_seconds(pids)
         r = run_level(url, users, c, args.requests, args.seconds, args.k, seed=0)
         after = cpu_seconds(pids)
+        gc_after = gc_pauses(httpx.get(f"{url}/metrics").text, generation=2)
         results[c] = r
         cpu_rows.append((c, {n: (after[n] - before[n]) * 1000 / max(1, r["n"]) for n in pids}))
+        if gc_before is not None and gc_after is not None:  # the service's full collections during the level
+            gc_rows[c] = (gc_after[0] - gc_before[0], (gc_after[1] - gc_before[1]) * 1000)
         cells = [f"{pct(r['stages'][s], 50):.1f}/{pct(r['stages'][s], 95):.1f}/{pct(r['stages'][s], 99):.1f}"
                  for s in STAGES[:-1]]  # fmt: skip
         emit(f"| {c} | {r['rps']:.1f} | {len(r['errors'])} | {r['fallbacks']} | {pct(r['e2e'], 50):.1f} | "
@@ -363,10 +367,11 @@ def measure(args, name: str, setup: dict, url: str, users: list[str], pids: dict
     emit()
     emit("CPU per request (ms, user + system, of each process over the level's requests):")
     emit()
-    emit("| concurrency | " + " | ".join(pids) + " | total |")
-    emit("|---:|" + "---:|" * (len(pids) + 1))
+    emit("| concurrency | " + " | ".join(pids) + " | total | service full GCs (count, ms in all) |")
+    emit("|---:|" + "---:|" * (len(pids) + 1) + "---:|")
     for c, row in cpu_rows:
-        emit(f"| {c} | " + " | ".join(f"{v:.1f}" for v in row.values()) + f" | {sum(row.values()):.1f} |")
+        gcs = f"{gc_rows[c][0]:.0f}, {gc_rows[c][1]:.0f}" if c in gc_rows else "n/a"
+        emit(f"| {c} | " + " | ".join(f"{v:.1f}" for v in row.values()) + f" | {sum(row.values()):.1f} | {gcs} |")
     emit()
     target = 50.0 if args.synthetic else 25.0
     if 4 in results:
@@ -383,8 +388,8 @@ def measure(args, name: str, setup: dict, url: str, users: list[str], pids: dict
     full = gc_pauses(metrics, generation=2)
     if full is not None:
         count, total, slowest = full
-        emit(f"Service full garbage collections over the run (set-up and warm-up included): {count:.0f}, "
-             f"{total * 1000:.0f} ms in all, the slowest {slowest}.")  # fmt: skip
+        emit(f"Service full garbage collections since it started (its start-up, before the heap is frozen, "
+             f"included): {count:.0f}, {total * 1000:.0f} ms in all, the slowest {slowest}.")  # fmt: skip
     emit()
 
 
