@@ -260,19 +260,21 @@ def head_to_head(scored: dict, resamples: int) -> dict:
     return _compare(entries[STATE_BLENDED], entries[BLENDED], resamples)
 
 
+def lift_cell(c: dict) -> str:
+    """One paired comparison: means, relative lift with its 95% CI, p-value."""
+    return (
+        f"{c['mean']:.3f} vs {c['reference_mean']:.3f} ({c['lift']:+.1%} "
+        f"[{c['lift_ci_low']:+.1%}, {c['lift_ci_high']:+.1%}], p={c['p_value']:.2g})"
+    )
+
+
 def head_to_head_table(scored: dict) -> str:
     cells = scored.get("head_to_head") or {}
     if not cells:
         return ""
     lines = [f"| {STATE_BLENDED} vs {BLENDED} | " + " | ".join(METRICS) + " |", "|---|" + "---:|" * len(METRICS)]
     for s in SLICES:
-        out = []
-        for m in METRICS:
-            c = cells[f"{s}:{m}"]
-            out.append(
-                f"{c['mean']:.3f} vs {c['reference_mean']:.3f} ({c['lift']:+.1%} "
-                f"[{c['lift_ci_low']:+.1%}, {c['lift_ci_high']:+.1%}], p={c['p_value']:.2g})"
-            )
+        out = [lift_cell(cells[f"{s}:{m}"]) for m in METRICS]
         lines.append(f"| {s} | " + " | ".join(out) + " |")
     return "\n".join(lines)
 
@@ -478,13 +480,7 @@ def by_metric_table(scored: dict) -> str:
     lines = [header, "|---|---|" + "---:|" * len(METRICS)]
     for name, cells in rows.items():
         for s in SLICES:
-            out = []
-            for m in METRICS:
-                c = cells[f"{s}:{m}"]
-                out.append(
-                    f"{c['mean']:.3f} vs {c['reference_mean']:.3f} ({c['lift']:+.1%} "
-                    f"[{c['lift_ci_low']:+.1%}, {c['lift_ci_high']:+.1%}], p={c['p_value']:.2g})"
-                )
+            out = [lift_cell(cells[f"{s}:{m}"]) for m in METRICS]
             lines.append(f"| {name} | {s} | " + " | ".join(out) + " |")
     return "\n".join(lines)
 
