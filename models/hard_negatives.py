@@ -203,19 +203,7 @@ class HardNegativeRanker(DCNRankingModel):
         query, candidate = self._encode(features)
         trunk = self._top(query, candidate)
         rows = tf.shape(trunk)[0]
-        loss = tf.constant(0.0)
-        if self.config.rating_weight:
-            rating_loss = self.rating_task(
-                labels=tf.reshape(tf.cast(features[F.RATING_XF], tf.float32), [-1, 1]),
-                predictions=self.rating_head(trunk),
-            )
-            loss += self.config.rating_weight * self._per_example(rating_loss, rows)
-        if self.config.liked_weight:
-            liked_loss = self.liked_task(
-                labels=tf.reshape(tf.cast(features[F.LIKED_XF], tf.float32), [-1, 1]),
-                predictions=self.liked_head(trunk),
-            )
-            loss += self.config.liked_weight * self._per_example(liked_loss, rows)
+        loss = self.label_losses(features, trunk, rows)
         if self.config.interaction_weight:
             logits, valid = self.hard_negative_logits(features, query, trunk)
             if BASE_SCORES in features:

@@ -236,10 +236,8 @@ class DCNRankingModel(tfrs.Model):
     def metrics(self):
         return [*super().metrics, self._mean_loss]
 
-    def compute_loss(self, features: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:
-        query, candidate = self._encode(features)
-        trunk = self._top(query, candidate)
-        rows = tf.shape(trunk)[0]
+    def label_losses(self, features: Mapping[str, tf.Tensor], trunk: tf.Tensor, rows: tf.Tensor) -> tf.Tensor:
+        """The weighted rating and liked losses per example (the interaction task's negatives are the caller's)."""
         loss = tf.constant(0.0)
         if self.config.rating_weight:
             rating_loss = self.rating_task(
@@ -253,6 +251,13 @@ class DCNRankingModel(tfrs.Model):
                 predictions=self.liked_head(trunk),
             )
             loss += self.config.liked_weight * self._per_example(liked_loss, rows)
+        return loss
+
+    def compute_loss(self, features: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+        query, candidate = self._encode(features)
+        trunk = self._top(query, candidate)
+        rows = tf.shape(trunk)[0]
+        loss = self.label_losses(features, trunk, rows)
         if self.config.interaction_weight:
             shifts = self.negative_shifts(features)
             logits, hits = self.interaction_logits(features, query, candidate, trunk, shifts)
