@@ -5,7 +5,9 @@ compared user by user: the difference of their means, a paired bootstrap 95% con
 of that difference and of the relative lift (users resampled with replacement, the same users for
 both recommenders; percentile intervals), and a two-sided paired permutation p-value (each user's
 two values swapped at random -- a sign flip of the per-user difference -- under the null
-hypothesis that the recommenders are exchangeable). Both come from scipy.stats.
+hypothesis that the recommenders are exchangeable). They compute what scipy.stats.bootstrap (percentile)
+and scipy.stats.permutation_test (paired samples) compute, in numpy, with the users drawn once for both
+intervals.
 
 Users of different rolling-origin folds are different test cases, so folds are pooled by
 concatenating their per-user vectors (`paired_comparison` on the concatenation).
@@ -27,16 +29,6 @@ DEFAULT_RESAMPLES = 2000
 CONFIDENCE = 0.95
 # Score distributions (the canary's drift check) take the first 10 scores of each recommended list.
 SCORED_ITEMS = 10
-
-
-def _mean_difference(a, b, axis=-1):
-    return np.mean(a, axis=axis) - np.mean(b, axis=axis)
-
-
-def _relative_lift(a, b, axis=-1):
-    base = np.mean(b, axis=axis)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(base > 0, np.mean(a, axis=axis) / np.where(base > 0, base, 1.0) - 1.0, np.nan)
 
 
 def paired_comparison(
@@ -86,27 +78,64 @@ def paired_comparison(
         if mean_b > 0:
             out.update(lift_ci_low=0.0, lift_ci_high=0.0)
         return out
-    common = dict(paired=True, vectorized=True, n_resamples=n_resamples, confidence_level=confidence)
-    # the same seed makes both intervals resample the same users
-    diff_ci = stats.bootstrap((a, b), _mean_difference, method="percentile", random_state=seed, **common)
-    out.update(ci_low=float(diff_ci.confidence_interval.low), ci_high=float(diff_ci.confidence_interval.high))
+    mean_a_b, mean_b_b = _bootstrap_means(a, b, n_resamples, seed)
+    tails = ((1 - confidence) / 2, 0.5 + confidence / 2)
+    low, high = np.quantile(mean_a_b - mean_b_b, tails)
+    out.update(ci_low=float(low), ci_high=float(high))
     if mean_b > 0:
-        lift_ci = stats.bootstrap((a, b), _relative_lift, method="percentile", random_state=seed, **common)
-        out.update(
-            lift_ci_low=float(lift_ci.confidence_interval.low), lift_ci_high=float(lift_ci.confidence_interval.high)
-        )
-    with np.errstate(over="ignore"):  # scipy counts the possible permutations (2^n) in a float
-        test = stats.permutation_test(
-            (a, b),
-            _mean_difference,
-            permutation_type="samples",
-            vectorized=True,
-            n_resamples=n_resamples,
-            alternative="two-sided",
-            random_state=seed,
-        )
-    out["p_value"] = float(test.pvalue)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lift = np.where(mean_b_b > 0, mean_a_b / np.where(mean_b_b > 0, mean_b_b, 1.0) - 1.0, np.nan)
+        low, high = np.nanquantile(lift, tails)
+        out.update(lift_ci_low=float(low), lift_ci_high=float(high))
+    out["p_value"] = _sign_flip_p_value(a - b, n_resamples, seed)
     return out
+
+
+# Resampled users held at once (resamples x users), so memory stays bounded at any number of users.
+_BLOCK_CELLS = 1 << 22
+
+
+def _bootstrap_means(a: np.ndarray, b: np.ndarray, n_resamples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Both arms' means over `n_resamples` resamples of the users with replacement, the same users for both
+    (paired). The difference's and the lift's intervals are read off the same resamples, so the users are
+    drawn once (scipy.stats.bootstrap drew them once per statistic, and spent 0.6 CPU-s per comparison
+    of 5,383 users at 1,000 resamples on it: a third of the 1M ModelEvaluator)."""
+    n = len(a)
+    rng = np.random.default_rng(seed)
+    block = max(1, _BLOCK_CELLS // n)
+    means_a, means_b = np.empty(n_resamples), np.empty(n_resamples)
+    for start in range(0, n_resamples, block):
+        rows = rng.integers(0, n, size=(min(block, n_resamples - start), n))
+        means_a[start : start + len(rows)] = a[rows].mean(axis=1)
+        means_b[start : start + len(rows)] = b[rows].mean(axis=1)
+    return means_a, means_b
+
+
+def _sign_flip_p_value(difference: np.ndarray, n_resamples: int, seed: int) -> float:
+    """Two-sided paired permutation p-value of the mean difference: each user's two values swapped at
+    random (a sign flip of its difference), as scipy.stats.permutation_test(permutation_type="samples")
+    computes it: every flip when there are at most `n_resamples` of them (exact), else `n_resamples`
+    random ones with the +1 correction."""
+    n = len(difference)
+    observed = difference.mean()
+    exact = n < 63 and 2**n <= n_resamples
+    if exact:
+        signs = ((np.arange(2**n)[:, None] >> np.arange(n)) & 1) * 2.0 - 1.0
+        null = signs @ difference / n
+    else:
+        rng = np.random.default_rng(seed + 1)
+        block = max(1, _BLOCK_CELLS // n)
+        null = np.concatenate(
+            [
+                (rng.integers(0, 2, size=(min(block, n_resamples - start), n)) * 2.0 - 1.0) @ difference / n
+                for start in range(0, n_resamples, block)
+            ]
+        )
+    gamma = abs(observed) * np.finfo(np.float64).eps * 100  # scipy's tolerance for ties in floating point
+    adjustment = 0 if exact else 1
+    less = (np.count_nonzero(null <= observed + gamma) + adjustment) / (len(null) + adjustment)
+    greater = (np.count_nonzero(null >= observed - gamma) + adjustment) / (len(null) + adjustment)
+    return float(min(1.0, 2 * min(less, greater)))
 
 
 def _run_effects(runs: np.ndarray) -> tuple[np.ndarray, float, float]:

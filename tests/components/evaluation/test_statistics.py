@@ -140,3 +140,21 @@ def test_run_level_comparison_is_deterministic_on_a_seed_and_checks_its_input():
         run_level_comparison(a[:1], b)
     with pytest.raises(ValueError, match="same users"):
         run_level_comparison(a, b[:, :10])
+
+
+def test_few_users_get_the_exact_sign_flip_p_value():
+    # differences 0.1, 0.2, 0.3: of the 8 sign flips only the identity reaches the observed mean 0.2 and
+    # only its mirror -0.2, so the two-sided p is 2 x 1/8
+    c = paired_comparison([0.1, 0.2, 0.3], [0.0, 0.0, 0.0])
+    assert c["p_value"] == pytest.approx(0.25)
+    assert 0.1 - 1e-12 <= c["ci_low"] <= c["ci_high"] <= 0.3 + 1e-12
+
+
+def test_both_intervals_come_from_the_same_resampled_users():
+    rng = np.random.default_rng(3)
+    b = rng.random(500) + 0.5
+    a = b * 1.1  # every user exactly 10% better: the lift of every resample is 10%, the difference varies
+    c = paired_comparison(a, b, n_resamples=500)
+    assert c["lift_ci_low"] == pytest.approx(0.1) and c["lift_ci_high"] == pytest.approx(0.1)
+    assert c["ci_low"] < c["difference"] < c["ci_high"]
+    assert paired_comparison(a, b, n_resamples=500, seed=1)["ci_low"] != c["ci_low"]
