@@ -253,6 +253,7 @@ def variant(base: Recommender, name: str, overrides: dict) -> Recommender:
     except (TypeError, ValueError) as err:
         raise ValueError(f"experiments.variants.{name}: {err}") from None
     recommender = Recommender(base.store, base.watcher, config, base.metrics)
+    recommender.point_in_time = base.point_in_time  # one store, one cache: the base's events invalidate it
     recommender.refresh_popular()
     return recommender
 
@@ -283,6 +284,7 @@ def attach(
             label=CANARY,
         )
         canary = Recommender(base.store, watcher, base.config, base.metrics)
+        canary.point_in_time = base.point_in_time
         presence.canary = canary
         sources[CANARY] = canary.recommend
         if start:

@@ -188,6 +188,7 @@ def create_app(recommender: Recommender, token: str | None = None, routers: Sequ
             raise HTTPException(
                 503, f"feature store unavailable, the event was NOT recorded; retry with the same event_id: {err}"
             ) from None
+        recommender.counts_changed()
         metrics.http.labels("events", "200").inc()
         return result
 
@@ -197,6 +198,8 @@ def create_app(recommender: Recommender, token: str | None = None, routers: Sequ
             return recommender.store.delete_user(user_id)
         except FeatureStoreUnavailable as err:
             raise HTTPException(503, f"feature store unavailable, nothing was deleted; retry: {err}") from None
+        finally:
+            recommender.counts_changed()  # a delete lowers item counts (also one that stopped halfway)
 
     @app.get("/v1/users/{user_id}/features", dependencies=guarded)
     def user_features(user_id: str, as_of: int | None = Query(default=None, ge=0)) -> dict:

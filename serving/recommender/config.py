@@ -68,6 +68,9 @@ class RankingConfig:
     # How many of the most recently popular unseen items join retrieval's candidates when the popularity
     # term is on; None: the pushed evaluation's rerank_depth (the offline evaluation's candidate count).
     popularity_candidates: int | None = None
+    # The candidates' point-in-time popularity is read once per item and request time and reused for this
+    # many seconds (pit_cache.py: live requests of one second share it); 0 = read it for every request.
+    item_popularity_cache_seconds: float = 1.0
 
     def __post_init__(self):
         if not isinstance(self.enabled, bool):
@@ -82,6 +85,9 @@ class RankingConfig:
         count = self.popularity_candidates
         if count is not None and not (isinstance(count, int) and not isinstance(count, bool) and 0 <= count <= 10_000):
             raise ValueError(f"ranking.popularity_candidates must be an integer in [0, 10000] or null, got {count!r}")
+        seconds = self.item_popularity_cache_seconds
+        if not (isinstance(seconds, int | float) and not isinstance(seconds, bool) and 0 <= seconds <= 60):
+            raise ValueError(f"ranking.item_popularity_cache_seconds must be a number in [0, 60], got {seconds!r}")
 
 
 @dataclass

@@ -46,6 +46,7 @@ from towerflow.models import features
 from towerflow.serving.recommender import reranking
 from towerflow.serving.recommender.config import ServiceConfig
 from towerflow.serving.recommender.metrics import ServiceMetrics
+from towerflow.serving.recommender.pit_cache import PointInTimeCache
 from towerflow.serving.recommender.request import BadRequestError, Request
 from towerflow.serving.recommender.reranking import POPULARITY, Candidate
 from towerflow.serving.recommender.rules import RulesHolder
@@ -112,6 +113,7 @@ class Recommender:
         # per item and dropped with every refresh of the popularity list: a request then reads only the
         # point-in-time popularity of its candidates (2.5 ms for 300, against 5.6 ms with the features)
         self._catalog: dict[str, dict | None] = {}
+        self.point_in_time = PointInTimeCache(config.ranking.item_popularity_cache_seconds)
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="stage")
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -173,6 +175,10 @@ class Recommender:
                 self._popularity_cache.clear()
             self._popularity_cache[key] = (now + self.config.limits.popularity_cache_seconds, list(popular))
         return popular[:k]
+
+    def counts_changed(self) -> None:
+        """An event or a delete went through this service: cached point-in-time popularity is stale."""
+        self.point_in_time.invalidate()
 
     def warm_up(self, requests: int = 3) -> None:
         """A few throw-away requests so the first real one does not pay for lazy set-up (threads, ScaNN)."""
@@ -461,7 +467,7 @@ class Recommender:
         """Item features (cached catalog data) and point-in-time popularity (one store read) per candidate."""
         ids = [c.item_id for c in state.candidates]
         items = self._catalog_items(ids)
-        popularity = self.store.item_features_at(ids, state.as_of)
+        popularity = self.point_in_time.get(ids, state.as_of, self.store.item_features_at)
         for c, item, pit in zip(state.candidates, items, popularity):
             c.item, c.pit = (item, pit) if item is not None else ({features.ITEM_ID: c.item_id}, {})
 

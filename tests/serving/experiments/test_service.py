@@ -10,6 +10,7 @@ from towerflow.serving.experiments.event_log import read_lines
 from towerflow.serving.experiments.service import LabelledVersionWatcher, attach, score_reference
 from towerflow.serving.experiments.stats import ScoreReference
 from towerflow.serving.recommender.config import ServiceConfig
+from towerflow.serving.recommender.pit_cache import PointInTimeCache
 from towerflow.serving.recommender.recommender import BadRequestError
 
 
@@ -34,10 +35,12 @@ class Store:
 
 
 class Base:
-    """What attach needs of a Recommender: recommend, store, config, watcher (None: no model server here)."""
+    """What attach needs of a Recommender: recommend, store, config, watcher (None: no model server here) and
+    its point-in-time cache (variants share it)."""
 
     def __init__(self):
         self.store, self.config, self.watcher, self.metrics = Store(), ServiceConfig(), None, None
+        self.point_in_time = PointInTimeCache(1.0)
         self.requests = []
 
     def recommend(self, body):
@@ -147,6 +150,7 @@ def test_variants_are_the_service_config_with_overrides(tmp_path):
     served_by = wired.router.sources["relevance-only"].__self__
     assert served_by.config.reranking.diversity_lambda == 1.0 and served_by.store is base.store
     assert served_by.config.reranking.novelty_weight == base.config.reranking.novelty_weight
+    assert served_by.point_in_time is base.point_in_time  # the base's events invalidate the variant's reads too
     bad = from_dict({"variants": {"typo": {"reranking": {"diversity_lamda": 1.0}}}})
     with pytest.raises(ValueError, match="variants.typo"):
         attach(base, bad, tmp_path, start=False)

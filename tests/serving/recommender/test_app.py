@@ -331,3 +331,24 @@ def test_benchmark_reads_the_gc_pauses_back():
     assert count == 3 and abs(total - 0.1502) < 1e-9 and slowest == "<= 250 ms"
     pauses.observe(2, 3.0)
     assert bench.gc_pauses(generate_latest(registry).decode(), generation=2)[2] == "> 1000 ms"
+
+
+def test_events_and_deletes_through_the_service_refresh_cached_item_popularity(service, own_redis, world):
+    """Ranking's point-in-time popularity is cached per request time; the service's own writes drop it."""
+    from towerflow.models import features
+
+    _, store = own_redis
+    url, recommender, _ = service(store=store)
+    as_of = world.AS_OF
+
+    def count(item):  # what the ranking stage reads for an item at as_of (recommender._item_details)
+        return recommender.point_in_time.get([item], as_of, store.item_features_at)[0][features.ITEM_PRIOR_COUNT]
+
+    assert count("i3") == 0
+    store.record_event("light", "i3", "click", timestamp=as_of - 10)  # another writer: seen once the entry expires
+    assert count("i3") == 0
+    event = {"user_id": "fresh", "item_id": "i3", "event_type": "rating", "rating": 5, "timestamp": as_of - 5}
+    assert httpx.post(f"{url}/v1/events", json=event, headers=auth()).status_code == 200
+    assert count("i3") == 2
+    assert httpx.delete(f"{url}/v1/users/fresh", headers=auth()).status_code == 200
+    assert count("i3") == 1
