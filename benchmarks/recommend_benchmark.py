@@ -380,17 +380,26 @@ def measure(args, name: str, setup: dict, url: str, users: list[str], pids: dict
         emit(f"Target: e2e p99 < {target:.0f} ms at concurrency 4: {p99:.1f} ms, {verdict}. "
              f"Errors at all levels: {sum(len(r['errors']) for r in results.values())}.")  # fmt: skip
     metrics = httpx.get(f"{url}/metrics").text
-    hits = sum(float(line.split()[-1]) for line in metrics.splitlines()
-               if line.startswith('towerflow_embedding_cache_total{result="hit"}'))  # fmt: skip
-    misses = sum(float(line.split()[-1]) for line in metrics.splitlines()
-                 if line.startswith('towerflow_embedding_cache_total{result="miss"}'))  # fmt: skip
-    emit(f"Query-embedding cache hit ratio over the run: {hits / max(1.0, hits + misses):.2f}")
+    emit(f"Query-embedding cache hit ratio over the run: {cache_hit_ratio(metrics, 'towerflow_embedding_cache'):.2f}")
+    if "towerflow_item_popularity_cache_total" in metrics:  # older checkouts have no point-in-time cache
+        ratio = cache_hit_ratio(metrics, "towerflow_item_popularity_cache")
+        emit(f"Candidates' point-in-time popularity answered from the service's cache: {ratio:.2f} of items")
     full = gc_pauses(metrics, generation=2)
     if full is not None:
         count, total, slowest = full
         emit(f"Service full garbage collections since it started (its start-up, before the heap is frozen, "
              f"included): {count:.0f}, {total * 1000:.0f} ms in all, the slowest {slowest}.")  # fmt: skip
     emit()
+
+
+def cache_hit_ratio(metrics_text: str, counter: str) -> float:
+    """hits / (hits + misses) of a counter with a `result` label, from the Prometheus text."""
+    counts = {"hit": 0.0, "miss": 0.0}
+    for line in metrics_text.splitlines():
+        for result in counts:
+            if line.startswith(f'{counter}_total{{result="{result}"}}'):
+                counts[result] += float(line.split()[-1])
+    return counts["hit"] / max(1.0, counts["hit"] + counts["miss"])
 
 
 def gc_pauses(metrics_text: str, generation: int) -> tuple[float, float, str] | None:

@@ -107,6 +107,10 @@ class ServiceMetrics:
         self.http = Counter("towerflow_http_requests", "HTTP requests", ["endpoint", "status"], registry=r)
         self.responses = Counter("towerflow_recommend_responses", "Recommend responses", ["outcome"], registry=r)
         self.cache = Counter("towerflow_embedding_cache", "Query embedding cache lookups", ["result"], registry=r)
+        self.item_popularity_cache = Counter(
+            "towerflow_item_popularity_cache", "Candidates' point-in-time popularity: items cached or read", ["result"],
+            registry=r,
+        )  # fmt: skip
         self.feature_checks = Counter("towerflow_feature_checks", "User features checked", ["feature"], registry=r)
         self.feature_nulls = Counter("towerflow_feature_nulls", "User features missing", ["feature"], registry=r)
         self.scores = Histogram(

@@ -23,10 +23,17 @@ from collections.abc import Callable, Sequence
 
 
 class PointInTimeCache:
-    def __init__(self, seconds: float, max_times: int = 64, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        seconds: float,
+        max_times: int = 64,
+        clock: Callable[[], float] = time.monotonic,
+        on_lookup: Callable[[int, int], None] | None = None,
+    ):
+        """`on_lookup(hits, misses)` after every lookup (the service's metrics counter)."""
         if seconds < 0:
             raise ValueError(f"seconds must be >= 0, got {seconds}")
-        self.seconds, self.max_times, self._clock = seconds, max_times, clock
+        self.seconds, self.max_times, self._clock, self._on_lookup = seconds, max_times, clock, on_lookup
         self._lock = threading.Lock()
         self._entries: dict[int, tuple[float, dict[str, dict]]] = {}  # as_of -> (expiry, item id -> values)
         self._generation = 0
@@ -46,6 +53,8 @@ class PointInTimeCache:
         missing = list(dict.fromkeys(item for item in item_ids if item not in values))
         self.hits += len(item_ids) - len(missing)
         self.misses += len(missing)
+        if self._on_lookup is not None:
+            self._on_lookup(len(item_ids) - len(missing), len(missing))
         if not missing:
             return [values[item] for item in item_ids]
         got = dict(zip(missing, fetch(missing, as_of)))

@@ -113,7 +113,7 @@ class Recommender:
         # per item and dropped with every refresh of the popularity list: a request then reads only the
         # point-in-time popularity of its candidates (2.5 ms for 300, against 5.6 ms with the features)
         self._catalog: dict[str, dict | None] = {}
-        self.point_in_time = PointInTimeCache(config.ranking.item_popularity_cache_seconds)
+        self.point_in_time = PointInTimeCache(config.ranking.item_popularity_cache_seconds, on_lookup=self._count_items)
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="stage")
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -175,6 +175,10 @@ class Recommender:
                 self._popularity_cache.clear()
             self._popularity_cache[key] = (now + self.config.limits.popularity_cache_seconds, list(popular))
         return popular[:k]
+
+    def _count_items(self, hits: int, misses: int) -> None:
+        self.metrics.item_popularity_cache.labels("hit").inc(hits)
+        self.metrics.item_popularity_cache.labels("miss").inc(misses)
 
     def counts_changed(self) -> None:
         """An event or a delete went through this service: cached point-in-time popularity is stale."""

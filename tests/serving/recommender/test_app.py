@@ -311,18 +311,23 @@ def test_gc_pauses_are_measured_per_generation():
     assert counts[GC_BUCKETS.index(0.005)] == 1 and sum(counts) == 1 and total == 0.003
 
 
-def test_benchmark_reads_the_gc_pauses_back():
+def recommend_benchmark_module():
     import importlib.util
     from pathlib import Path
-
-    from prometheus_client import CollectorRegistry, generate_latest
-
-    from towerflow.serving.recommender.metrics import GcPauseCollector, GcPauses
 
     path = Path(__file__).resolve().parents[3] / "benchmarks" / "recommend_benchmark.py"
     spec = importlib.util.spec_from_file_location("recommend_benchmark", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_benchmark_reads_the_gc_pauses_back():
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from towerflow.serving.recommender.metrics import GcPauseCollector, GcPauses
+
+    bench = recommend_benchmark_module()
     pauses, registry = GcPauses(), CollectorRegistry()
     registry.register(GcPauseCollector(pauses))
     for seconds in (0.0002, 0.03, 0.12):
@@ -352,3 +357,8 @@ def test_events_and_deletes_through_the_service_refresh_cached_item_popularity(s
     assert count("i3") == 2
     assert httpx.delete(f"{url}/v1/users/fresh", headers=auth()).status_code == 200
     assert count("i3") == 1
+    # 1 of the 4 lookups was answered from the cache: /metrics says so, and the benchmark reads it back
+    metrics = httpx.get(f"{url}/metrics").text
+    assert 'towerflow_item_popularity_cache_total{result="hit"} 1.0' in metrics
+    assert 'towerflow_item_popularity_cache_total{result="miss"} 3.0' in metrics
+    assert recommend_benchmark_module().cache_hit_ratio(metrics, "towerflow_item_popularity_cache") == 0.25
