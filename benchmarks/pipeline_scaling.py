@@ -111,9 +111,10 @@ class TreeSampler(threading.Thread):
 
     A process's CPU is counted up to its last sample, so a short-lived worker
     may lose up to one interval of CPU; RSS is the sum over live processes.
-    CPU is also kept per group: a pipeline node the runner started in a child
-    process of its own (`--node NAME` on its command line) and that child's
-    descendants form group NAME; every other process is group "".
+    CPU is also kept per group: a child process the runner started for pipeline
+    nodes (`--node NAME` on its command line, once per node it runs) and that
+    child's descendants form group "NAME" (nodes run one after another in one
+    child: "NAME1+NAME2+..."); every other process is group "".
     """
 
     def __init__(self, pid: int, interval: float = 0.5):
@@ -138,7 +139,7 @@ class TreeSampler(threading.Thread):
             except psutil.Error:
                 continue
             if "--node" in command[:-1]:
-                name = command[command.index("--node") + 1]
+                name = "+".join(command[i + 1] for i, part in enumerate(command[:-1]) if part == "--node")
                 try:
                     groups.update({p.pid: name for p in [proc, *proc.children(recursive=True)]})
                 except psutil.Error:
@@ -193,10 +194,11 @@ def _union_seconds(intervals: list[tuple[float, float]]) -> float:
 def measure_command(argv: list[str], log_path: Path, split_progress: bool) -> tuple[list[Stage], float]:
     """Runs `argv`, logging its output; one Stage per component (progress lines) or one for the whole command.
 
-    Components may run side by side. A component the runner started in a child process of its own is
-    charged that process tree's CPU; any other component the CPU of the rest of the tree while it ran
-    (so two of those running at once would share it; the runner runs them one at a time). Returns the
-    stages and the seconds of stage time that overlapped another stage.
+    Components may run side by side. A component the runner started in a child process is charged that
+    process tree's CPU since the previous component of the same child finished (the first: since the
+    child started); any other component the CPU of the rest of the tree while it ran (so two of those
+    running at once would share it; the runner runs them one at a time). Returns the stages and the
+    seconds of stage time that overlapped another stage.
     """
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     started = time.monotonic()
@@ -207,6 +209,7 @@ def measure_command(argv: list[str], log_path: Path, split_progress: bool) -> tu
         sampler.start()
         stages: list[Stage] = []
         running: dict[str, list] = {}  # name -> [wall start, in-process CPU at start, peak rss]
+        charged: dict[str, float] = {}  # child process group -> its CPU charged to finished components
         last_mark = (started, 0.0)  # wall and in-process CPU when the previous stage ended
         peak_rss = 0
         peak_lock = threading.Lock()
@@ -238,8 +241,10 @@ def measure_command(argv: list[str], log_path: Path, split_progress: bool) -> tu
                     running[name] = [*last_mark, sampler.rss]
                 wall0, cpu0, rss = running.pop(name)
                 unobserved = (wall0, cpu0) == last_mark
-                if name in sampler.groups():
-                    cpu = sampler.group_cpu(name)
+                group = next((g for g in sampler.groups() if g and name in g.split("+")), None)
+                if group is not None:
+                    cpu = sampler.group_cpu(group) - charged.get(group, 0.0)
+                    charged[group] = charged.get(group, 0.0) + cpu
                 else:
                     cpu = local_cpu - cpu0
                 stages.append(Stage(name, now - wall0, cpu, max(rss, sampler.rss), unobserved, wall0 - started))
@@ -424,7 +429,8 @@ def format_results(results: list[SizeResult], command: str) -> str:
         "BaselineEvaluator next to Transform, the two-tower Trainer and the index next to the ranker), "
         "so `total` is the elapsed time, not the sum of the stages' walls; "
         + "; ".join(f"{r.size.name}: {r.overlap:.0f} s of stage time overlapped another stage" for r in results)
-        + ". A component run in a child process of its own is charged that process tree's CPU, any other "
+        + ". A component run in a child process is charged that process tree's CPU since the child's previous "
+        "component finished (the two-tower, the index and the IndexEvaluator share one child), any other "
         "the rest of the tree's CPU while it ran. "
         "rows/s is input interactions / wall seconds; "
         f"'-' below {MIN_SECONDS:.0f} s.",

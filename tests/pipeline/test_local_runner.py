@@ -101,3 +101,51 @@ def test_a_child_node_starts_while_a_local_node_runs(monkeypatch):
     t = _run(monkeypatch, edges, child_nodes={"B", "E"}, child_seconds=0.4, local_seconds=1.5)
     assert t[("end", "B")] <= t[("start", "E")] < t[("end", "C")]
     assert t[("start", "D")] >= max(t[("end", "C")], t[("end", "E")])
+
+
+def test_a_chain_runs_in_one_child_process_and_its_dependents_wait_for_all_of_it(monkeypatch):
+    # B -> E -> F chained in B's process; G needs only E, D needs C and F
+    edges = {"A": [], "B": ["A"], "C": ["A"], "E": ["B"], "F": ["E", "A"], "G": ["E"], "D": ["C", "F"]}
+    commands = []
+
+    def launch(pipeline, node_id):
+        time.sleep(0.05)
+
+    def popen(command, preexec_fn=None):
+        nodes = [command[i + 1] for i, part in enumerate(command) if part == "--node"]
+        commands.append(nodes)
+        return _FakeChild([], nodes[0], 0.3, 0)
+
+    monkeypatch.setattr(local_runner, "_launch", launch)
+    monkeypatch.setattr(local_runner.subprocess, "Popen", popen)
+    runner = local_runner.ParallelLocalDagRunner(
+        child_nodes={"B", "E", "F", "G"}, niceness={}, chains={"B": ("E", "F")}
+    )
+    runner._schedule(_pipeline(edges), list(edges), {n: set(u) for n, u in edges.items()}, "unused.pb")
+    assert commands == [["B", "E", "F"], ["G"]]  # G starts once the chain's process (which ran E) is done
+
+
+def test_a_chained_node_that_needs_more_runs_on_its_own(monkeypatch):
+    # E needs C too, which is not done when B starts: E gets a child process of its own later
+    edges = {"A": [], "B": ["A"], "C": ["A"], "E": ["B", "C"]}
+    commands = []
+
+    def popen(command, preexec_fn=None):
+        nodes = [command[i + 1] for i, part in enumerate(command) if part == "--node"]
+        commands.append(nodes)
+        return _FakeChild([], nodes[0], 0.1, 0)
+
+    monkeypatch.setattr(local_runner, "_launch", lambda pipeline, node_id: time.sleep(0.3))
+    monkeypatch.setattr(local_runner.subprocess, "Popen", popen)
+    runner = local_runner.ParallelLocalDagRunner(child_nodes={"B", "E"}, niceness={}, chains={"B": ("E",)})
+    runner._schedule(_pipeline(edges), list(edges), {n: set(u) for n, u in edges.items()}, "unused.pb")
+    assert commands == [["B"], ["E"]]
+
+
+def test_the_child_entry_point_runs_its_nodes_in_order(monkeypatch, tmp_path):
+    ir = tmp_path / "pipeline.pb"
+    ir.write_bytes(_pipeline({"A": [], "B": ["A"]}).SerializeToString())
+    ran = []
+    monkeypatch.setattr(local_runner, "_launch", lambda pipeline, node_id: ran.append(node_id))
+    assert local_runner._main(["--ir", str(ir), "--node", "A", "--node", "B"]) == 0
+    assert ran == ["A", "B"]
