@@ -300,6 +300,20 @@ def run_level(url: str, users: list[str], concurrency: int, requests: int, secon
             "fallbacks": fallbacks, "rps": len(e2e) / elapsed, "n": len(e2e)}  # fmt: skip
 
 
+def variant_env(env: dict, pythonpath: str) -> dict:
+    """The environment that makes `python -m towerflow...` import towerflow from `pythonpath` (a checkout or a
+    snapshot whose root holds the `towerflow` package); the processes run in a directory without one, because
+    `-m` puts the working directory first on sys.path, before PYTHONPATH."""
+    return {**env, "PYTHONPATH": os.pathsep.join(p for p in (pythonpath, env.get("PYTHONPATH")) if p)}
+
+
+def code_location(env: dict, cwd: Path) -> str:
+    """Where a process started with `env` in `cwd` imports the service code from (printed with the results)."""
+    probe = "import os, towerflow.serving as s; print(os.path.dirname(os.path.realpath(s.__file__)))"
+    out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=cwd, capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
 def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     """User + system CPU seconds so far of each named process (this process included as "client")."""
     import psutil
@@ -485,11 +499,11 @@ def main(argv=None) -> int:
             service_config["reranking"]["rules_file"] = str((Path(args.config).parent / rules).resolve())
         service_config.setdefault("experiments", {}).setdefault("log", {})["dir"] = str(tmp / "experiments")
         (tmp / "service.yaml").write_text(yaml.safe_dump(service_config))
-        variants = [("this checkout", {})]
+        variants = [("this checkout", variant_env(env, str(REPO)))]
         if args.before_pythonpath:
             variants.insert(0, (f"BEFORE: the code of {args.before_label}",
-                                {"PYTHONPATH": args.before_pythonpath}))  # fmt: skip
-        for n, (label, extra_env) in enumerate(variants):
+                                variant_env(env, args.before_pythonpath)))  # fmt: skip
+        for n, (label, variant) in enumerate(variants):
             if n:
                 drop_cached_embeddings(redis_server.url, sorted(REQUESTED))  # each variant starts as cold
             # each variant gets its own model server, started from the same code as its service
@@ -498,7 +512,7 @@ def main(argv=None) -> int:
             model_server = subprocess.Popen(
                 [*TOWERFLOW, "serve", "--serving-root", str(serving_root), "--backend", "embedded",
                  "--port", str(grpc_port), "--rest-api-port", str(rest_port)],
-                stdout=log, stderr=subprocess.STDOUT, env={**env, **extra_env}, cwd=REPO)  # fmt: skip
+                stdout=log, stderr=subprocess.STDOUT, env=variant, cwd=tmp)  # fmt: skip
             procs.append(model_server)
             wait_http(f"http://127.0.0.1:{rest_port}/v1/models/ranker", 300, "model server")
             service_cmd = [*TOWERFLOW, "service", "--run-dir", str(run_dir), "--redis-url", redis_server.url]
@@ -506,11 +520,12 @@ def main(argv=None) -> int:
             service_cmd += ["--config", str(tmp / "service.yaml")]
             log = open(tmp / "service.log", "a")
             service = subprocess.Popen(service_cmd, stdout=log, stderr=subprocess.STDOUT,
-                                       env={**env, **extra_env}, cwd=REPO)  # fmt: skip
+                                       env=variant, cwd=tmp)  # fmt: skip
             procs.append(service)
             url = f"http://127.0.0.1:{service_port}"
             wait_http(f"{url}/readyz", 600, "recommender service")
             title = name if len(variants) == 1 else f"{name} -- {label}"
+            emit(f"<!-- {label}: towerflow imported from {code_location(variant, tmp)} -->")
             measure(args, title, setup, url, users,
                     {"service": service.pid, "model server": model_server.pid, "redis": redis_server.process.pid,
                      "client": os.getpid()}, emit)  # fmt: skip

@@ -362,3 +362,24 @@ def test_events_and_deletes_through_the_service_refresh_cached_item_popularity(s
     assert 'towerflow_item_popularity_cache_total{result="hit"} 1.0' in metrics
     assert 'towerflow_item_popularity_cache_total{result="miss"} 3.0' in metrics
     assert recommend_benchmark_module().cache_hit_ratio(metrics, "towerflow_item_popularity_cache") == 0.25
+
+
+def test_benchmark_variants_import_the_code_they_name(tmp_path):
+    """`--before-pythonpath` must run the named code: `python -m` puts the working directory first on sys.path,
+    so from the repository's root the checkout's package shadows PYTHONPATH; the variants run elsewhere."""
+    import os
+    from pathlib import Path
+
+    bench = recommend_benchmark_module()
+    other = tmp_path / "other-checkout"
+    (other / "towerflow" / "serving").mkdir(parents=True)
+    (other / "towerflow" / "__init__.py").write_text("")
+    (other / "towerflow" / "serving" / "__init__.py").write_text("")
+    env = bench.variant_env(dict(os.environ), str(other))
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    assert bench.code_location(env, workdir) == str((other / "towerflow" / "serving").resolve())
+    repo = Path(bench.REPO)
+    assert bench.code_location(env, repo) == str((repo / "serving").resolve())  # the trap the variants avoid
+    checkout = bench.variant_env(dict(os.environ), str(repo))
+    assert bench.code_location(checkout, workdir) == str((repo / "serving").resolve())
