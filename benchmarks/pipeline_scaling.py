@@ -155,7 +155,12 @@ class TreeSampler(threading.Thread):
                 continue
             with self.lock:
                 self._cpu[key] = times.user + times.system
-                self._group.setdefault(key, groups.get(proc.pid, ""))
+                # A process first seen outside a group (e.g. a Beam worker whose parent's children could not be
+                # listed in that sample) joins its group when a later sample finds it there.
+                if groups.get(proc.pid):
+                    self._group[key] = groups[proc.pid]
+                else:
+                    self._group.setdefault(key, "")
         with self.lock:
             self.rss = rss
 
