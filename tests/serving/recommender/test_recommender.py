@@ -291,3 +291,40 @@ def test_popularity_blend_settings_from_the_config_override_the_evaluation(make_
     assert all("popularity" in i["stage_scores"] for i in out["items"])
     no_evaluation, _ = make_recommender(config(retrieval={"top_n": 3}, **NO_RERANK))
     assert no_evaluation.popularity_blend(no_evaluation.watcher.current) == (0.0, 0)  # a version pushed without it
+
+
+class CountingStore:
+    """The real store, with the item reads the ranking stage makes recorded."""
+
+    def __init__(self, store):
+        self._store, self.reads = store, []
+
+    def __getattr__(self, name):
+        attr = getattr(self._store, name)
+        if name in ("items", "items_at", "item_features_at"):
+
+            def recorded(item_ids, *args):
+                self.reads.append((name, list(item_ids)))
+                return attr(item_ids, *args)
+
+            return recorded
+        return attr
+
+
+def test_new_candidates_static_features_and_popularity_come_in_one_read(make_recommender, store, world):
+    counting = CountingStore(store)
+    r, _ = make_recommender(config(**NO_RERANK), on_store=counting)
+    counting.reads.clear()  # refresh_popular's reads
+    body = {"user_id": "warm", "k": 10, "context": {"timestamp": world.AS_OF}, "explore": False}
+    out = r.recommend(body)
+    ranked = {c["item_id"] for c in out["items"]}
+    assert [name for name, _ in counting.reads if name != "items"] == ["items_at"]  # one read for the candidates
+    assert not any(ranked & set(ids) for name, ids in counting.reads if name == "items")  # (items: history titles)
+    assert all(c["title"] for c in out["items"])
+    counting.reads.clear()
+    again = r.recommend({**body, "k": 5})  # the same candidates at the same time: no item read at all
+    assert [name for name, _ in counting.reads if name in ("items_at", "item_features_at")] == []
+    assert again["fallback"] is None and all(c["title"] for c in again["items"])
+    counting.reads.clear()
+    r.recommend({**body, "context": {"timestamp": world.AS_OF + 1}})  # a new time: counts only, catalog cached
+    assert [name for name, _ in counting.reads if name != "items"] == ["item_features_at"]
