@@ -336,19 +336,15 @@ class FeatureStore(WritesMixin):
         item_ids, as_of = list(item_ids), int(as_of)
         return [self._popularity(*state, as_of) for state in self._item_state(item_ids, as_of, static=False)]
 
-    def items_at(self, item_ids: Iterable[str], as_of: int) -> list[tuple[dict | None, dict]]:
-        """(ITEM_FEATURES, or None for an id not in the catalog; the point-in-time popularity) per item, in
-        one read."""
-        item_ids, as_of = list(item_ids), int(as_of)
-        return [
-            (self._item(item_id, *state[:3]), self._popularity(*state[3:], as_of))
-            for item_id, state in zip(item_ids, self._item_state(item_ids, as_of))
-        ]
-
     def item_rows(self, item_ids: Iterable[str], as_of: int) -> list[dict | None]:
         """What the ranker needs per candidate in one read: ITEM_FEATURES + the point-in-time popularity;
         None for an id not in the catalog."""
-        return [None if item is None else {**item, **pit} for item, pit in self.items_at(item_ids, as_of)]
+        item_ids, as_of = list(item_ids), int(as_of)
+        rows = []
+        for item_id, state in zip(item_ids, self._item_state(item_ids, as_of)):
+            item = self._item(item_id, *state[:3])
+            rows.append(None if item is None else {**item, **self._popularity(*state[3:], as_of)})
+        return rows
 
     def all_item_ids(self) -> list[str]:
         k, _ = self._keys()
