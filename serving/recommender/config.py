@@ -70,6 +70,7 @@ class RankingConfig:
     popularity_candidates: int | None = None
     # The candidates' point-in-time popularity is read once per item and request time and reused for this
     # many seconds (pit_cache.py: live requests of one second share it); 0 = read it for every request.
+    # Experiment variants and the canary share the base service's cache, so this is the base's setting.
     item_popularity_cache_seconds: float = 1.0
 
     def __post_init__(self):

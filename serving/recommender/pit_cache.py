@@ -30,14 +30,14 @@ class PointInTimeCache:
         clock: Callable[[], float] = time.monotonic,
         on_lookup: Callable[[int, int], None] | None = None,
     ):
-        """`on_lookup(hits, misses)` after every lookup (the service's metrics counter)."""
+        """`on_lookup(hits, misses)` after every lookup (the service's metrics counter): items answered
+        without a store read, items read."""
         if seconds < 0:
             raise ValueError(f"seconds must be >= 0, got {seconds}")
         self.seconds, self.max_times, self._clock, self._on_lookup = seconds, max_times, clock, on_lookup
         self._lock = threading.Lock()
         self._entries: dict[int, tuple[float, dict[str, dict]]] = {}  # as_of -> (expiry, item id -> values)
         self._generation = 0
-        self.hits = self.misses = 0  # items answered without a store read / read (approximate under threads)
 
     def get(self, item_ids: Sequence[str], as_of: int, fetch: Callable[[list[str], int], list[dict]]) -> list[dict]:
         """Values per item at `as_of`; `fetch(ids, as_of)` (the store's read) for those not cached."""
@@ -51,8 +51,6 @@ class PointInTimeCache:
                 entry = self._entries[as_of] = (now + self.seconds, {})
             values, generation = entry[1], self._generation
         missing = list(dict.fromkeys(item for item in item_ids if item not in values))
-        self.hits += len(item_ids) - len(missing)
-        self.misses += len(missing)
         if self._on_lookup is not None:
             self._on_lookup(len(item_ids) - len(missing), len(missing))
         if not missing:

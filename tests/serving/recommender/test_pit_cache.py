@@ -25,14 +25,14 @@ class Clock:
 
 
 def test_values_of_one_time_are_reused_and_only_missing_items_are_read():
-    store, clock = Store(), Clock()
-    cache = PointInTimeCache(1.0, clock=clock)
+    store, clock, lookups = Store(), Clock(), []
+    cache = PointInTimeCache(1.0, clock=clock, on_lookup=lambda hits, misses: lookups.append((hits, misses)))
     first = cache.get(["a", "b"], 50, store.fetch)
     second = cache.get(["b", "c", "c", "a"], 50, store.fetch)
     assert store.reads == [["a", "b"], ["c"]]  # "c" read once although asked twice
     assert [v["item"] for v in second] == ["b", "c", "c", "a"]
     assert second[0] is first[1] and second[3] is first[0]
-    assert (cache.hits, cache.misses) == (3, 3)  # hits: answered without a read (b, a, the second c)
+    assert lookups == [(0, 2), (3, 1)]  # hits: answered without a read (b, a, the second c)
 
 
 def test_another_time_is_never_answered_from_this_ones_values():
@@ -82,3 +82,15 @@ def test_seconds_zero_reads_every_time_and_times_are_bounded():
     assert len(bounded._entries) <= 3
     with pytest.raises(ValueError, match="seconds"):
         PointInTimeCache(-1)
+
+
+@pytest.mark.parametrize("seconds", [-1, 61, "1", True, None])
+def test_the_service_config_refuses_a_bad_cache_time(seconds):
+    from towerflow.serving.recommender.config import ServiceConfig
+
+    with pytest.raises(ValueError, match="item_popularity_cache_seconds"):
+        ServiceConfig.from_dict({"ranking": {"item_popularity_cache_seconds": seconds}})
+    assert (
+        ServiceConfig.from_dict({"ranking": {"item_popularity_cache_seconds": 0}}).ranking.item_popularity_cache_seconds
+        == 0
+    )
