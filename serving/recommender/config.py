@@ -1,6 +1,6 @@
 """The recommender service's settings: typed dataclasses, one place for every default, loaded from YAML.
 
-    retrieval:   {top_n: 300, protocol: grpc, cache_ttl_seconds: 300}
+    retrieval:   {top_n: null, protocol: grpc, cache_ttl_seconds: 300}   (null: the pushed evaluation's depth)
     ranking:     {enabled: true}
     reranking:   {diversity_lambda: 0.9, freshness_days: 30, freshness_boost: 0.3, rules_file: rules.yaml}
     exploration: {epsilon0: 0.1, ...}
@@ -35,9 +35,15 @@ def _unit(name: str, value: float) -> None:
         raise ValueError(f"{name} must be in [0, 1], got {value!r}")
 
 
+FALLBACK_TOP_N = 300  # retrieval.top_n when neither the config nor the pushed evaluation sets a depth
+
+
 @dataclass
 class RetrievalConfig:
-    top_n: int = 300  # candidates ScaNN hands to the ranker
+    # Candidates ScaNN hands to the ranker. None: the pushed evaluation's rerank_depth -- the depth the
+    # offline evaluation (and so the blessing gate) scored the served blend at, so the service ranks the
+    # list that was judged (100 on the default pipeline); FALLBACK_TOP_N when the version has no evaluation.
+    top_n: int | None = None
     protocol: str = GRPC  # how the query tower is called: TF Serving gRPC, or REST
     cache_ttl_seconds: float = 300.0  # per-user query-embedding cache (dropped by the user's next event)
     version_poll_seconds: float = 1.0  # how often the served model versions are checked
@@ -46,8 +52,10 @@ class RetrievalConfig:
     realtime_search: bool = True
 
     def __post_init__(self):
-        if not isinstance(self.top_n, int) or not 1 <= self.top_n <= 10_000:
-            raise ValueError(f"retrieval.top_n must be an integer in [1, 10000], got {self.top_n!r}")
+        if self.top_n is not None and (
+            not isinstance(self.top_n, int) or isinstance(self.top_n, bool) or not 1 <= self.top_n <= 10_000
+        ):
+            raise ValueError(f"retrieval.top_n must be null or an integer in [1, 10000], got {self.top_n!r}")
         if self.protocol not in (GRPC, REST):
             raise ValueError(f"retrieval.protocol must be {GRPC!r} or {REST!r}, got {self.protocol!r}")
         _positive("retrieval.cache_ttl_seconds", self.cache_ttl_seconds)

@@ -44,7 +44,7 @@ import numpy as np
 
 from towerflow.models import features
 from towerflow.serving.recommender import reranking
-from towerflow.serving.recommender.config import ServiceConfig
+from towerflow.serving.recommender.config import FALLBACK_TOP_N, ServiceConfig
 from towerflow.serving.recommender.metrics import ServiceMetrics
 from towerflow.serving.recommender.pit_cache import PointInTimeCache
 from towerflow.serving.recommender.request import BadRequestError, Request
@@ -377,6 +377,13 @@ class Recommender:
             count = int(evaluation.get("rerank_depth") or 100)
         return beta, (count if beta > 0 else 0)
 
+    def retrieval_depth(self, served: ServedVersion) -> int:
+        """How many candidates ScaNN returns: the config's top_n, else the depth the pushed evaluation scored."""
+        top_n = self.config.retrieval.top_n
+        if top_n is None:
+            top_n = int(served.evaluation.get("rerank_depth") or FALLBACK_TOP_N)
+        return top_n
+
     def recent_then_all_time(self, as_of: int, want: int, window_days: float) -> list[tuple[str, float]]:
         """At least `want` items (if the store has them): by their count in the last `window_days`, ties by
         item id; when fewer items had events in the window (the list is then complete), followed by the
@@ -400,7 +407,7 @@ class Recommender:
         rules = self.rules.rules
         banned = state.seen | set(request.exclude) | set(rules.blocked)
         rows = [r for r in (index.row_of(i) for i in banned) if r is not None]
-        top_n = min(self.config.retrieval.top_n, index.num_items)
+        top_n = min(self.retrieval_depth(served), index.num_items)
         idx, scores = search_top_n(index, query, top_n, rows, self.config.retrieval.realtime_search)
         # the same doubles as float(score) / temperature per item, in one numpy step
         logits = (scores.astype(np.float64) / self.temperature).tolist()

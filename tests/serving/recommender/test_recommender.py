@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from towerflow.models import features
-from towerflow.serving.recommender.config import ServiceConfig
+from towerflow.serving.recommender.config import FALLBACK_TOP_N, ServiceConfig
 from towerflow.serving.recommender.recommender import BadRequestError
 
 
@@ -273,6 +273,24 @@ def test_popularity_term_and_recently_popular_candidates_from_the_pushed_evaluat
         assert s["final"] == pytest.approx(s["retrieval"] + s["popularity"] + 0.5 * s["ranking"], abs=1e-5)
     scores = [i["score"] for i in out["items"]]
     assert scores == sorted(scores, reverse=True)
+
+
+def test_retrieval_depth_is_the_pushed_evaluations_unless_the_config_sets_it(make_recommender, world):
+    # the service ranks what the offline evaluation (and the gate) scored: retrieval's top rerank_depth
+    body = {"user_id": "warm", "k": 40, "context": {"timestamp": world.AS_OF}, "explore": False}
+    no_popular = {"popularity_weight": 0.0}
+    r, _ = make_recommender(config(**NO_RERANK), evaluation={**no_popular, "rerank_depth": 4})
+    assert r.retrieval_depth(r.watcher.current) == 4
+    out = r.recommend(body)
+    assert out["fallback"] is None and len(out["items"]) == 4
+    assert {i["source"] for i in out["items"]} == {"retrieval"}
+    set_by_config, _ = make_recommender(
+        config(retrieval={"top_n": 7}, **NO_RERANK), evaluation={**no_popular, "rerank_depth": 4}
+    )
+    assert set_by_config.retrieval_depth(set_by_config.watcher.current) == 7
+    assert len(set_by_config.recommend(body)["items"]) == 7
+    no_evaluation, _ = make_recommender(config(**NO_RERANK))
+    assert no_evaluation.retrieval_depth(no_evaluation.watcher.current) == FALLBACK_TOP_N
 
 
 def test_popularity_blend_settings_from_the_config_override_the_evaluation(make_recommender, world):
