@@ -42,7 +42,8 @@ FALLBACK_TOP_N = 300  # retrieval.top_n when neither the config nor the pushed e
 class RetrievalConfig:
     # Candidates ScaNN hands to the ranker. None: the pushed evaluation's rerank_depth -- the depth the
     # offline evaluation (and so the blessing gate) scored the served blend at, so the service ranks the
-    # list that was judged (100 on the default pipeline); FALLBACK_TOP_N when the version has no evaluation.
+    # list that was judged (100 on the default pipeline), or the request's k when that is larger;
+    # FALLBACK_TOP_N when the version has no evaluation. A number is used as it is.
     top_n: int | None = None
     protocol: str = GRPC  # how the query tower is called: TF Serving gRPC, or REST
     cache_ttl_seconds: float = 300.0  # per-user query-embedding cache (dropped by the user's next event)

@@ -377,12 +377,13 @@ class Recommender:
             count = int(evaluation.get("rerank_depth") or 100)
         return beta, (count if beta > 0 else 0)
 
-    def retrieval_depth(self, served: ServedVersion) -> int:
-        """How many candidates ScaNN returns: the config's top_n, else the depth the pushed evaluation scored."""
+    def retrieval_depth(self, served: ServedVersion, k: int) -> int:
+        """How many candidates ScaNN returns: the config's top_n as set; else the depth the pushed evaluation
+        scored, raised to k so a request for more items than that depth still gets k when the catalog has them."""
         top_n = self.config.retrieval.top_n
-        if top_n is None:
-            top_n = int(served.evaluation.get("rerank_depth") or FALLBACK_TOP_N)
-        return top_n
+        if top_n is not None:
+            return top_n
+        return max(int(served.evaluation.get("rerank_depth") or FALLBACK_TOP_N), k)
 
     def recent_then_all_time(self, as_of: int, want: int, window_days: float) -> list[tuple[str, float]]:
         """At least `want` items (if the store has them): by their count in the last `window_days`, ties by
@@ -407,7 +408,7 @@ class Recommender:
         rules = self.rules.rules
         banned = state.seen | set(request.exclude) | set(rules.blocked)
         rows = [r for r in (index.row_of(i) for i in banned) if r is not None]
-        top_n = min(self.retrieval_depth(served), index.num_items)
+        top_n = min(self.retrieval_depth(served, request.k), index.num_items)
         idx, scores = search_top_n(index, query, top_n, rows, self.config.retrieval.realtime_search)
         # the same doubles as float(score) / temperature per item, in one numpy step
         logits = (scores.astype(np.float64) / self.temperature).tolist()

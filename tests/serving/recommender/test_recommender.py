@@ -277,20 +277,26 @@ def test_popularity_term_and_recently_popular_candidates_from_the_pushed_evaluat
 
 def test_retrieval_depth_is_the_pushed_evaluations_unless_the_config_sets_it(make_recommender, world):
     # the service ranks what the offline evaluation (and the gate) scored: retrieval's top rerank_depth
-    body = {"user_id": "warm", "k": 40, "context": {"timestamp": world.AS_OF}, "explore": False}
     no_popular = {"popularity_weight": 0.0}
-    r, _ = make_recommender(config(**NO_RERANK), evaluation={**no_popular, "rerank_depth": 4})
-    assert r.retrieval_depth(r.watcher.current) == 4
-    out = r.recommend(body)
-    assert out["fallback"] is None and len(out["items"]) == 4
+
+    def body(k):
+        return {"user_id": "warm", "k": k, "context": {"timestamp": world.AS_OF}, "explore": False}
+
+    r, models = make_recommender(config(**NO_RERANK), evaluation={**no_popular, "rerank_depth": 4})
+    assert r.retrieval_depth(r.watcher.current, 2) == 4
+    out = r.recommend(body(4))
+    assert out["fallback"] is None and len(out["items"]) == 4 and models.calls["rank"] == 1
     assert {i["source"] for i in out["items"]} == {"retrieval"}
+    assert len(r.ranked(body(20))[0]) == 20  # a k above the depth still gets k candidates
+    assert len(r.ranked(body(2))[0]) == 4
     set_by_config, _ = make_recommender(
         config(retrieval={"top_n": 7}, **NO_RERANK), evaluation={**no_popular, "rerank_depth": 4}
     )
-    assert set_by_config.retrieval_depth(set_by_config.watcher.current) == 7
-    assert len(set_by_config.recommend(body)["items"]) == 7
+    assert set_by_config.retrieval_depth(set_by_config.watcher.current, 2) == 7
+    assert len(set_by_config.ranked(body(2))[0]) == 7
+    assert len(set_by_config.ranked(body(20))[0]) == 7  # a configured depth is used as it is
     no_evaluation, _ = make_recommender(config(**NO_RERANK))
-    assert no_evaluation.retrieval_depth(no_evaluation.watcher.current) == FALLBACK_TOP_N
+    assert no_evaluation.retrieval_depth(no_evaluation.watcher.current, 10) == FALLBACK_TOP_N
 
 
 def test_popularity_blend_settings_from_the_config_override_the_evaluation(make_recommender, world):
