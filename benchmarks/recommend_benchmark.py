@@ -341,6 +341,16 @@ def drop_cached_embeddings(redis_url: str, users: list[str]) -> None:
     print(f"dropped the cached query embeddings of {len(users):,} users", flush=True)
 
 
+def stop(procs: list[subprocess.Popen]) -> None:
+    """SIGINT to each process, last started first; a process still running after 30 s is killed."""
+    for proc in reversed(procs):
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def pct(values: np.ndarray, q: float) -> float:
     return float(np.percentile(values, q)) if len(values) else float("nan")
 
@@ -529,20 +539,11 @@ def main(argv=None) -> int:
             measure(args, title, setup, url, users,
                     {"service": service.pid, "model server": model_server.pid, "redis": redis_server.process.pid,
                      "client": os.getpid()}, emit)  # fmt: skip
-            for proc in (service, model_server):
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                procs.remove(proc)
+            stop([model_server, service])
+            procs.remove(service)
+            procs.remove(model_server)
     finally:
-        for p in reversed(procs):
-            p.send_signal(signal.SIGINT)
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
         redis_server.stop()
         shutil.rmtree(tmp, ignore_errors=True)  # the 1M world is ~1 GB of Redis files and index copies
     if args.out:

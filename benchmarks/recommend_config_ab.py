@@ -23,7 +23,7 @@ import argparse
 import json
 import os
 import platform
-import signal
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -184,13 +184,9 @@ def main(argv=None) -> int:
             load.append(os.getloadavg()[0])
             print(f"block {n + 1}: {label}: {result['n']} requests, p50 {rb.pct(result['e2e'], 50):.1f} ms", flush=True)
     finally:
-        for p in reversed(procs):
-            p.send_signal(signal.SIGINT)
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        rb.stop(procs)
         redis_server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)  # the 1M world is ~1 GB of Redis files and index copies
     print()
     print(f"## {world}: interleaved A/B of two service configs")
     print()
