@@ -443,13 +443,18 @@ def gc_pauses(metrics_text: str, generation: int) -> tuple[float, float, str] | 
     return count, total[0], slowest
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_world_arguments(parser: argparse.ArgumentParser) -> None:
+    """--run-dir (ml-100k) or --synthetic with its catalog size: the world a load benchmark runs on."""
     parser.add_argument("--run-dir", help="a `towerflow run` directory (ml-100k)")
     parser.add_argument("--synthetic", action="store_true", help="the synthetic catalog instead")
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--users", type=int, default=1_000_000)
     parser.add_argument("--events", type=int, default=3_000_000)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_world_arguments(parser)
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--requests", type=int, default=600, help="per concurrency level")
     parser.add_argument("--seconds", type=float, default=60.0, help="at most, per concurrency level")

@@ -3,7 +3,7 @@ requests alternating between them, so a shared machine's drifting load falls on 
 
     flock /tmp/towerflow-heavy.lock python benchmarks/recommend_config_ab.py --run-dir runs/local \
         --config-a top300.yaml --config-b "" --concurrency 4 --block 250 --rounds 8
-    flock /tmp/towerflow-heavy.lock python benchmarks/recommend_config_ab.py --synthetic \
+    flock /tmp/towerflow-heavy.lock python benchmarks/recommend_config_ab.py --synthetic --events 1000000 \
         --config-a top300.yaml --config-b "" --block 150 --rounds 6
 
 `recommend_benchmark.py` measures one service at a time (and two codes one after the other); when the
@@ -109,11 +109,7 @@ def _start(cmd: list[str], log: Path, env: dict, cwd: Path) -> subprocess.Popen:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run-dir", help="a `towerflow run` directory (ml-100k)")
-    parser.add_argument("--synthetic", action="store_true", help="recommend_benchmark's synthetic catalog")
-    parser.add_argument("--items", type=int, default=1_000_000)
-    parser.add_argument("--users", type=int, default=1_000_000)
-    parser.add_argument("--events", type=int, default=1_000_000)
+    rb.add_world_arguments(parser)
     parser.add_argument("--config-a", default="", help="service YAML of side A ('' = the default config)")
     parser.add_argument("--config-b", default="", help="service YAML of side B ('' = the default config)")
     parser.add_argument("--concurrency", type=int, default=4)
