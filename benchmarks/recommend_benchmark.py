@@ -443,6 +443,32 @@ def gc_pauses(metrics_text: str, generation: int) -> tuple[float, float, str] | 
     return count, total[0], slowest
 
 
+def check_service_config(path: str | None) -> str | None:
+    """None if the service would accept the YAML at `path` (None: the default config), else why not."""
+    from towerflow.serving.recommender.config import load_config
+
+    try:
+        load_config(path or None)
+    except (OSError, ValueError) as err:
+        return str(err)
+    return None
+
+
+def service_config_file(path: str | None, out: Path, log_dir: Path) -> None:
+    """Writes to `out` the service YAML at `path` (None: the default config) with its relative `rules_file`
+    made absolute (relative to `path`, as load_config reads it) and the experiment log in `log_dir`: the
+    service logs impressions (serving/experiments), which go to the benchmark's temporary directory, not
+    into the run directory the benchmark only reads."""
+    import yaml
+
+    config = (yaml.safe_load(Path(path).read_text()) if path else None) or {}
+    rules = (config.get("reranking") or {}).get("rules_file")
+    if rules and not Path(rules).is_absolute():
+        config["reranking"]["rules_file"] = str((Path(path).parent / rules).resolve())
+    config.setdefault("experiments", {}).setdefault("log", {})["dir"] = str(log_dir)
+    out.write_text(yaml.safe_dump(config))
+
+
 def add_world_arguments(parser: argparse.ArgumentParser) -> None:
     """--run-dir (ml-100k) or --synthetic with its catalog size: the world a load benchmark runs on."""
     parser.add_argument("--run-dir", help="a `towerflow run` directory (ml-100k)")
@@ -472,6 +498,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if bool(args.run_dir) == bool(args.synthetic):
         parser.error("give --run-dir or --synthetic")
+    problem = check_service_config(args.config)
+    if problem:
+        parser.error(f"--config: {problem}")
 
     from towerflow.serving.feature_store.server import LocalRedis, LocalRedisConfig
 
@@ -503,17 +532,7 @@ def main(argv=None) -> int:
             users = [str(u) for u in range(1, 944)]  # ml-100k's user ids
         if args.config:
             name += f", service config {Path(args.config).name}: {Path(args.config).read_text().strip()}"
-        # the service logs impressions (serving/experiments); they go to this run's temporary directory, not
-        # into the run directory, which the benchmark only reads
-        import yaml
-
-        service_config = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
-        service_config = service_config or {}
-        rules = (service_config.get("reranking") or {}).get("rules_file")
-        if rules and not Path(rules).is_absolute():  # relative to the given config, as load_config reads it
-            service_config["reranking"]["rules_file"] = str((Path(args.config).parent / rules).resolve())
-        service_config.setdefault("experiments", {}).setdefault("log", {})["dir"] = str(tmp / "experiments")
-        (tmp / "service.yaml").write_text(yaml.safe_dump(service_config))
+        service_config_file(args.config, tmp / "service.yaml", tmp / "experiments")
         variants = [("this checkout", variant_env(env, str(REPO)))]
         if args.before_pythonpath:
             variants.insert(0, (f"BEFORE: the code of {args.before_label}",

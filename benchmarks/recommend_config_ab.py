@@ -20,7 +20,6 @@ query-embedding cache, so each benefits alike from the other's misses.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -32,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import recommend_benchmark as rb  # noqa: E402
@@ -119,6 +117,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if bool(args.run_dir) == bool(args.synthetic):
         parser.error("give --run-dir or --synthetic")
+    for name in ("concurrency", "block", "rounds", "k"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    for flag, path in (("--config-a", args.config_a), ("--config-b", args.config_b)):
+        problem = rb.check_service_config(path)
+        if problem:
+            parser.error(f"{flag}: {problem}")
     labels = [_config_label(args.config_a), _config_label(args.config_b)]
     if labels[0] == labels[1]:
         labels = [f"A ({labels[0]})", f"B ({labels[1]})"]
@@ -151,9 +156,7 @@ def main(argv=None) -> int:
         rb.wait_http(f"http://127.0.0.1:{rest_port}/v1/models/ranker", 300, "model server")
         services = {}
         for n, (label, path) in enumerate(zip(labels, (args.config_a, args.config_b))):
-            config = (yaml.safe_load(Path(path).read_text()) if path else None) or {}
-            config.setdefault("experiments", {}).setdefault("log", {})["dir"] = str(tmp / f"experiments-{n}")
-            (tmp / f"service-{n}.yaml").write_text(json.dumps(config))
+            rb.service_config_file(path, tmp / f"service-{n}.yaml", tmp / f"experiments-{n}")
             port = rb.free_port()
             service = _start(
                 [*rb.TOWERFLOW, "service", "--run-dir", str(run_dir), "--redis-url", redis_server.url]

@@ -42,3 +42,31 @@ def test_a_side_adds_up_its_blocks_and_reports_cpu_per_request():
     assert float(cells[12]) == pytest.approx(0.5, abs=0.05)  # 2 ms of client CPU over 4 requests
     assert float(cells[13]) == pytest.approx(10.5, abs=0.05)
     assert len(cells) == ab.HEADER.splitlines()[0].count("|") - 1
+
+
+def test_a_config_the_service_would_refuse_is_refused_before_anything_starts(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("retrieval: {top_n: 0}\n")
+    with pytest.raises(SystemExit):
+        ab.main(["--run-dir", str(tmp_path), "--config-a", str(bad)])
+    assert "--config-a" in capsys.readouterr().err and "retrieval.top_n" in ab.rb.check_service_config(str(bad))
+    assert "cannot read" in ab.rb.check_service_config(str(tmp_path / "missing.yaml"))
+    assert ab.rb.check_service_config("") is None and ab.rb.check_service_config(None) is None
+    with pytest.raises(SystemExit):
+        ab.main(["--run-dir", str(tmp_path), "--rounds", "0"])
+
+
+def test_the_service_config_file_keeps_the_rules_file_where_the_given_config_points(tmp_path):
+    import yaml
+
+    (tmp_path / "conf").mkdir()
+    given = tmp_path / "conf" / "service.yaml"
+    given.write_text("reranking: {rules_file: rules.yaml}\nretrieval: {top_n: 300}\n")
+    out = tmp_path / "out.yaml"
+    ab.rb.service_config_file(str(given), out, tmp_path / "log")
+    written = yaml.safe_load(out.read_text())
+    assert written["reranking"]["rules_file"] == str((tmp_path / "conf" / "rules.yaml").resolve())
+    assert written["retrieval"] == {"top_n": 300}
+    assert written["experiments"]["log"]["dir"] == str(tmp_path / "log")
+    ab.rb.service_config_file(None, out, tmp_path / "log")
+    assert yaml.safe_load(out.read_text()) == {"experiments": {"log": {"dir": str(tmp_path / "log")}}}
