@@ -22,7 +22,7 @@ from towerflow.components.ingestion.splits import SPLITS, SplitConfig
 from towerflow.models import features as F
 
 
-def run_ingestion(data_dir, out_dir, fmt="towerflow", split=None, history_length=20):
+def run_ingestion(data_dir, out_dir, fmt="towerflow", split=None, history_length=20, shards=1):
     """Runs the ingestion graph in-process and returns its parsed outputs."""
     split = split or SplitConfig()
     paths = {name: os.path.join(out_dir, name) for name in ("examples", "catalog", "quarantine")}
@@ -38,6 +38,7 @@ def run_ingestion(data_dir, out_dir, fmt="towerflow", split=None, history_length
             catalog_uri=paths["catalog"],
             quarantine_uri=paths["quarantine"],
             summary_path=summary_path,
+            shards=shards,
         )
     with open(summary_path) as f:
         summary = json.load(f)

@@ -25,7 +25,7 @@ from tfx.proto import example_gen_pb2
 from tfx.types import standard_artifacts
 from tfx.types.standard_artifact_utils import encode_split_names
 
-from towerflow.components.ingestion import beam_ingest, deletions
+from towerflow.components.ingestion import beam_ingest, deletions, readers
 from towerflow.components.ingestion.splits import (
     DEFAULT_EVAL_FRACTION,
     DEFAULT_LEAVE_LAST_N,
@@ -114,6 +114,7 @@ def Ingestion(  # noqa: N802 - TFX names components like classes
             quarantine_uri=quarantine.uri,
             summary_path=summary_path,
             deleted_users=deletions.load(deletion_ledger),
+            shards=beam_ingest.user_shards(readers.count_lines(data_dir, dataset_format)),
         )
     with open(summary_path, encoding="utf-8") as f:
         summary = json.load(f)

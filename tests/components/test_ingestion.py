@@ -1,10 +1,13 @@
 """Ingestion's Beam graph on hand-made edge cases: leakage, ties, tiny users, empty splits, quarantine."""
 
 import csv
+import zlib
 
+import numpy as np
 import pytest
 from ingestion_checks import assert_no_leakage, run_ingestion
 
+from towerflow.components.ingestion import beam_ingest
 from towerflow.components.ingestion.component import BadRowsError, check_bad_rows
 from towerflow.components.ingestion.splits import SplitConfig
 from towerflow.models import features as F
@@ -154,3 +157,46 @@ def test_malformed_user_and_item_rows_are_quarantined_too(tmp_path):
     out = run_ingestion(data, tmp_path / "out")
     assert [q["table"] for q in out["quarantine"]] == ["users"]
     assert out["summary"]["malformed_by_table"] == {"users": 1}
+
+
+def _random_log(n_users=40, n_items=25, n=900, seed=3):
+    rng = np.random.default_rng(seed)
+    users = [(f"u{k}", 20 + k % 40, "MF"[k % 2], "writer", f"{k:05d}") for k in range(n_users)]
+    # titles and genres with commas, quotes and non-ASCII text travel through the packed shuffle rows
+    items = [(f"i{k}", f'Título "{k}", Ünïcode ✓', 1950 + k, "Drama|Comedy" if k % 3 else "") for k in range(n_items)]
+    rows = [
+        (f"u{rng.integers(n_users)}", f"i{rng.integers(n_items)}", int(rng.integers(1, 6)), int(rng.integers(0, 50)))
+        for _ in range(n)
+    ]  # many ties in time: the order rule (timestamp, item_id, rating) decides
+    return users, items, rows
+
+
+def _examples_by_key(splits):
+    return {
+        split: sorted(tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in r.items())) for r in rows)
+        for split, rows in splits.items()
+    }
+
+
+def test_a_sharded_user_shuffle_writes_exactly_the_unsharded_examples(tmp_path):
+    users, items, rows = _random_log()
+    data = write_dataset(tmp_path / "data", rows, users=users, items=items)
+    one = run_ingestion(data, tmp_path / "one", history_length=5)
+    three = run_ingestion(data, tmp_path / "three", history_length=5, shards=3)
+    assert _examples_by_key(three["splits"]) == _examples_by_key(one["splits"])
+    assert three["summary"] == one["summary"]
+    assert sum(len(r) for r in one["splits"].values()) == len(rows)
+    assert_no_leakage(three["splits"], rows, history_length=5, cutoffs=three["summary"]["cutoffs"])
+    # each shard writes its own files in every split
+    assert len(list((tmp_path / "three" / "examples" / "Split-train").glob("data_tfrecord-0[0-2]-*.gz"))) == 3
+    by_id = {item[0]: item for item in items}
+    for row in three["splits"]["train"]:
+        _, title, year, genres = by_id[row[F.ITEM_ID]]
+        assert (row[F.ITEM_TITLE], row[F.ITEM_RELEASE_YEAR]) == (title, year)
+        assert row[F.ITEM_GENRES] == (genres.split("|") if genres else [])
+
+
+def test_user_shards_grow_with_the_rows_and_a_user_always_lands_in_one_shard():
+    assert [beam_ingest.user_shards(n) for n in (0, 100_000, 2_000_000, 2_000_001, 20_000_000)] == [1, 1, 1, 2, 10]
+    # a stable hash: the same shard in every process (Python's own str hash is salted per process)
+    assert beam_ingest._user_shard("u42", 10) == zlib.crc32(b"u42") % 10
