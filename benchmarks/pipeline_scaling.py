@@ -78,6 +78,11 @@ class Stage:
     wall: float = 0.0
     cpu: float = 0.0
     peak_rss: int = 0
+    # the process tree's summed PSS (shared pages split between the processes that map them)
+    peak_pss: int = 0
+    # the RSS of the component's own processes: its child process and that child's Beam workers, or this
+    # run's runner process and its Beam workers for a component run there (alone, one at a time)
+    own_rss: int = 0
     # set when the component finished within one progress poll: it is charged the time since the previous
     # stage ended (for the first component, the run's start-up too)
     unobserved_start: bool = False
@@ -103,6 +108,7 @@ class SizeResult:
             sum(s.wall for s in self.stages if s.name != "synth") - self.overlap,
             sum(s.cpu for s in self.stages if s.name != "synth"),
             max((s.peak_rss for s in self.stages if s.name != "synth"), default=0),
+            max((s.peak_pss for s in self.stages if s.name != "synth"), default=0),
         )
 
 
@@ -110,15 +116,19 @@ class TreeSampler(threading.Thread):
     """CPU seconds and RSS of a process and all its descendants, sampled every `interval` seconds.
 
     A process's CPU is counted up to its last sample, so a short-lived worker
-    may lose up to one interval of CPU; RSS is the sum over live processes.
-    CPU is also kept per group: a child process the runner started for pipeline
+    may lose up to one interval of CPU; RSS is the sum over live processes, PSS
+    too (read every `pss_every` samples: /proc's smaps walk costs more).
+    CPU and RSS are also kept per group: a child process the runner started for pipeline
     nodes (`--node NAME` on its command line, once per node it runs) and that
     child's descendants form group "NAME" (nodes run one after another in one
     child: "NAME1+NAME2+..."); every other process is group "".
     """
 
-    def __init__(self, pid: int, interval: float = 0.5):
+    def __init__(self, pid: int, interval: float = 0.5, pss_every: int = 4):
         super().__init__(daemon=True)
+        self._pss_every, self._samples = pss_every, 0
+        self.pss = 0
+        self.group_rss: dict[str, int] = {}
         self._root = psutil.Process(pid)
         self._interval = interval
         self._cpu: dict[tuple[int, float], float] = {}
@@ -144,15 +154,21 @@ class TreeSampler(threading.Thread):
                     groups.update({p.pid: name for p in [proc, *proc.children(recursive=True)]})
                 except psutil.Error:
                     groups[proc.pid] = name
-        rss = 0
+        rss, pss, group_rss = 0, 0, {}
+        read_pss = self._samples % self._pss_every == 0
+        self._samples += 1
         for proc in procs:
             try:
                 with proc.oneshot():
                     times = proc.cpu_times()
                     key = (proc.pid, proc.create_time())
-                    rss += proc.memory_info().rss
+                    resident = proc.memory_info().rss
+                pss += proc.memory_full_info().pss if read_pss else 0
             except psutil.Error:
                 continue
+            rss += resident
+            group = groups.get(proc.pid) or self._group.get(key, "")
+            group_rss[group] = group_rss.get(group, 0) + resident
             with self.lock:
                 self._cpu[key] = times.user + times.system
                 # A process first seen outside a group (e.g. a Beam worker whose parent's children could not be
@@ -163,6 +179,9 @@ class TreeSampler(threading.Thread):
                     self._group.setdefault(key, "")
         with self.lock:
             self.rss = rss
+            self.group_rss = group_rss
+            if read_pss:
+                self.pss = pss
 
     @property
     def cpu(self) -> float:
@@ -213,19 +232,26 @@ def measure_command(argv: list[str], log_path: Path, split_progress: bool) -> tu
         sampler = TreeSampler(proc.pid)
         sampler.start()
         stages: list[Stage] = []
-        running: dict[str, list] = {}  # name -> [wall start, in-process CPU at start, peak rss]
+        running: dict[str, list] = {}  # name -> [wall start, in-process CPU at start, peak rss, pss, own rss]
         charged: dict[str, float] = {}  # child process group -> its CPU charged to finished components
         last_mark = (started, 0.0)  # wall and in-process CPU when the previous stage ended
-        peak_rss = 0
+        peak_rss = peak_pss = 0
         peak_lock = threading.Lock()
 
+        def own_rss(name: str) -> int:
+            """The RSS of the process group running component `name` (its child's, else the runner's)."""
+            by_group = sampler.group_rss
+            group = next((g for g in by_group if g and name in g.split("+")), "")
+            return by_group.get(group, 0)
+
         def track_peak() -> None:
-            nonlocal peak_rss
+            nonlocal peak_rss, peak_pss
             while proc.poll() is None:
                 with peak_lock:
-                    peak_rss = max(peak_rss, sampler.rss)
-                    for state in running.values():
-                        state[2] = max(state[2], sampler.rss)
+                    peak_rss, peak_pss = max(peak_rss, sampler.rss), max(peak_pss, sampler.pss)
+                    for name, state in running.items():
+                        state[2], state[3] = max(state[2], sampler.rss), max(state[3], sampler.pss)
+                        state[4] = max(state[4], own_rss(name))
                 time.sleep(0.5)
 
         tracker = threading.Thread(target=track_peak, daemon=True)
@@ -239,12 +265,12 @@ def measure_command(argv: list[str], log_path: Path, split_progress: bool) -> tu
             local_cpu = sampler.group_cpu("")
             with peak_lock:
                 if state == "running":
-                    running[name] = [now, local_cpu, sampler.rss]
+                    running[name] = [now, local_cpu, sampler.rss, sampler.pss, own_rss(name)]
                     continue
                 if name not in running:
                     # finished within one progress poll: it ran since the previous stage ended
-                    running[name] = [*last_mark, sampler.rss]
-                wall0, cpu0, rss = running.pop(name)
+                    running[name] = [*last_mark, sampler.rss, sampler.pss, own_rss(name)]
+                wall0, cpu0, rss, pss, own = running.pop(name)
                 unobserved = (wall0, cpu0) == last_mark
                 group = next((g for g in sampler.groups() if g and name in g.split("+")), None)
                 if group is not None:
@@ -252,7 +278,18 @@ def measure_command(argv: list[str], log_path: Path, split_progress: bool) -> tu
                     charged[group] = charged.get(group, 0.0) + cpu
                 else:
                     cpu = local_cpu - cpu0
-                stages.append(Stage(name, now - wall0, cpu, max(rss, sampler.rss), unobserved, wall0 - started))
+                stages.append(
+                    Stage(
+                        name,
+                        now - wall0,
+                        cpu,
+                        max(rss, sampler.rss),
+                        max(pss, sampler.pss),
+                        own,
+                        unobserved,
+                        wall0 - started,
+                    )
+                )
                 last_mark = (now, local_cpu)
         code = proc.wait()
         tracker.join()
@@ -260,7 +297,7 @@ def measure_command(argv: list[str], log_path: Path, split_progress: bool) -> tu
         sampler.stop()
         if code != 0:
             raise RuntimeError(f"{argv[:3]} failed with exit code {code}; see {log_path}")
-        whole = Stage(Path(argv[0]).name, time.monotonic() - started, sampler.cpu, peak_rss)
+        whole = Stage(Path(argv[0]).name, time.monotonic() - started, sampler.cpu, peak_rss, peak_pss)
     if not split_progress:
         return [whole], 0.0
     covered = _union_seconds([(s.start, s.start + s.wall) for s in stages])
@@ -271,6 +308,7 @@ def measure_command(argv: list[str], log_path: Path, split_progress: bool) -> tu
         max(whole.wall - covered, 0.0),
         max(whole.cpu - sum(s.cpu for s in stages), 0.0),
         whole.peak_rss,
+        whole.peak_pss,
     )
     return [*stages, other], overlap
 
@@ -289,7 +327,7 @@ def run_size(size: Size, work_dir: Path, train: bool, keep: bool, run_args: Sequ
             log_path,
             split_progress=False,
         )
-        result.stages.append(Stage("synth", synth[0].wall, synth[0].cpu, synth[0].peak_rss))
+        result.stages.append(Stage("synth", synth[0].wall, synth[0].cpu, synth[0].peak_rss, synth[0].peak_pss))
     run = [TOWERFLOW, "run", "--data-dir", str(data_dir), "--output-dir", str(out_dir), "--no-push", *run_args]
     stages, result.overlap = measure_command(run + ([] if train else ["--no-train"]), log_path, split_progress=True)
     result.stages += stages
@@ -411,15 +449,17 @@ def machine_lines() -> list[str]:
 def format_results(results: list[SizeResult], command: str) -> str:
     lines = ["# Pipeline scaling", "", f"Command: `{command}`", "", "## Machine", "", *machine_lines()]
     lines += ["", "## Per component and size", ""]
-    lines.append("| size | stage | start s | wall s | CPU s | peak RSS GB | rows/s |")
-    lines.append("|---|---|---:|---:|---:|---:|---:|")
+    lines.append("| size | stage | start s | wall s | CPU s | peak RSS GB | peak PSS GB | own RSS GB | rows/s |")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         for s in [*r.stages, r.total]:
             rate = f"{r.size.interactions / s.wall:,.0f}" if s.wall >= MIN_SECONDS else "-"
             name = f"**{s.name}**" if s.name == "total" else s.name + (" (*)" if s.unobserved_start else "")
             start = f"{s.start:.1f}" if s.name not in ("total", "other", "synth", "evaluate") else ""
+            own = _gb(s.own_rss) if s.own_rss else "-"
             lines.append(
-                f"| {r.size.name} | {name} | {start} | {s.wall:.1f} | {s.cpu:.1f} | {_gb(s.peak_rss)} | {rate} |"
+                f"| {r.size.name} | {name} | {start} | {s.wall:.1f} | {s.cpu:.1f} | {_gb(s.peak_rss)} "
+                f"| {_gb(s.peak_pss) if s.peak_pss else '-'} | {own} | {rate} |"
             )
     lines += [
         "",
@@ -427,8 +467,13 @@ def format_results(results: list[SizeResult], command: str) -> str:
         "(the first one, the run's start-up: imports and building the pipeline). "
         "`other` is the run's time outside components (start-up, building the pipeline, the runner between "
         "components); `total` is the whole `towerflow run` plus `towerflow evaluate`, without `synth` (making the "
-        "data is not part of the pipeline). Peak RSS sums the RSS of the run's process tree (the runner and its "
-        "Beam workers), so pages they share count once per process: an upper bound. "
+        "data is not part of the pipeline). Peak RSS sums the RSS of the run's process tree (the runner, its "
+        "child processes and their Beam workers) while the component ran, so pages they share (TensorFlow's "
+        "libraries, mapped by every process) count once per process: an upper bound. Peak PSS sums the same "
+        "processes' proportional set size, which splits each shared page between the processes that map it: "
+        "the memory the tree actually occupied (read every 2 s, RSS every 0.5 s). Own RSS is the peak RSS "
+        "of the component's own processes: its child process and that child's Beam workers, or the runner "
+        "and its Beam workers for a component run there (the two-tower, the index and its evaluation share one child). "
         "`start s` is when the component was seen starting, seconds after `towerflow run` was launched: "
         "components whose inputs are ready run side by side (pipeline/local_runner.py: StatisticsGen and the "
         "BaselineEvaluator next to Transform, the two-tower Trainer and the index next to the ranker), "
@@ -470,8 +515,10 @@ def format_results(results: list[SizeResult], command: str) -> str:
         if rss_goal:
             peak = total.peak_rss / 1e9
             lines.append(
-                f"- {r.size.name}: peak RSS {peak:.2f} GB, goal <= {rss_goal:.0f} GB: "
+                f"- {r.size.name}: peak RSS {peak:.2f} GB (summed over the process tree), goal <= {rss_goal:.0f} "
+                "GB: "
                 + ("met" if peak <= rss_goal else f"missed by {peak - rss_goal:.2f} GB")
+                + (f"; peak PSS {total.peak_pss / 1e9:.2f} GB" if total.peak_pss else "")
             )
     measured = {r.size.name for r in results}
     for name in sorted(set(GOAL_SECONDS) - measured, key=lambda n: SIZES[n].interactions):

@@ -65,6 +65,13 @@ def add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
         help="Trainers run min(epochs, max(1, budget // training examples)) epochs (default 2000000; 0: no budget)",
     )
     group.add_argument(
+        "--memory-saving-above",
+        type=int,
+        default=None,
+        help="above this many raw interactions, run the memory-heavy components in processes of their own "
+        "(default 5000000)",
+    )
+    group.add_argument(
         "--train-splits",
         nargs="+",
         choices=("train", "eval"),

@@ -8,6 +8,7 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from towerflow.components.ingestion import readers
 from towerflow.components.ingestion.component import DEFAULT_MAX_BAD_FRACTION
 from towerflow.components.ingestion.splits import (
     DEFAULT_EVAL_FRACTION,
@@ -179,6 +180,10 @@ class PipelineConfig:
     model_evaluator: ModelEvaluatorConfig = field(default_factory=ModelEvaluatorConfig)
     # Where blessed models are pushed in TF Serving's layout; None: no push.
     serving_root: str | None = None
+    # With more raw interactions than this, the run saves memory for a little time: the nodes whose
+    # memory grows with the data each run in a child process of their own (pipeline/local_runner.py)
+    # and StatisticsGen runs its Beam pipeline in its own process, without worker processes.
+    memory_saving_above_rows: int = 5_000_000
 
     def __post_init__(self):
         self.train_splits = tuple(self.train_splits)
@@ -253,11 +258,29 @@ class PipelineConfig:
             values["seed"] = given("seed")
         if given("example_budget") is not None:
             values["example_budget"] = given("example_budget") or None
+        if given("memory_saving_above") is not None:
+            values["memory_saving_above_rows"] = given("memory_saving_above")
         return cls(**values, **runner_fields)
+
+    def raw_interactions(self) -> int:
+        """Lines of the raw interactions table: the data's size, known before ingestion runs."""
+        fmt = self.ingestion.dataset_format or readers.detect_format(self.data_dir)
+        return readers.count_lines(self.data_dir, fmt)
+
+    @property
+    def memory_saving(self) -> bool:
+        return self.raw_interactions() > self.memory_saving_above_rows
 
     def settings(self) -> dict:
         """Every setting that decides what the pipeline computes (not where it runs), for comparisons."""
-        runner_only = {"pipeline_root", "metadata_path", "beam_pipeline_args", "serving_root", "data_dir"}
+        runner_only = {
+            "pipeline_root",
+            "metadata_path",
+            "beam_pipeline_args",
+            "serving_root",
+            "data_dir",
+            "memory_saving_above_rows",
+        }
         return {k: v for k, v in asdict(self).items() if k not in runner_only}
 
 

@@ -19,6 +19,13 @@ the others has its own. Every other node
 runs in this process, one at a time, in the pipeline's (topological) order,
 as before. `TOWERFLOW_PARALLEL_NODES=0` in the environment restores TFX's
 sequential runner.
+
+Large data (more raw interactions than `PipelineConfig.memory_saving_above_rows`):
+the nodes whose memory grows with the data (`MEMORY_HEAVY_NODES`: Ingestion,
+Transform, the ranking Trainer, the ModelEvaluator) run in child processes of
+their own as well, so what each one allocated goes back to the system when it
+ends instead of staying in this process's heap under the next one; each pays a
+child's start-up (imports) instead.
 """
 
 from __future__ import annotations
@@ -75,6 +82,9 @@ CHILD_NICENESS = {
 # each node starts the moment the one before it finished (1M run r4: the index started 30 s after the
 # two-tower finished and its evaluator 36 s after the index, each a child's start-up).
 CHILD_CHAINS = {"TwoTowerTrainer": ("IndexBuilder", "IndexEvaluator")}
+# The critical path's nodes whose memory grows with the data: on large data each runs in a child process of
+# its own (not counted against `max_children`, which bounds the nodes off the critical path).
+MEMORY_HEAVY_NODES = frozenset({"Ingestion", "Transform", "RankingTrainer", "ModelEvaluator"})
 PARALLEL_ENV = "TOWERFLOW_PARALLEL_NODES"
 
 
@@ -98,14 +108,18 @@ class ParallelLocalDagRunner(tfx.orchestration.LocalDagRunner):
     """LocalDagRunner that starts every node as soon as its upstream nodes finished.
 
     `child_nodes` run in child processes (at most `max_children` at once; `niceness` lowers some of
-    their priorities); the rest in this process, one at a time. `chains` maps a child node to the child
-    nodes that run after it in its process (each only if everything else it needs is done by then). A
-    failed node stops the run once the nodes already started have finished.
+    their priorities); `isolated_nodes` each in a child process of its own too, whenever ready (not
+    counted against `max_children`); the rest in this process, one at a time. `chains` maps a child node
+    to the child nodes that run after it in its process (each only if everything else it needs is done
+    by then). A failed node stops the run once the nodes already started have finished.
     """
 
-    def __init__(self, child_nodes=CHILD_PROCESS_NODES, max_children: int = 3, niceness=None, chains=None):
+    def __init__(
+        self, child_nodes=CHILD_PROCESS_NODES, max_children: int = 3, niceness=None, chains=None, isolated_nodes=()
+    ):
         super().__init__()
-        self._child_nodes, self._max_children = frozenset(child_nodes), max_children
+        self._isolated = frozenset(isolated_nodes)
+        self._child_nodes, self._max_children = frozenset(child_nodes) | self._isolated, max_children
         self._niceness = dict(CHILD_NICENESS if niceness is None else niceness)
         self._chains = dict(CHILD_CHAINS if chains is None else chains)
 
@@ -167,9 +181,14 @@ class ParallelLocalDagRunner(tfx.orchestration.LocalDagRunner):
             if failed:
                 pending.clear()  # start nothing new; let the running nodes finish
             ready = [n for n in pending if n in self._child_nodes and upstream[n] <= done]
-            for node_id in ready[: self._max_children - len(children)]:
+            slots = self._max_children - sum(1 for nodes in children if nodes[0] not in self._isolated)
+            for node_id in ready:
                 if node_id not in pending:  # chained after a node started in this round
                     continue
+                if node_id not in self._isolated:
+                    if slots <= 0:
+                        continue
+                    slots -= 1
                 chain = self._chain(node_id, pending, upstream, done)
                 command = [sys.executable, "-m", "towerflow.pipeline.local_runner", "--ir", ir_path]
                 for chained in chain:
@@ -316,9 +335,10 @@ def run_local(config: PipelineConfig, report: Callable[[str], None] | None = pri
     if watcher:
         watcher.start()
     try:
-        runner = (
-            tfx.orchestration.LocalDagRunner() if os.environ.get(PARALLEL_ENV, "1") == "0" else ParallelLocalDagRunner()
-        )
+        if os.environ.get(PARALLEL_ENV, "1") == "0":
+            runner = tfx.orchestration.LocalDagRunner()
+        else:
+            runner = ParallelLocalDagRunner(isolated_nodes=MEMORY_HEAVY_NODES if config.memory_saving else ())
         runner.run(pipeline)
     finally:
         if watcher:

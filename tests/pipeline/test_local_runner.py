@@ -149,3 +149,48 @@ def test_the_child_entry_point_runs_its_nodes_in_order(monkeypatch, tmp_path):
     monkeypatch.setattr(local_runner, "_launch", lambda pipeline, node_id: ran.append(node_id))
     assert local_runner._main(["--ir", str(ir), "--node", "A", "--node", "B"]) == 0
     assert ran == ["A", "B"]
+
+
+def test_isolated_nodes_run_in_child_processes_without_taking_the_off_path_slots(monkeypatch):
+    # A and D (the critical path) isolated; B and C off the path with one slot: A, then C next to B's
+    # wait, D when both are done. Nothing runs in this process.
+    edges = {"A": [], "B": ["A"], "C": ["A"], "D": ["B", "C"]}
+    started, local = [], []
+
+    def popen(command, preexec_fn=None):
+        nodes = [command[i + 1] for i, part in enumerate(command) if part == "--node"]
+        started.append((nodes, sum(1 for child in children if child.returncode is None)))
+        child = _FakeChild([], nodes[0], 0.3, 0)
+        children.append(child)
+        return child
+
+    children = []
+    monkeypatch.setattr(local_runner, "_launch", lambda pipeline, node_id: local.append(node_id))
+    monkeypatch.setattr(local_runner.subprocess, "Popen", popen)
+    runner = local_runner.ParallelLocalDagRunner(
+        child_nodes={"B", "C"}, max_children=1, niceness={}, isolated_nodes={"A", "D"}
+    )
+    runner._schedule(_pipeline(edges), list(edges), {n: set(u) for n, u in edges.items()}, "unused.pb")
+    assert local == []
+    assert [nodes for nodes, _ in started] == [["A"], ["B"], ["C"], ["D"]]
+    # B and C share the single off-path slot: C starts only after B ended
+    assert started[2][1] == 0
+
+
+def test_an_isolated_node_starts_while_off_path_children_fill_every_slot(monkeypatch):
+    # B (off the path) holds the only slot for a long time; C (isolated) starts right after A anyway.
+    edges = {"A": [], "B": ["A"], "C": ["A"]}
+    log = []
+
+    def popen(command, preexec_fn=None):
+        node_id = command[command.index("--node") + 1]
+        return _FakeChild(log, node_id, 1.0 if node_id == "B" else 0.1, 0)
+
+    monkeypatch.setattr(local_runner, "_launch", lambda pipeline, node_id: None)
+    monkeypatch.setattr(local_runner.subprocess, "Popen", popen)
+    runner = local_runner.ParallelLocalDagRunner(
+        child_nodes={"A", "B"}, max_children=1, niceness={}, isolated_nodes={"C"}
+    )
+    runner._schedule(_pipeline(edges), list(edges), {n: set(u) for n, u in edges.items()}, "unused.pb")
+    t = {(event, node): when for event, node, when in log}
+    assert t[("start", "C")] < t[("end", "B")]
