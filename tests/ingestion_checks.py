@@ -18,6 +18,7 @@ import tensorflow as tf
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from towerflow.components.ingestion import beam_ingest
+from towerflow.components.ingestion.component import check_rows_kept
 from towerflow.components.ingestion.splits import SPLITS, SplitConfig
 from towerflow.models import features as F
 
@@ -42,6 +43,7 @@ def run_ingestion(data_dir, out_dir, fmt="towerflow", split=None, history_length
         )
     with open(summary_path) as f:
         summary = json.load(f)
+    check_rows_kept(summary)  # every graph run by the tests accounts for each row it read
     return {
         "summary": summary,
         "splits": {s: read_examples(os.path.join(paths["examples"], f"Split-{s}")) for s in SPLITS},

@@ -464,6 +464,7 @@ def _summarize(counts: Iterable[tuple[str, int]], cutoffs) -> str:
         "num_users": 0,
         "cutoffs": cutoffs,
         "deleted_users_excluded": 0,
+        "deleted_interaction_rows": 0,
     }
     for key, value in counts:
         kind, _, name = key.partition(":")
@@ -475,7 +476,7 @@ def _summarize(counts: Iterable[tuple[str, int]], cutoffs) -> str:
             summary["malformed_by_table"][name] = value
         elif kind == "lines":
             summary["lines_read"][name] = value
-        elif kind in ("num_items", "num_users", "deleted_users_excluded"):
+        elif kind in ("num_items", "num_users", "deleted_users_excluded", "deleted_interaction_rows"):
             summary[kind] = value
     return json.dumps(summary, sort_keys=True)
 
@@ -522,6 +523,8 @@ def build_ingestion(
         malformed.append(bad)
         counts.append(line_counts)
         dropped_users.append(dropped)
+        if table == "interactions":
+            counts.append(_count(dropped, "DeletedInteractionRows", lambda _: "deleted_interaction_rows"))
 
     # Items with their interactions: one GroupByKey over tagged values (an item-table row and interactions).
     item_joined = (

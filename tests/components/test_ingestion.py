@@ -8,7 +8,7 @@ import pytest
 from ingestion_checks import assert_no_leakage, run_ingestion
 
 from towerflow.components.ingestion import beam_ingest
-from towerflow.components.ingestion.component import BadRowsError, check_bad_rows
+from towerflow.components.ingestion.component import BadRowsError, RowsLostError, check_bad_rows, check_rows_kept
 from towerflow.components.ingestion.splits import SplitConfig
 from towerflow.models import features as F
 
@@ -200,3 +200,16 @@ def test_user_shards_grow_with_the_rows_and_a_user_always_lands_in_one_shard():
     assert [beam_ingest.user_shards(n) for n in (0, 100_000, 2_000_000, 2_000_001, 20_000_000)] == [1, 1, 1, 2, 10]
     # a stable hash: the same shard in every process (Python's own str hash is salted per process)
     assert beam_ingest._user_shard("u42", 10) == zlib.crc32(b"u42") % 10
+
+
+def test_rows_that_vanish_between_reading_and_the_examples_stop_the_run():
+    summary = {
+        "lines_read": {"interactions": 1000, "users": 10},
+        "split_counts": {"train": 800, "eval": 100, "test": 90},
+        "malformed_by_table": {"interactions": 6},
+        "deleted_interaction_rows": 4,
+    }
+    check_rows_kept(summary)  # 990 examples + 6 quarantined + 4 deleted = 1000 read
+    summary["split_counts"]["train"] = 790
+    with pytest.raises(RowsLostError, match="10 rows are unaccounted for"):
+        check_rows_kept(summary)

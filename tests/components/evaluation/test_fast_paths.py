@@ -374,3 +374,12 @@ def test_one_shared_list_with_ties_and_minus_infinity_ranks_as_before():
         exclude = [{f"i{j}" for j in rng.choice(n + 3, int(rng.integers(0, n + 3)))} for _ in users]
         for k in (1, 3, n, n + 5):
             assert recommender(users, k, exclude) == reference_recommend(recommender, users, k, exclude)
+
+
+def test_string_columns_hold_one_object_per_distinct_value(artifact_dirs):
+    # at 20M rows one str per row cost the evaluators gigabytes; a pointer per row to a shared str does not
+    pattern = os.path.join(artifact_dirs["examples"], "Split-*", "*.gz")
+    ids = offline._read_records(pattern, {F.USER_ID: tf.io.FixedLenFeature([], tf.string)})[F.USER_ID]
+    assert ids.dtype == object and all(isinstance(v, str) for v in ids)
+    assert len(ids) > len(set(ids.tolist())) > 1
+    assert len({id(v) for v in ids}) == len(set(ids.tolist()))

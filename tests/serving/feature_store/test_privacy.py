@@ -64,6 +64,8 @@ def test_the_ingestion_graph_drops_deleted_users_and_counts_them(tmp_path):
     pytest.importorskip("apache_beam")
     from ingestion_checks import read_examples
 
+    from towerflow.components.ingestion.component import check_rows_kept
+
     data = tmp_path / "data"
     data.mkdir()
     rows = {
@@ -82,6 +84,8 @@ def test_the_ingestion_graph_drops_deleted_users_and_counts_them(tmp_path):
     ledger.append("u3")
     summary = _run_ingestion(data, tmp_path / "out", deletions.load(str(ledger.path)))
     assert summary["deleted_users_excluded"] == 2 and summary["num_users"] == 1
+    assert summary["deleted_interaction_rows"] == 3  # u1's two rows and u3's one
+    check_rows_kept(summary)
     examples = [
         r for s in ("train", "eval", "test") for r in read_examples(tmp_path / "out" / "examples" / f"Split-{s}")
     ]
@@ -90,6 +94,7 @@ def test_the_ingestion_graph_drops_deleted_users_and_counts_them(tmp_path):
 
 
 def _run_ingestion(data_dir, out, deleted_users):
+    """The ingestion graph in-process; returns its summary."""
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
