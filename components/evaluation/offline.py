@@ -52,8 +52,8 @@ def _read_records(pattern: str, keys: Mapping[str, tf.io.FixedLenFeature | tf.io
     to str, numbers widened to int64 / float64, the dtypes pandas gives Python ints / floats).
 
     Strings are decoded a batch at a time and each distinct value once: a column of ids holds one str
-    object per distinct id and a pointer per row (at 20M rows, ~160 MB a column instead of ~1.9 GB of
-    bytes and str objects, one per row).
+    object per distinct id and a pointer per row instead of a bytes and a str object per row (measured
+    on 2M rows: the loaded frame added 0.58 instead of 1.24 GB to the process).
     """
     files = sorted(glob.glob(pattern))
     if not files:
