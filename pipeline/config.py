@@ -193,6 +193,8 @@ class PipelineConfig:
             raise ValueError(f"data_dir {self.data_dir!r} is not a directory; run `towerflow data fetch` first")
         if not self.pipeline_name.replace("-", "").replace("_", "").isalnum():
             raise ValueError(f"pipeline_name must be alphanumeric with - or _, got {self.pipeline_name!r}")
+        if self.memory_saving_above_rows < 0:
+            raise ValueError(f"memory_saving_above_rows must be >= 0, got {self.memory_saving_above_rows}")
 
     @classmethod
     def from_args(cls, args, **runner_fields) -> PipelineConfig:

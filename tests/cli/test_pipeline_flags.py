@@ -194,3 +194,11 @@ def test_statistics_are_sampled_only_above_the_threshold():
         StatisticsConfig(sample_rate=0.0)
     with pytest.raises(ValueError, match="sample_above_rows"):
         StatisticsConfig(sample_above_rows=-1)
+
+
+def test_a_negative_memory_saving_threshold_is_refused(tmp_path):
+    args = build_parser().parse_args(
+        ["run", "--data-dir", str(FIXTURE), "--output-dir", str(tmp_path), "--memory-saving-above", "-1"]
+    )
+    with pytest.raises(ValueError, match="memory_saving_above_rows must be >= 0"):
+        run_config(args)
