@@ -1,16 +1,20 @@
-"""What the ModelEvaluator costs on a finished run, phase by phase, for two versions of its code.
+"""What the two evaluator components cost on a finished run, phase by phase: seconds and peak RSS,
+for two versions of their code.
 
     flock /tmp/towerflow-heavy.lock .venv/bin/python benchmarks/evaluator_scaling.py \\
         --run-dir runs/scaling/scale-1m --before-commit 253dca4 --after-commit HEAD \\
-        --out benchmarks/results/evaluator_scaling.md
+        [--evaluator baseline] --out benchmarks/results/evaluator_scaling.md
 
-Calls `run_evaluation` the way the pipeline's ModelEvaluator does (the run's own artifacts from its
-MLMD store: examples, catalog, two-tower, ranker, index and the IndexEvaluator's frontier, no last
-blessed model, default settings, `ann_queries` 0) once per version, each in a fresh process, one
-after the other, and reports wall and CPU seconds (`time.process_time`: every thread of the
-process, TensorFlow's included) per phase:
+`--evaluator model` (the default) calls `run_evaluation` the way the pipeline's ModelEvaluator does (the
+run's own artifacts from its MLMD store: examples, catalog, two-tower, ranker, index, the IndexEvaluator's
+frontier and the BaselineEvaluator's output, no last blessed model, default settings, `ann_queries` 0;
+`--own-baselines` selects and scores the baselines in the same call instead); `--evaluator baseline` runs
+the BaselineEvaluator's body (`OfflineData.from_artifacts` + `write_baseline_evaluation`). Each version
+runs once, in a fresh process, one after the other; the report gives wall and CPU seconds
+(`time.process_time`: every thread of the process, TensorFlow's included) and the peak RSS per phase:
 
     load data        OfflineData.from_artifacts (the TFRecords and the catalog)
+    eval set         EvalSet.from_frame: the test window's users, relevant and seen items
     baselines        baselines.select: each setting's eval-window grid (train-only fits) and the refits
     test window      offline.evaluate_models: one row per recommender scored (evaluate_sliced), the
                      rest is loading the models and embedding the catalog
@@ -19,11 +23,14 @@ process, TensorFlow's included) per phase:
                      baseline refit on every interaction)
 
 Phases are timed by wrapping those functions in the child process, so both versions are measured
-the same way without changing them. Each version runs from a copy of the code (`git archive`),
-never the working tree, which other jobs may be editing: `--after-commit` gives the whole tree,
-`--before-commit` only components/evaluation/ (on the after tree), so the comparison isolates the
-evaluator's own code. The two result directories are compared value by value. On a shared machine
-the CPU seconds are the figure to compare; the load average is printed with each run.
+the same way without changing them; a thread of the child samples its RSS every 0.25 s (and at
+each phase's start and end) into the peak of every phase open at the time. Each version runs from
+a copy of the code (`git archive`), never the working tree, which other jobs may be editing:
+`--after-commit` gives the whole tree, `--before-commit` only components/evaluation/ (on the after
+tree), so the comparison isolates the evaluator's own code. The two result directories
+(model_evaluation.json, baseline_fallback.json, baseline_evaluation.pkl) are compared value by
+value. On a shared machine the CPU seconds and the RSS are the figures to compare; the load average
+is printed with each run.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -45,8 +53,10 @@ LAYERS = ("models", "components", "serving", "pipeline", "cli")
 
 PHASES = (
     ("load data", "OfflineData.from_artifacts: TFRecords and catalog"),
+    ("eval set", "EvalSet.from_frame: the test window's users, relevant and seen items"),
     ("baselines", "baselines.select: eval-window grids (train-only fits) + refits on train+eval"),
     ("  recent_popularity grid", "7 windows"),
+    ("  newcomer_popularity grid", "4 first-n values"),
     ("  item_knn grid", "6 neighbourhood sizes"),
     ("  ease grid", "7 lambdas"),
     ("  refits and the rest", ""),
@@ -54,6 +64,7 @@ PHASES = (
     ("  popularity", ""),
     ("  recent_popularity", ""),
     ("  segment_popularity", ""),
+    ("  newcomer_popularity", ""),
     ("  item_knn", ""),
     ("  ease", ""),
     ("  two_tower", ""),
@@ -63,13 +74,14 @@ PHASES = (
     ("statistics", "paired bootstrap CIs and permutation p-values (gate and report)"),
     ("outputs", "model_evaluation.json + HTML report"),
     ("fallback", "baseline_fallback.json: the best baseline refit on every interaction"),
-    ("other", "everything else in run_evaluation"),
-    ("total", "run_evaluation"),
+    ("other", "everything else in run_evaluation (write_baseline_evaluation: the pickle)"),
+    ("total", "run_evaluation (or from_artifacts + write_baseline_evaluation)"),
 )
 RECOMMENDER_NAMES = {
     "PopularityRecommender": "popularity",
     "RecentPopularity": "recent_popularity",
     "SegmentPopularity": "segment_popularity",
+    "NewcomerPopularity": "newcomer_popularity",
     "ItemKNN": "item_knn",
     "Ease": "ease",
     "TwoTowerRecommender": "two_tower",
@@ -81,13 +93,61 @@ RECOMMENDER_NAMES = {
 # --------------------------------------------------------------------------- the child: one timed run
 
 
-def _child(run_dir: str, output_dir: str, result_path: str) -> None:
+class _RssSampler:
+    """The process's RSS every `interval` seconds (and at every phase's start and end), kept as the
+    peak of each phase open at the time: a phase's peak includes its sub-phases'."""
+
+    def __init__(self, interval: float = 0.25):
+        self.interval = interval
+        self.open: list[str] = []
+        self.peaks: dict[str, int] = {}
+        self.started: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._page = os.sysconf("SC_PAGE_SIZE")
+        self._statm = open("/proc/self/statm", "rb", buffering=0)  # noqa: SIM115 - read until the process ends
+
+    def rss(self) -> int:
+        self._statm.seek(0)
+        return int(self._statm.read().split()[1]) * self._page
+
+    def sample(self) -> int:
+        value = self.rss()
+        for name in ["total", *self.open]:
+            if value > self.peaks.get(name, 0):
+                self.peaks[name] = value
+        return value
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def start(self) -> None:
+        self.started["total"] = self.sample()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+
+def _high_water_mark() -> int:
+    """VmHWM: the process's peak RSS as the kernel counts it (bytes)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _child(run_dir: str, output_dir: str, result_path: str, evaluator: str = "model", own_baselines: bool = False):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from towerflow.components.evaluation import baselines, model_evaluator, offline
+    from towerflow.components.evaluation import baselines, model_evaluator, offline, protocol
     from towerflow.components.index.component import tower_dir
     from towerflow.pipeline.mlmd import latest_artifacts
 
     times: dict[str, list[float]] = {}
+    rss = _RssSampler()
 
     def add(name: str, wall: float, cpu: float) -> None:
         entry = times.setdefault(name, [0.0, 0.0])
@@ -96,25 +156,37 @@ def _child(run_dir: str, output_dir: str, result_path: str) -> None:
 
     def timed(name_of, fn):
         def wrapper(*args, **kwargs):
+            name = name_of(*args, **kwargs)
+            if name is None:  # not measured on its own here (e.g. inside another phase)
+                return fn(*args, **kwargs)
+            rss.open.append(name)
+            rss.started.setdefault(name, rss.sample())
             w, c = time.perf_counter(), time.process_time()
             try:
                 return fn(*args, **kwargs)
             finally:
-                add(name_of(*args, **kwargs), time.perf_counter() - w, time.process_time() - c)
+                add(name, time.perf_counter() - w, time.process_time() - c)
+                rss.sample()
+                rss.open.remove(name)
 
         return wrapper
 
     grids = baselines.BaselineGrids()
     grid_names = {
         tuple(grids.recent_days): "  recent_popularity grid",
+        tuple(grids.newcomer_first): "  newcomer_popularity grid",
         tuple(grids.knn_neighbors): "  item_knn grid",
         tuple(grids.ease_lambdas): "  ease grid",
     }
     from_artifacts = offline.OfflineData.from_artifacts.__func__
     offline.OfflineData.from_artifacts = classmethod(timed(lambda *a, **k: "load data", from_artifacts))
+    # the test window's eval set (the baselines' eval-window one is part of "baselines")
+    from_frame = protocol.EvalSet.from_frame.__func__
+    protocol.EvalSet.from_frame = classmethod(timed(lambda *a, **k: None if rss.open else "eval set", from_frame))
     baselines.select = timed(lambda *a, **k: "baselines", baselines.select)
     baselines._choose = timed(lambda grid, *a, **k: grid_names.get(tuple(grid), "  other grid"), baselines._choose)
-    model_evaluator.evaluate_models = timed(lambda *a, **k: "test window", model_evaluator.evaluate_models)
+    offline.evaluate_models = timed(lambda *a, **k: "test window", offline.evaluate_models)
+    model_evaluator.evaluate_models = offline.evaluate_models
     offline.evaluate_sliced = timed(
         lambda recommend, *a, **k: "  " + RECOMMENDER_NAMES.get(type(recommend).__name__, type(recommend).__name__),
         offline.evaluate_sliced,
@@ -125,19 +197,30 @@ def _child(run_dir: str, output_dir: str, result_path: str) -> None:
     model_evaluator.write_fallback = timed(lambda *a, **k: "fallback", model_evaluator.write_fallback)
 
     artifacts = latest_artifacts(os.path.join(run_dir, "metadata.sqlite"))
+    baseline_dir = artifacts.get("BaselineEvaluator.evaluation")
+    rss.start()
     started = time.perf_counter(), time.process_time()
     load_before = os.getloadavg()
-    model_evaluator.run_evaluation(
-        artifacts["Ingestion.examples"],
-        artifacts["Ingestion.item_catalog"],
-        tower_dir(artifacts["TwoTowerTrainer.model"]),
-        output_dir,
-        ranker_dir=tower_dir(artifacts["RankingTrainer.model"]),
-        index_dir=artifacts["IndexBuilder.index"],
-        config=model_evaluator.EvaluatorConfig(ann_queries=0),  # as the pipeline's ModelEvaluator
-        index_evaluation_dir=artifacts["IndexEvaluator.blessing"],
-    )
+    if evaluator == "baseline":  # the BaselineEvaluator component's body
+        os.makedirs(output_dir, exist_ok=True)
+        config = model_evaluator.EvaluatorConfig()
+        data = offline.OfflineData.from_artifacts(artifacts["Ingestion.examples"], artifacts["Ingestion.item_catalog"])
+        model_evaluator.write_baseline_evaluation(data, config, output_dir)
+    else:
+        model_evaluator.run_evaluation(
+            artifacts["Ingestion.examples"],
+            artifacts["Ingestion.item_catalog"],
+            tower_dir(artifacts["TwoTowerTrainer.model"]),
+            output_dir,
+            ranker_dir=tower_dir(artifacts["RankingTrainer.model"]),
+            index_dir=artifacts["IndexBuilder.index"],
+            config=model_evaluator.EvaluatorConfig(ann_queries=0),  # as the pipeline's ModelEvaluator
+            index_evaluation_dir=artifacts["IndexEvaluator.blessing"],
+            # as the pipeline: the run's BaselineEvaluator output stands in for the baselines
+            baseline_evaluation_dir=None if own_baselines else baseline_dir,
+        )
     add("total", time.perf_counter() - started[0], time.process_time() - started[1])
+    rss.stop()
     # exclusive "rest" rows: a phase minus what its sub-phases measured
     grid_rows = [n for n in times if n.endswith(" grid")]
     scored_rows = [n for n in times if n.startswith("  ") and n not in grid_rows]
@@ -153,9 +236,13 @@ def _child(run_dir: str, output_dir: str, result_path: str) -> None:
         json.dump(
             {
                 "times": times,
+                "peak_rss": rss.peaks,
+                "start_rss": rss.started,
+                "high_water_mark": _high_water_mark(),
                 "load_before": load_before,
                 "load_after": os.getloadavg(),
                 "code": offline.__file__,
+                "baseline_evaluation": None if evaluator == "baseline" or own_baselines else baseline_dir,
             },
             f,
         )
@@ -260,8 +347,30 @@ def rev(commit: str) -> str:
     ).stdout.strip()
 
 
+def _plain(value):
+    """The baseline pickle's objects as JSON-like values: dataclasses (EvalReport) as dicts, arrays as lists."""
+    import dataclasses
+
+    import numpy as np
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
 def compare_outputs(a_dir: Path, b_dir: Path) -> tuple[int, list[str]]:
-    """(values compared, differences) over model_evaluation.json and baseline_fallback.json."""
+    """(values compared, differences) over model_evaluation.json, baseline_fallback.json and the
+    BaselineEvaluator's baseline_evaluation.pkl (nan equals nan)."""
+    import pickle
+
     count, diffs = 0, []
 
     def walk(a, b, path: str) -> None:
@@ -278,12 +387,17 @@ def compare_outputs(a_dir: Path, b_dir: Path) -> tuple[int, list[str]]:
                 walk(x, y, f"{path}[{i}]")
         else:
             count += 1
-            if a != b:
+            both_nan = isinstance(a, float) and isinstance(b, float) and a != a and b != b
+            if a != b and not both_nan:
                 diffs.append(f"{path}: {str(a)[:60]} != {str(b)[:60]}")
 
     for name in ("model_evaluation.json", "baseline_fallback.json"):
         if (a_dir / name).exists() or (b_dir / name).exists():
             walk(json.loads((a_dir / name).read_text()), json.loads((b_dir / name).read_text()), name)
+    name = "baseline_evaluation.pkl"
+    if (a_dir / name).exists() or (b_dir / name).exists():
+        loaded = [pickle.loads((d / name).read_bytes()) for d in (a_dir, b_dir)]  # written by the children above
+        walk(*(_plain(x) for x in loaded), name)
     return count, diffs
 
 
@@ -293,6 +407,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--after-commit", default="HEAD", help="the code measured (whole tree)")
     parser.add_argument(
         "--before-commit", default=None, help="components/evaluation/ as of this commit, measured first"
+    )
+    parser.add_argument(
+        "--evaluator",
+        choices=("model", "baseline"),
+        default="model",
+        help="model: run_evaluation as the ModelEvaluator (with the run's BaselineEvaluator output, as the "
+        "pipeline); baseline: the BaselineEvaluator (from_artifacts + write_baseline_evaluation)",
+    )
+    parser.add_argument(
+        "--own-baselines",
+        action="store_true",
+        help="model: select and score the baselines inside run_evaluation instead of reading the run's "
+        "BaselineEvaluator output (what this benchmark measured before it had --evaluator)",
     )
     parser.add_argument("--timeout", type=float, default=1500, help="seconds per run at most")
     parser.add_argument("--out", default=None, help="write the Markdown report here")
@@ -307,7 +434,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     if args.child:
-        _child(args.run_dir, *args.child)
+        _child(args.run_dir, *args.child, evaluator=args.evaluator, own_baselines=args.own_baselines)
         return
     if args.catalog_scale:
         from machine import cores, cpu_model, memory_gib
@@ -333,9 +460,10 @@ def main(argv: list[str] | None = None) -> None:
     for label, pythonpath in variants:
         out_dir, result = work / f"out-{len(results)}", work / f"result-{len(results)}.json"
         env = {**os.environ, "PYTHONPATH": str(pythonpath), "TF_CPP_MIN_LOG_LEVEL": "3"}
-        print(f"{label}: run_evaluation on {run_dir} ...", flush=True)
+        print(f"{label}: the {args.evaluator} evaluator on {run_dir} ...", flush=True)
+        flags = ["--evaluator", args.evaluator] + (["--own-baselines"] if args.own_baselines else [])
         subprocess.run(
-            [sys.executable, __file__, "--run-dir", str(run_dir), "--child", str(out_dir), str(result)],
+            [sys.executable, __file__, "--run-dir", str(run_dir), *flags, "--child", str(out_dir), str(result)],
             env=env,
             cwd=work,
             check=True,
@@ -346,14 +474,21 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"{label} imported {results[label]['code']}, not its snapshot")
 
     labels = list(results)
-    lines = ["# ModelEvaluator cost at scale", ""]
+    component = "BaselineEvaluator" if args.evaluator == "baseline" else "ModelEvaluator"
+    lines = [f"# {component} cost at scale", ""]
+    if args.evaluator == "baseline":
+        what = "`OfflineData.from_artifacts` + `write_baseline_evaluation` with the component's default settings"
+    else:
+        precomputed = results[labels[-1]].get("baseline_evaluation")
+        what = "`run_evaluation` with the pipeline's settings (defaults, `ann_queries` 0, no last blessed model" + (
+            f", the baselines from the run's BaselineEvaluator output `{precomputed}`)" if precomputed else ")"
+        )
     lines += [
         "Command: `flock /tmp/towerflow-heavy.lock .venv/bin/python benchmarks/evaluator_scaling.py "
         + " ".join(argv if argv is not None else sys.argv[1:])
         + "`",
         "",
-        f"Run: `{args.run_dir}` (its ModelEvaluator's inputs: examples, catalog, models, index, frontier); "
-        "`run_evaluation` with the pipeline's settings (defaults, `ann_queries` 0, no last blessed model).",
+        f"Run: `{args.run_dir}` (the {component}'s inputs from its MLMD store); {what}.",
         "",
         "## Machine",
         "",
@@ -364,6 +499,12 @@ def main(argv: list[str] | None = None) -> None:
         load = results[label]["load_before"], results[label]["load_after"]
         start, end = ("/".join(f"{x:.1f}" for x in values) for values in load)
         lines.append(f"- load average (1/5/15 min) during {label}: {start} at the start, {end} at the end")
+
+    def phase_cell(phase: str) -> str:
+        if phase.strip() == "total":
+            return "| **total** |"
+        return f"| {phase.strip() if not phase.startswith('  ') else '&nbsp;&nbsp;' + phase.strip()} |"
+
     header = "| phase | " + " | ".join(f"{label} wall s | {label} CPU s" for label in labels)
     if len(labels) == 2:
         header += " | CPU ratio |"
@@ -372,8 +513,7 @@ def main(argv: list[str] | None = None) -> None:
         cells = [results[label]["times"].get(phase) for label in labels]
         if all(c is None for c in cells):
             continue
-        row = f"| {phase.strip() if not phase.startswith('  ') else '&nbsp;&nbsp;' + phase.strip()} |"
-        row = row if phase.strip() != "total" else "| **total** |"
+        row = phase_cell(phase)
         for c in cells:
             row += " - | - |" if c is None else f" {c[0]:.1f} | {c[1]:.1f} |"
         if len(labels) == 2:
@@ -381,16 +521,42 @@ def main(argv: list[str] | None = None) -> None:
             row += f" {a[1] / b[1]:.1f}x |" if a and b and b[1] > 0.05 else " - |"
         lines.append(row)
     lines += ["", "Phases: " + "; ".join(f"{p.strip()}: {d}" for p, d in PHASES if d) + "."]
+
+    gb = 1e9
+    header = "| phase | " + " | ".join(f"{label} at start GB | {label} peak GB" for label in labels) + " |"
+    lines += ["", "## Peak RSS per phase", "", header, "|---|" + "---:|" * (2 * len(labels))]
+    for phase, _ in PHASES:
+        peaks = [
+            results[label]["peak_rss"].get(phase.strip() if phase.strip() == "total" else phase) for label in labels
+        ]
+        if all(v is None for v in peaks):
+            continue
+        row = phase_cell(phase)
+        for label, peak in zip(labels, peaks):
+            begin = results[label]["start_rss"].get(phase.strip() if phase.strip() == "total" else phase)
+            row += " - | - |" if peak is None else f" {begin / gb:.2f} | {peak / gb:.2f} |"
+        lines.append(row)
+    row = "| process peak (VmHWM) |"
+    for label in labels:
+        row += f" - | {results[label]['high_water_mark'] / gb:.2f} |"
+    lines += [
+        row,
+        "",
+        "The process's RSS sampled every 0.25 s and at each phase's start and end, in the measured process "
+        "alone (not its parent); a phase's peak includes its sub-phases', `at start` is the RSS when the "
+        "phase was first entered (for total: after the imports). VmHWM is the kernel's peak for the process.",
+    ]
     if len(labels) == 2:
         count, diffs = compare_outputs(results[labels[0]]["out_dir"], results[labels[1]]["out_dir"])
         lines += ["", "## Same results", ""]
+        names = ", ".join(
+            sorted(p.name for p in results[labels[0]]["out_dir"].glob("*") if p.suffix in (".json", ".pkl"))
+        )
         if diffs:
-            lines.append(f"{len(diffs)} of {count:,} values differ between the two runs' outputs:")
+            lines.append(f"{len(diffs)} of {count:,} values differ between the two runs' outputs ({names}):")
             lines += [f"- `{d}`" for d in diffs[:20]]
         else:
-            lines.append(
-                f"model_evaluation.json and baseline_fallback.json: all {count:,} values equal (`created` aside)."
-            )
+            lines.append(f"{names}: all {count:,} values equal (`created` aside).")
     report = "\n".join(lines) + "\n"
     print(report)
     if args.out:
