@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from towerflow.components.evaluation.metrics import flatten_lists
-from towerflow.components.evaluation.protocol import EvalSet, PopularityRecommender, evaluate
+from towerflow.components.evaluation.protocol import EvalSet, PopularityRecommender, evaluate, string_codes
 from towerflow.components.evaluation.slices import demographic_segments
 from towerflow.models import features as F
 
@@ -393,18 +393,21 @@ class FittedBaseline:
         return f"{self.name}({shown})" if shown else self.name
 
 
-def validation_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """The protocol one window earlier: test rows dropped, the eval window labelled "test"."""
-    out = frame[frame["split"] != "test"].copy()
+def validation_frame(frame: pd.DataFrame, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """The protocol one window earlier: test rows dropped, the eval window labelled "test"; only
+    `columns` and the split when given (one copy of the rows kept, of the columns kept)."""
+    names = list(frame.columns) if columns is None else [*columns, "split"]
+    out = frame.loc[(frame["split"] != "test").to_numpy(), names]
     out.loc[out["split"] == "eval", "split"] = "test"
     return out
 
 
 def _fit_input(frame: pd.DataFrame, users: pd.DataFrame, catalog: tuple[str, ...], splits) -> FitInput:
-    rows = frame[frame["split"].isin(splits)]
-    cutoff = frame.loc[~frame["split"].isin(splits), F.TIMESTAMP].min()
+    inside = frame["split"].isin(splits)
+    cutoff = frame.loc[~inside, F.TIMESTAMP].min()
     as_of = float(cutoff) if pd.notna(cutoff) else float(frame[F.TIMESTAMP].max()) + 1.0
-    return FitInput(rows[[F.USER_ID, F.ITEM_ID, F.TIMESTAMP]], users, catalog, as_of)
+    # the columns first: one copy of three columns, not of every column and then three
+    return FitInput(frame.loc[inside, [F.USER_ID, F.ITEM_ID, F.TIMESTAMP]], users, catalog, as_of)
 
 
 def _choose(grid, make, eval_set: EvalSet | None, grids: BaselineGrids) -> tuple[object, dict[str, float]]:
@@ -443,7 +446,7 @@ def select(
             stacklevel=2,
         )
         names = [n for n in names if n not in (ITEM_KNN, EASE)]
-    val = validation_frame(frame)
+    val = validation_frame(frame, (F.USER_ID, F.ITEM_ID, F.TIMESTAMP))  # what the fits and the eval set read
     try:
         eval_set = EvalSet.from_frame(val, catalog=catalog)
     except ValueError:  # no eval window (or no user in it): settings fall back to the first grid value
@@ -475,6 +478,18 @@ def select(
     }
 
 
+def _items_by_user(frame: pd.DataFrame) -> dict[str, list[str]]:
+    """user id -> the distinct items they interacted with (ids as str, in no particular order), from
+    one sort of integer (user, item) keys: a Python set per user held ~60 bytes per interaction."""
+    users, user_names = string_codes(frame[F.USER_ID])
+    items, item_names = string_codes(frame[F.ITEM_ID])
+    n_items = max(len(item_names), 1)
+    keys = np.unique(users.astype(np.int64) * n_items + items)
+    bounds = np.searchsorted(keys // n_items, np.arange(len(user_names) + 1)).tolist()
+    names = item_names[keys % n_items].tolist()
+    return {user: names[a:b] for user, a, b in zip(user_names.tolist(), bounds[:-1], bounds[1:])}
+
+
 def serving_lists(
     name: str,
     settings: Mapping[str, float],
@@ -494,8 +509,8 @@ def serving_lists(
     fit = FitInput(frame[[F.USER_ID, F.ITEM_ID, F.TIMESTAMP]], users, catalog, as_of)
     recommend = build(name, fit, settings)
     n = max(1, min(int(n), len(catalog)))
-    seen = frame.groupby(frame[F.USER_ID].astype(str))[F.ITEM_ID].agg(lambda s: set(map(str, s)))
-    user_ids = sorted(set(seen.index) | {str(u) for u in users.index})
-    lists = recommend(user_ids, n, [seen.get(u, set()) for u in user_ids])
+    seen = _items_by_user(frame)
+    user_ids = sorted(set(seen) | {str(u) for u in users.index})
+    lists = recommend(user_ids, n, [seen.get(u, ()) for u in user_ids])
     default = recommend(["\x00unknown-user"], n, [set()])[0]
     return {"as_of": as_of, "default": default, "users": dict(zip(user_ids, lists))}

@@ -74,11 +74,13 @@ def _read_records(pattern: str, keys: Mapping[str, tf.io.FixedLenFeature | tf.io
                 values = decoded
             columns[key].append(values)
     out: dict = {}
-    for key, parts in columns.items():
+    for key in keys:
+        parts = columns.pop(key)  # each key's batches freed once joined
         if isinstance(keys[key], tf.io.VarLenFeature):
             out[key] = parts
             continue
         values = np.concatenate(parts) if parts else np.array([])
+        del parts
         if values.dtype.kind == "f":
             values = values.astype(np.float64)
         elif values.dtype.kind in "iu":
@@ -122,14 +124,21 @@ class OfflineData:
             F.USER_OCCUPATION: tf.io.FixedLenFeature([], tf.string),
             F.USER_ZIP: tf.io.FixedLenFeature([], tf.string),
         }
-        frames = []
+        # Only the frame's columns are kept per row; the static user columns are cut to each user's
+        # first row as each split is read (what drop_duplicates on the joined splits keeps).
+        frames, firsts = [], []
         for split in ("train", "eval", "test"):
             cols = _read_records(os.path.join(examples_uri, f"Split-{split}", "*.gz"), spec)
-            frame = pd.DataFrame({k: _column(v) for k, v in cols.items()})
+            first = ~pd.Series(cols[F.USER_ID]).duplicated().to_numpy()
+            firsts.append(pd.DataFrame({k: _column(cols[k][first]) for k in (F.USER_ID, *USER_STATIC)}))
+            frame = pd.DataFrame({k: _column(cols.pop(k)) for k in FRAME_KEYS})
+            del cols
             frame["split"] = split
             frames.append(frame)
         full = pd.concat(frames, ignore_index=True)
-        users = full.drop_duplicates(F.USER_ID).set_index(F.USER_ID)[list(USER_STATIC)]
+        del frames
+        users = pd.concat(firsts, ignore_index=True).drop_duplicates(F.USER_ID).set_index(F.USER_ID)
+        users = users[list(USER_STATIC)]
         catalog_spec = {
             F.ITEM_ID: tf.io.FixedLenFeature([], tf.string),
             F.ITEM_TITLE: tf.io.FixedLenFeature([], tf.string),
@@ -145,7 +154,7 @@ class OfflineData:
                 F.ITEM_RELEASE_YEAR: _column(cols[F.ITEM_RELEASE_YEAR]),
             }
         ).set_index(F.ITEM_ID)
-        return cls(full[list(FRAME_KEYS) + ["split"]], users, catalog)
+        return cls(full, users, catalog)
 
     def eval_set(self) -> EvalSet:
         if "eval_set" not in self._cache:
@@ -165,6 +174,12 @@ def _pad(lists: Sequence[Sequence[str]]) -> np.ndarray:
     return np.array([list(x) + [""] * (width - len(x)) for x in lists], dtype=object)
 
 
+def _past_rows(frame: pd.DataFrame, as_of: int) -> np.ndarray:
+    """The train+eval rows before `as_of`, as a mask: the columns each reader needs are taken alone
+    (a frame of the rows copied every column, ~0.7 GB at 20M rows)."""
+    return ((frame["split"] != "test") & (frame[F.TIMESTAMP] < as_of)).to_numpy()
+
+
 @dataclass(frozen=True)
 class _Histories:
     """Every user's train+eval events before one cut-off, in `F.Event` order (timestamp, item id,
@@ -179,12 +194,12 @@ class _Histories:
 
     @classmethod
     def build(cls, frame: pd.DataFrame, as_of: int) -> _Histories:
-        past = frame[(frame["split"] != "test") & (frame[F.TIMESTAMP] < as_of)]
-        user_codes, users = pd.factorize(past[F.USER_ID].to_numpy(dtype=object))
-        items = past[F.ITEM_ID].to_numpy(dtype=object)
+        past = _past_rows(frame, as_of)
+        user_codes, users = pd.factorize(frame[F.USER_ID].to_numpy(dtype=object)[past])
+        items = frame[F.ITEM_ID].to_numpy(dtype=object)[past]
         item_order = pd.factorize(items, sort=True)[0]  # item ids compared as Event compares them
-        timestamps = past[F.TIMESTAMP].to_numpy().astype(np.int64)
-        ratings = past[F.RATING].to_numpy().astype(np.float64)
+        timestamps = frame[F.TIMESTAMP].to_numpy()[past].astype(np.int64)
+        ratings = frame[F.RATING].to_numpy()[past].astype(np.float64)
         order = np.lexsort((ratings, item_order, timestamps, user_codes))
         counts = np.bincount(user_codes, minlength=len(users)).astype(np.int64)
         return cls(
@@ -275,14 +290,24 @@ def _catalog_columns(data: OfflineData) -> dict:
     return data._cache["catalog_columns"]
 
 
-def candidate_features(data: OfflineData, item_ids: Sequence[str]) -> dict[str, np.ndarray]:
-    columns = _catalog_columns(data)
-    index = columns["index"]
+def _catalog_rows(data: OfflineData, item_ids: Sequence[str]) -> np.ndarray:
+    """Each item's row in `_catalog_columns` (unknown items: the last row, "" / [] / 0)."""
+    index = _catalog_columns(data)["index"]
     if not index.is_unique:  # reindexing would fail the same way
         raise ValueError("cannot reindex on an axis with duplicate labels")
-    at = index.get_indexer(list(item_ids)) if len(item_ids) else np.zeros(0, dtype=np.int64)
-    at = np.where(at >= 0, at, len(index))  # unknown items: the last row
-    width = max(int(columns["genre_lengths"][at].max(initial=0)), 1)
+    if not len(item_ids):
+        return np.zeros(0, dtype=np.int64)
+    at = index.get_indexer(item_ids if isinstance(item_ids, np.ndarray) else list(item_ids))
+    return np.where(at >= 0, at, len(index))
+
+
+def _genre_width(data: OfflineData, at: np.ndarray) -> int:
+    """The genre column's width for the items at catalog rows `at`: their longest genre list (at least 1)."""
+    return max(int(_catalog_columns(data)["genre_lengths"][at].max(initial=0)), 1)
+
+
+def _candidate_columns(data: OfflineData, item_ids, at: np.ndarray, width: int) -> dict[str, np.ndarray]:
+    columns = _catalog_columns(data)
     return {
         F.ITEM_ID: np.array(item_ids, dtype=object),
         F.ITEM_TITLE: columns[F.ITEM_TITLE][at],
@@ -291,12 +316,48 @@ def candidate_features(data: OfflineData, item_ids: Sequence[str]) -> dict[str, 
     }
 
 
+def candidate_features(data: OfflineData, item_ids: Sequence[str]) -> dict[str, np.ndarray]:
+    at = _catalog_rows(data, item_ids)
+    return _candidate_columns(data, item_ids, at, _genre_width(data, at))
+
+
 def _call(signature, inputs: Mapping[str, np.ndarray], batch_size: int = 4096) -> dict[str, np.ndarray]:
     n = len(next(iter(inputs.values())))
     outs: dict[str, list] = {}
     for start in range(0, n, batch_size):
         chunk = {k: tf.constant(v[start : start + batch_size]) for k, v in inputs.items()}
         for key, value in signature(**chunk).items():
+            outs.setdefault(key, []).append(value.numpy())
+    return {k: np.concatenate(v) for k, v in outs.items()}
+
+
+def _call_pairs(
+    signature,
+    data: OfflineData,
+    query: Mapping[str, np.ndarray],
+    candidates: Sequence[Sequence[str]],
+    item_columns: Mapping[str, np.ndarray],
+    batch_size: int = 4096,
+) -> dict[str, np.ndarray]:
+    """The ranker's outputs for every (user, candidate) pair, user by user in `candidates` order: what
+    `_call` gives on the inputs of all pairs at once -- query row u once per candidate of user u, the
+    candidate's catalog features, `item_columns[name][its catalog row]` -- with each batch's inputs
+    built only when it is called: the same batches, genre lists padded to the same width. All pairs'
+    inputs at once were, at 20M rows, ~12M pairs x (a 20-item history + catalog features) in object
+    arrays: several GB."""
+    lengths = np.fromiter(map(len, candidates), dtype=np.int64, count=len(candidates))
+    rows = np.repeat(np.arange(len(candidates), dtype=np.int64), lengths)
+    items = np.empty(int(lengths.sum()), dtype=object)
+    items[:] = [item for cands in candidates for item in cands]
+    at = _catalog_rows(data, items)
+    width = _genre_width(data, at)
+    outs: dict[str, list] = {}
+    for start in range(0, len(items), batch_size):
+        part = slice(start, start + batch_size)
+        inputs = {name: value[rows[part]] for name, value in query.items()}
+        inputs.update(_candidate_columns(data, items[part], at[part], width))
+        inputs.update({name: values[at[part]] for name, values in item_columns.items()})
+        for key, value in signature(**{k: tf.constant(v) for k, v in inputs.items()}).items():
             outs.setdefault(key, []).append(value.numpy())
     return {k: np.concatenate(v) for k, v in outs.items()}
 
@@ -378,9 +439,9 @@ def _same_sets(kept: Sequence[frozenset], exclude: Sequence) -> bool:
 def item_popularity_features(data: OfflineData, item_ids: Sequence[str], as_of: int) -> dict[str, np.ndarray]:
     """Point-in-time popularity of `item_ids` as of `as_of`, from train+eval interactions:
     `F.item_features_at` of each item's timestamps, counted for all items at once."""
-    past = data.frame[(data.frame["split"] != "test") & (data.frame[F.TIMESTAMP] < as_of)]
-    codes, items = pd.factorize(past[F.ITEM_ID].to_numpy(dtype=object))
-    timestamps = past[F.TIMESTAMP].to_numpy().astype(np.int64)
+    past = _past_rows(data.frame, as_of)
+    codes, items = pd.factorize(data.frame[F.ITEM_ID].to_numpy(dtype=object)[past])
+    timestamps = data.frame[F.TIMESTAMP].to_numpy()[past].astype(np.int64)
     window_start = as_of - int(F.RECENT_WINDOW_DAYS * F.SECONDS_PER_DAY)
     prior = np.bincount(codes, minlength=len(items))
     recent = np.bincount(codes[timestamps >= window_start], minlength=len(items))
@@ -434,22 +495,13 @@ class RerankedRecommender:
         self._ranker = tf.saved_model.load(ranker_dir).signatures["ranker"]
         self._depth, self._score = depth, score
         self._temperature = temperature or TwoTowerConfig().temperature
-        catalog = list(data.catalog.index)
-        popularity = item_popularity_features(data, catalog, as_of)
-        self._popularity = {key: dict(zip(catalog, values)) for key, values in popularity.items()}
+        # per catalog item, in the catalog's order
+        self._popularity = item_popularity_features(data, list(data.catalog.index), as_of)
 
     def __call__(self, user_ids, k, exclude):
         candidates, retrieval_scores = self._retrieval.scored(user_ids, max(k, self._depth), exclude)
         query = query_features(self._data, user_ids, self._as_of)
-        rows, items = [], []
-        for u, cands in enumerate(candidates):
-            rows.extend([u] * len(cands))
-            items.extend(cands)
-        inputs = {key: value[rows] for key, value in query.items()}
-        inputs.update(candidate_features(self._data, items))
-        for key, by_item in self._popularity.items():
-            inputs[key] = np.array([by_item[i] for i in items])
-        outputs = _call(self._ranker, inputs)
+        outputs = _call_pairs(self._ranker, self._data, query, candidates, self._popularity)
         if self._score in COMBINED_SCORES:
             # The retrieval softmax's log-probability of picking the item (dot product / temperature,
             # up to a per-user constant) plus the DCN's view.
@@ -629,17 +681,10 @@ class BlendedRecommender:
         ranker = self._shared["ranker"]
         if ranker is not None:
             query = query_features(self._data, user_ids, self._as_of)
-            rows, items = [], []
-            for u, cands in enumerate(candidates):
-                rows.extend([u] * len(cands))
-                items.extend(cands)
-            inputs = {name: value[rows] for name, value in query.items()}
-            inputs.update(candidate_features(self._data, items))
-            position = {item: j for j, item in enumerate(self._data.catalog.index)}
-            at = [position[i] for i in items]
-            for name, values in self._shared["item_popularity"].items():
-                inputs[name] = np.asarray(values)[at]
-            interaction = _call(ranker, inputs)["interaction_score"].reshape(-1)
+            popularity = {name: np.asarray(values) for name, values in self._shared["item_popularity"].items()}
+            interaction = _call_pairs(ranker, self._data, query, candidates, popularity)["interaction_score"].reshape(
+                -1
+            )
             start = 0
             for entry in out:
                 entry["interaction"] = interaction[start : start + len(entry["items"])]

@@ -104,15 +104,20 @@ def assign_global_time_split(df: pd.DataFrame, cutoffs: Sequence[float], timesta
 # --------------------------------------------------------------------------- eval set
 
 
-def _group_sets(pairs: pd.DataFrame) -> dict[str, frozenset[str]]:
-    """user_id -> frozenset of item_id (a sort + slices; pandas' groupby.agg(frozenset) is ~10x slower)."""
-    users = pairs["user_id"].to_numpy()
-    order = np.argsort(users, kind="stable")
-    users_sorted = users[order]
-    items_sorted = pairs["item_id"].to_numpy()[order].tolist()
-    starts = np.flatnonzero(np.r_[True, users_sorted[1:] != users_sorted[:-1]]) if len(users) else np.zeros(0, int)
-    ends = np.r_[starts[1:], len(users)].astype(int)
-    return {users_sorted[a]: frozenset(items_sorted[a:b]) for a, b in zip(starts.tolist(), ends.tolist())}
+def string_codes(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(code per row, the distinct ids as str): ids compared as strings (1 and "1" are one id), each
+    distinct value converted once instead of a str column per row."""
+    codes, uniques = pd.factorize(values, use_na_sentinel=False)
+    merged, names = pd.factorize(pd.Series(uniques).astype(str))  # values whose strings are equal: one code
+    return merged[codes], np.asarray(names, dtype=object)
+
+
+def _group_sets(keys: np.ndarray, n_items: int, items: np.ndarray, users: np.ndarray) -> list[frozenset[str]]:
+    """Per user code of `users`: the frozenset of the items whose (user x n_items + item) key is in
+    `keys` (sorted, unique)."""
+    bounds = np.searchsorted(keys, np.stack([users * n_items, (users + 1) * n_items]))
+    names = items[keys % n_items].tolist() if len(keys) else []
+    return [frozenset(names[a:b]) for a, b in zip(bounds[0].tolist(), bounds[1].tolist())]
 
 
 @dataclass(eq=False)
@@ -181,46 +186,49 @@ class EvalSet:
         bad = set(pd.unique(df["split"])) - set(SPLITS)
         if bad:
             raise ValueError(f"unknown split labels {sorted(map(str, bad))}; expected {SPLITS}")
-        frame = pd.DataFrame(
-            {
-                "user_id": df["user_id"].astype(str).to_numpy(),
-                "item_id": df["item_id"].astype(str).to_numpy(),
-                "is_test": (df["split"] == "test").to_numpy(),
-            }
-        )
-        test_ts = df.loc[df["split"] == "test", "timestamp"]
+        # The (user, item) pairs as integer keys (user code x items + item code): the history's and the
+        # test window's distinct pairs are sorted int64 arrays, not frames of str, and only the test
+        # users' sets are built (at 20M rows the pairs of every user as str frames and sets were GBs).
+        user_codes, user_names = string_codes(df["user_id"])
+        item_codes, item_names = string_codes(df["item_id"])
+        is_test = (df["split"] == "test").to_numpy()
+        test_ts = df.loc[is_test, "timestamp"]
         if test_ts.empty:
             raise ValueError("no test interactions")
-        history = frame.loc[~frame["is_test"], ["user_id", "item_id"]].drop_duplicates()
-        test = frame.loc[frame["is_test"], ["user_id", "item_id"]].drop_duplicates()
+        n_items = max(len(item_names), 1)
+        keys = user_codes.astype(np.int64) * n_items + item_codes
+        history = np.unique(keys[~is_test])
+        test = np.unique(keys[is_test])
+        del keys
+        at = np.minimum(np.searchsorted(history, test), max(len(history) - 1, 0))
+        relevant_keys = test[history[at] != test] if len(history) else test
 
-        marked = test.merge(history, on=["user_id", "item_id"], how="left", indicator=True)
-        relevant_pairs = marked.loc[marked["_merge"] == "left_only", ["user_id", "item_id"]]
-        relevant_by_user = _group_sets(relevant_pairs)
-        seen_by_user = _group_sets(history)
-
-        user_ids = tuple(sorted(relevant_by_user))
-        n_dropped = test["user_id"].nunique() - len(user_ids)
-        empty: frozenset[str] = frozenset()
-        seen = tuple(seen_by_user.get(u, empty) for u in user_ids)
+        # users by id (str order), each with their relevant and seen items
+        relevant_users = np.unique(relevant_keys // n_items).tolist()
+        ordered = sorted(zip(user_names[relevant_users].tolist(), relevant_users))
+        user_ids = tuple(name for name, _ in ordered)
+        users = np.array([code for _, code in ordered], dtype=np.int64)
+        n_dropped = len(np.unique(test // n_items)) - len(user_ids)
+        seen = tuple(_group_sets(history, n_items, item_names, users))
         is_warm = np.fromiter((len(s) > 0 for s in seen), dtype=bool, count=len(user_ids))
 
         if catalog is None:
-            catalog_items = tuple(sorted(pd.unique(frame["item_id"])))
+            catalog_items = tuple(sorted(item_names.tolist()))
         else:
             catalog_items = tuple(pd.unique(np.asarray([str(i) for i in catalog], dtype=object)))
-            outside = set(relevant_pairs["item_id"]) - set(catalog_items)
+            outside = set(item_names[np.unique(relevant_keys % n_items)].tolist()) - set(catalog_items)
             if outside:
                 raise ValueError(f"relevant items missing from the catalog: {sorted(outside)[:5]}")
+        popularity = np.bincount(history % n_items, minlength=len(item_names))
 
         return cls(
             user_ids=user_ids,
-            relevant=tuple(relevant_by_user[u] for u in user_ids),
+            relevant=tuple(_group_sets(relevant_keys, n_items, item_names, users)),
             seen=seen,
             is_warm=is_warm,
             cutoff=float(test_ts.min()) if cutoff is None else cutoff,
             catalog=catalog_items,
-            item_popularity={str(k): int(v) for k, v in history["item_id"].value_counts().items()},
+            item_popularity={item: int(c) for item, c in zip(item_names.tolist(), popularity.tolist()) if c},
             n_dropped_users=int(n_dropped),
         )
 
