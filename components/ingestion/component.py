@@ -13,10 +13,14 @@ with a message naming the table, the fraction and the most common reasons; the
 quarantine is written first so the user can see what went wrong.
 """
 
+import functools
 import json
+import logging
 import os
+from collections.abc import Callable, Sequence
 
 import apache_beam as beam
+import tensorflow as tf
 from tfx import types
 from tfx.components.util import examples_utils
 from tfx.dsl.component.experimental.annotations import BeamComponentParameter, OutputArtifact, Parameter
@@ -38,6 +42,8 @@ from towerflow.models.features import DEFAULT_HISTORY_LENGTH
 
 # A run fails when more than this fraction of any table's rows is malformed.
 DEFAULT_MAX_BAD_FRACTION = 0.01
+# How many times the graph runs before rows that went missing stop the run (`run_checked`).
+DEFAULT_ATTEMPTS = 2
 
 
 class ItemCatalog(types.Artifact):
@@ -74,8 +80,44 @@ def check_rows_kept(summary: dict) -> None:
         raise RowsLostError(
             f"ingestion read {read:,} interaction rows but wrote {examples:,} examples, quarantined {bad:,} and "
             f"dropped {deleted:,} of deleted users: {read - examples - bad - deleted:,} rows are unaccounted for. "
-            "The run stops here rather than train on part of the data; re-run it (e.g. with --beam-workers 1)."
+            'The run stops here rather than train on part of the data (see docs/design.md, "Rows lost at 20M").'
         )
+
+
+def run_checked(
+    make_pipeline: Callable[[int], beam.Pipeline],
+    build: Callable[[beam.Pipeline], None],
+    output_uris: Sequence[str],
+    summary_path: str,
+    attempts: int = DEFAULT_ATTEMPTS,
+) -> tuple[dict, int]:
+    """Runs the ingestion graph until every row read is accounted for: (its summary, the attempt that was).
+
+    `make_pipeline(attempt)` gives a pipeline (attempt 1, 2, ...) and `build(pipeline)` adds the graph.
+    When `check_rows_kept` fails, what the attempt wrote under `output_uris` is deleted and the graph runs
+    again, `attempts` times in all; the last failure raises RowsLostError. Why: Beam's DirectRunner with
+    worker processes has silently lost rows in some of our 20M-row runs (docs/design.md, "Rows lost at
+    20M": whole stretches of one worker's output to one user shard, never reaching the shuffle), and
+    a fresh run of the same graph kept every row in others.
+    """
+    for attempt in range(1, attempts + 1):
+        if attempt > 1:
+            for uri in output_uris:
+                if tf.io.gfile.exists(uri):
+                    tf.io.gfile.rmtree(uri)
+                tf.io.gfile.makedirs(uri)
+        with make_pipeline(attempt) as pipeline:
+            build(pipeline)
+        with tf.io.gfile.GFile(summary_path) as f:
+            summary = json.load(f)
+        try:
+            check_rows_kept(summary)
+            return summary, attempt
+        except RowsLostError as error:
+            if attempt == attempts:
+                raise
+            logging.warning("ingestion attempt %d of %d lost rows, running it again: %s", attempt, attempts, error)
+    raise ValueError(f"attempts must be >= 1, got {attempts}")
 
 
 def check_bad_rows(summary: dict, max_bad_fraction: float, quarantine_uri: str = "") -> None:
@@ -124,22 +166,25 @@ def Ingestion(  # noqa: N802 - TFX names components like classes
     """
     split = SplitConfig(split_strategy, (train_fraction, eval_fraction), leave_last_n)
     summary_path = os.path.join(examples.uri, beam_ingest.SUMMARY_FILE)
-    with beam_pipeline as pipeline:
-        beam_ingest.build_ingestion(
-            pipeline,
-            data_dir=data_dir,
-            fmt_name=dataset_format,
-            split=split,
-            history_length=history_length,
-            examples_uri=examples.uri,
-            catalog_uri=item_catalog.uri,
-            quarantine_uri=quarantine.uri,
-            summary_path=summary_path,
-            deleted_users=deletions.load(deletion_ledger),
-            shards=beam_ingest.user_shards(readers.count_lines(data_dir, dataset_format)),
-        )
-    with open(summary_path, encoding="utf-8") as f:
-        summary = json.load(f)
+    build = functools.partial(
+        beam_ingest.build_ingestion,
+        data_dir=data_dir,
+        fmt_name=dataset_format,
+        split=split,
+        history_length=history_length,
+        examples_uri=examples.uri,
+        catalog_uri=item_catalog.uri,
+        quarantine_uri=quarantine.uri,
+        summary_path=summary_path,
+        deleted_users=deletions.load(deletion_ledger),
+        shards=beam_ingest.user_shards(readers.count_lines(data_dir, dataset_format)),
+    )
+    summary, attempt = run_checked(
+        lambda n: beam_pipeline if n == 1 else beam.Pipeline(options=beam_pipeline.options),
+        build,
+        [examples.uri, item_catalog.uri, quarantine.uri],
+        summary_path,
+    )
 
     examples.split_names = encode_split_names(list(SPLITS))
     examples_utils.set_payload_format(examples, example_gen_pb2.PayloadFormat.FORMAT_TF_EXAMPLE)
@@ -160,11 +205,11 @@ def Ingestion(  # noqa: N802 - TFX names components like classes
         "history_length": history_length,
         "deleted_users_excluded": summary.get("deleted_users_excluded", 0),
         "deleted_interaction_rows": summary.get("deleted_interaction_rows", 0),
+        "ingestion_attempts": attempt,
     }
     for key, value in properties.items():
         examples.set_json_value_custom_property(key, value)
     item_catalog.set_int_custom_property("num_items", summary["num_items"])
     quarantine.set_int_custom_property("num_rows", sum(summary["malformed_by_table"].values()))
     quarantine.set_json_value_custom_property("by_reason", summary["malformed_by_reason"])
-    check_rows_kept(summary)
     check_bad_rows(summary, max_bad_fraction, quarantine.uri)

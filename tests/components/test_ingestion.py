@@ -1,14 +1,24 @@
 """Ingestion's Beam graph on hand-made edge cases: leakage, ties, tiny users, empty splits, quarantine."""
 
 import csv
+import json
+import os
 import zlib
 
+import apache_beam as beam
 import numpy as np
 import pytest
-from ingestion_checks import assert_no_leakage, run_ingestion
+from apache_beam.options.pipeline_options import PipelineOptions
+from ingestion_checks import assert_no_leakage, read_examples, run_ingestion
 
 from towerflow.components.ingestion import beam_ingest
-from towerflow.components.ingestion.component import BadRowsError, RowsLostError, check_bad_rows, check_rows_kept
+from towerflow.components.ingestion.component import (
+    BadRowsError,
+    RowsLostError,
+    check_bad_rows,
+    check_rows_kept,
+    run_checked,
+)
 from towerflow.components.ingestion.splits import SplitConfig
 from towerflow.models import features as F
 
@@ -213,3 +223,73 @@ def test_rows_that_vanish_between_reading_and_the_examples_stop_the_run():
     summary["split_counts"]["train"] = 790
     with pytest.raises(RowsLostError, match="10 rows are unaccounted for"):
         check_rows_kept(summary)
+
+
+class _LosesAUser(beam_ingest._BuildUserExamples):
+    """Builds every user's examples but u1's: rows that vanish inside the graph, as the runner's did."""
+
+    def process(self, element, cutoffs=None):
+        if element[0] != "u1":
+            yield from super().process(element, cutoffs)
+
+
+def _lossy_then_clean(out, data, attempts_lossy):
+    """(make_pipeline, build) whose first `attempts_lossy` graphs lose u1's rows and write 2 user shards."""
+    uris = {name: str(out / name) for name in ("examples", "catalog", "quarantine")}
+    built = []
+
+    def build(pipeline):
+        lossy = len(built) < attempts_lossy
+        built.append(lossy)
+        builder = _LosesAUser if lossy else beam_ingest._BuildUserExamples
+        original = beam_ingest._BuildUserExamples
+        beam_ingest._BuildUserExamples = builder  # the graph is built here: the DoFn is chosen now
+        try:
+            beam_ingest.build_ingestion(
+                pipeline,
+                data_dir=str(data),
+                fmt_name="towerflow",
+                split=SplitConfig(),
+                history_length=5,
+                examples_uri=uris["examples"],
+                catalog_uri=uris["catalog"],
+                quarantine_uri=uris["quarantine"],
+                summary_path=os.path.join(uris["examples"], beam_ingest.SUMMARY_FILE),
+                shards=2 if lossy else 1,
+            )
+        finally:
+            beam_ingest._BuildUserExamples = original
+
+    def make_pipeline(attempt):
+        return beam.Pipeline(options=PipelineOptions(["--direct_running_mode=in_memory"]))
+
+    return make_pipeline, build, uris, built
+
+
+def test_a_run_that_loses_rows_is_run_again_from_empty_outputs(tmp_path):
+    users, items, rows = _random_log()
+    data = write_dataset(tmp_path / "data", rows, users=users, items=items)
+    make_pipeline, build, uris, built = _lossy_then_clean(tmp_path / "out", data, attempts_lossy=1)
+    summary_path = os.path.join(uris["examples"], beam_ingest.SUMMARY_FILE)
+    summary, attempt = run_checked(make_pipeline, build, list(uris.values()), summary_path)
+    assert (attempt, built) == (2, [True, False])
+    clean = run_ingestion(data, tmp_path / "clean", history_length=5)
+    assert summary == clean["summary"]
+    with open(summary_path) as f:
+        assert json.load(f) == summary
+    splits = {s: read_examples(os.path.join(uris["examples"], f"Split-{s}")) for s in clean["splits"]}
+    assert _examples_by_key(splits) == _examples_by_key(clean["splits"])
+    # nothing of the lossy attempt is left: it wrote two user shards' files, the second attempt one set
+    names = sorted(p.name for p in (tmp_path / "out" / "examples" / "Split-train").iterdir())
+    assert names and all(name.startswith("data_tfrecord-0") for name in names)
+    assert not any(name.startswith(("data_tfrecord-00-", "data_tfrecord-01-")) for name in names)
+
+
+def test_rows_lost_on_every_attempt_stop_the_run(tmp_path):
+    users, items, rows = _random_log(n=200)
+    data = write_dataset(tmp_path / "data", rows, users=users, items=items)
+    make_pipeline, build, uris, built = _lossy_then_clean(tmp_path / "out", data, attempts_lossy=3)
+    summary_path = os.path.join(uris["examples"], beam_ingest.SUMMARY_FILE)
+    with pytest.raises(RowsLostError, match="rows are unaccounted for"):
+        run_checked(make_pipeline, build, list(uris.values()), summary_path, attempts=3)
+    assert built == [True, True, True]
