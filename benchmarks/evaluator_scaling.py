@@ -23,8 +23,9 @@ runs once, in a fresh process, one after the other; the report gives wall and CP
                      baseline refit on every interaction)
 
 Phases are timed by wrapping those functions in the child process, so both versions are measured
-the same way without changing them; a thread of the child samples its RSS every 0.25 s (and at
-each phase's start and end) into the peak of every phase open at the time. Each version runs from
+the same way without changing them; at each phase's start and end the child folds the kernel's
+peak RSS since the last edge (VmHWM) into every phase open meanwhile and resets it
+(/proc/self/clear_refs), so each phase's peak is exact. Each version runs from
 a copy of the code (`git archive`), never the working tree, which other jobs may be editing:
 `--after-commit` gives the whole tree, `--before-commit` only components/evaluation/ (on the after
 tree), so the comparison isolates the evaluator's own code. The two result directories
@@ -93,51 +94,67 @@ RECOMMENDER_NAMES = {
 # --------------------------------------------------------------------------- the child: one timed run
 
 
-class _RssSampler:
-    """The process's RSS every `interval` seconds (and at every phase's start and end), kept as the
-    peak of each phase open at the time: a phase's peak includes its sub-phases'."""
+class _RssPeaks:
+    """Each phase's peak RSS, exact: at every phase's start and end the kernel's peak since the last
+    such edge (VmHWM) is folded into every phase open meanwhile, then the peak is reset to the
+    current RSS (writing 5 to /proc/self/clear_refs), so a phase's peak includes its sub-phases'.
+    Where the reset is refused, a thread samples the RSS every 0.25 s instead (a spike inside a call
+    that holds the GIL can then be missed)."""
 
     def __init__(self, interval: float = 0.25):
-        self.interval = interval
         self.open: list[str] = []
         self.peaks: dict[str, int] = {}
         self.started: dict[str, int] = {}
+        self.method = "VmHWM reset at each phase edge (/proc/self/clear_refs)"
+        self._interval = interval
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._page = os.sysconf("SC_PAGE_SIZE")
-        self._statm = open("/proc/self/statm", "rb", buffering=0)  # noqa: SIM115 - read until the process ends
+        self._thread = None
+        try:
+            self._reset()
+        except OSError:
+            self.method = "RSS sampled every 0.25 s and at each phase edge"
+            self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def rss(self) -> int:
-        self._statm.seek(0)
-        return int(self._statm.read().split()[1]) * self._page
+    @staticmethod
+    def _status(field: str) -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+        return 0
 
-    def sample(self) -> int:
-        value = self.rss()
+    @staticmethod
+    def _reset() -> None:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+
+    def _fold(self, value: int) -> None:
         for name in ["total", *self.open]:
             if value > self.peaks.get(name, 0):
                 self.peaks[name] = value
-        return value
+
+    def edge(self) -> int:
+        """At a phase's start or end: the peak since the last edge to the open phases; the RSS now."""
+        if self._thread is None:
+            self._fold(self._status("VmHWM:"))
+            self._reset()
+        now = self._status("VmRSS:")
+        self._fold(now)
+        return now
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.sample()
+        while not self._stop.wait(self._interval):
+            self._fold(self._status("VmRSS:"))
 
     def start(self) -> None:
-        self.started["total"] = self.sample()
-        self._thread.start()
+        self.started["total"] = self.edge()
+        if self._thread is not None:
+            self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join()
-        self.sample()
-
-
-def _high_water_mark() -> int:
-    """VmHWM: the process's peak RSS as the kernel counts it (bytes)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
+        if self._thread is not None:
+            self._thread.join()
+        self.edge()
 
 
 def _child(run_dir: str, output_dir: str, result_path: str, evaluator: str = "model", own_baselines: bool = False):
@@ -147,7 +164,7 @@ def _child(run_dir: str, output_dir: str, result_path: str, evaluator: str = "mo
     from towerflow.pipeline.mlmd import latest_artifacts
 
     times: dict[str, list[float]] = {}
-    rss = _RssSampler()
+    rss = _RssPeaks()
 
     def add(name: str, wall: float, cpu: float) -> None:
         entry = times.setdefault(name, [0.0, 0.0])
@@ -159,14 +176,15 @@ def _child(run_dir: str, output_dir: str, result_path: str, evaluator: str = "mo
             name = name_of(*args, **kwargs)
             if name is None:  # not measured on its own here (e.g. inside another phase)
                 return fn(*args, **kwargs)
+            now = rss.edge()
             rss.open.append(name)
-            rss.started.setdefault(name, rss.sample())
+            rss.started.setdefault(name, now)
             w, c = time.perf_counter(), time.process_time()
             try:
                 return fn(*args, **kwargs)
             finally:
                 add(name, time.perf_counter() - w, time.process_time() - c)
-                rss.sample()
+                rss.edge()
                 rss.open.remove(name)
 
         return wrapper
@@ -238,7 +256,8 @@ def _child(run_dir: str, output_dir: str, result_path: str, evaluator: str = "mo
                 "times": times,
                 "peak_rss": rss.peaks,
                 "start_rss": rss.started,
-                "high_water_mark": _high_water_mark(),
+                "high_water_mark": rss.peaks["total"],
+                "rss_method": rss.method,
                 "load_before": load_before,
                 "load_after": os.getloadavg(),
                 "code": offline.__file__,
@@ -536,15 +555,12 @@ def main(argv: list[str] | None = None) -> None:
             begin = results[label]["start_rss"].get(phase.strip() if phase.strip() == "total" else phase)
             row += " - | - |" if peak is None else f" {begin / gb:.2f} | {peak / gb:.2f} |"
         lines.append(row)
-    row = "| process peak (VmHWM) |"
-    for label in labels:
-        row += f" - | {results[label]['high_water_mark'] / gb:.2f} |"
+    methods = sorted({results[label].get("rss_method", "RSS sampled every 0.25 s") for label in labels})
     lines += [
-        row,
         "",
-        "The process's RSS sampled every 0.25 s and at each phase's start and end, in the measured process "
-        "alone (not its parent); a phase's peak includes its sub-phases', `at start` is the RSS when the "
-        "phase was first entered (for total: after the imports). VmHWM is the kernel's peak for the process.",
+        f"Peaks of the measured process alone (not its parent): {'; '.join(methods)}. A phase's peak "
+        "includes its sub-phases'; `at start` is the RSS when the phase was first entered (for total: "
+        "after the imports); total's peak is the process's.",
     ]
     if len(labels) == 2:
         count, diffs = compare_outputs(results[labels[0]]["out_dir"], results[labels[1]]["out_dir"])
