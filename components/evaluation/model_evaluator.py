@@ -89,6 +89,7 @@ from towerflow.components.evaluation.offline import (
     OfflineData,
     TwoTowerRecommender,
     evaluate_models,
+    release_freed_memory,
     user_slicings,
 )
 from towerflow.components.evaluation.protocol import EvalReport
@@ -369,6 +370,7 @@ def evaluate_baselines(data: OfflineData, config: "EvaluatorConfig", ks: Sequenc
     """The baselines' settings chosen on the eval window (train-only fits) and their test-window reports:
     ({name: {"settings", "selection", "describe"}}, {name: EvalReport}); needs no model."""
     fitted = baseline_models.select(data.frame, data.users, data.catalog.index, config.baselines)
+    release_freed_memory()  # the eval window's frames, eval set and train-only fits
     recommenders = {name: b.recommend for name, b in fitted.items()}
     reports = evaluate_models(data, None, None, ks=ks, baselines=recommenders, slicings=user_slicings(data.users))
     info = {

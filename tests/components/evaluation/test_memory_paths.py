@@ -225,3 +225,9 @@ def test_ranker_inputs_built_a_batch_at_a_time_as_before(world, model_dirs):
         assert set(got) == set(want)
         for key in want:
             assert got[key].dtype == want[key].dtype and np.array_equal(got[key], want[key]), key
+
+
+def test_release_freed_memory_is_harmless_with_or_without_malloc_trim(monkeypatch):
+    offline.release_freed_memory()  # glibc here: malloc_trim(0)
+    monkeypatch.setattr(offline.ctypes.util, "find_library", lambda name: None)
+    offline.release_freed_memory()  # no C library found: nothing to do
