@@ -327,7 +327,7 @@ def run_size(
     if seed_metadata:
         # TFX's cache keys leave out artifact URIs: components whose code, settings and inputs match the
         # earlier run are taken from its store (its artifacts stay where they are) instead of running
-        out_dir.mkdir(parents=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(seed_metadata, out_dir / "metadata.sqlite")
         result.seeded_from = str(seed_metadata)
     if not (data_dir / "interactions.csv").is_file():
