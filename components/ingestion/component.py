@@ -84,6 +84,12 @@ def check_rows_kept(summary: dict) -> None:
         )
 
 
+def pipelines_like(first: beam.Pipeline) -> Callable[[int], beam.Pipeline]:
+    """`run_checked`'s make_pipeline for the pipeline TFX hands the component: that one for attempt 1,
+    then a new pipeline with its options (runner, workers) for each later attempt (a pipeline runs once)."""
+    return lambda attempt: first if attempt == 1 else beam.Pipeline(options=first.options)
+
+
 def run_checked(
     make_pipeline: Callable[[int], beam.Pipeline],
     build: Callable[[beam.Pipeline], None],
@@ -180,7 +186,7 @@ def Ingestion(  # noqa: N802 - TFX names components like classes
         shards=beam_ingest.user_shards(readers.count_lines(data_dir, dataset_format)),
     )
     summary, attempt = run_checked(
-        lambda n: beam_pipeline if n == 1 else beam.Pipeline(options=beam_pipeline.options),
+        pipelines_like(beam_pipeline),
         build,
         [examples.uri, item_catalog.uri, quarantine.uri],
         summary_path,

@@ -17,6 +17,7 @@ from towerflow.components.ingestion.component import (
     RowsLostError,
     check_bad_rows,
     check_rows_kept,
+    pipelines_like,
     run_checked,
 )
 from towerflow.components.ingestion.splits import SplitConfig
@@ -293,3 +294,14 @@ def test_rows_lost_on_every_attempt_stop_the_run(tmp_path):
     with pytest.raises(RowsLostError, match="rows are unaccounted for"):
         run_checked(make_pipeline, build, list(uris.values()), summary_path, attempts=3)
     assert built == [True, True, True]
+
+
+def test_later_attempts_get_a_new_pipeline_with_the_first_ones_options():
+    first = beam.Pipeline(argv=["--direct_running_mode=in_memory", "--direct_num_workers=1"])
+    make = pipelines_like(first)
+    assert make(1) is first
+    second = make(2)
+    assert second is not first
+    assert second.options.get_all_options()["direct_running_mode"] == "in_memory"
+    with second as pipeline:  # and it runs
+        _ = pipeline | beam.Create([1, 2]) | beam.Map(lambda x: x)
