@@ -112,6 +112,18 @@ class FitInput:
         return _interaction_matrix(self)
 
     @cached_property
+    def ordinal(self) -> np.ndarray:
+        """Per row of `frame`, its position among its user's rows by time (ties by the frame's order),
+        0 first: one stable sort of integer user codes, shared by every first-n setting."""
+        users = string_codes(self.frame[F.USER_ID])[0]
+        order = np.lexsort((self.frame[F.TIMESTAMP].to_numpy(), users))  # stable: ties keep the frame's order
+        counts = np.bincount(users, minlength=int(users.max(initial=-1)) + 1)
+        position = np.arange(len(order), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+        ordinal = np.empty(len(order), dtype=np.int64)
+        ordinal[order] = position
+        return ordinal
+
+    @cached_property
     def cooccurrence(self) -> np.ndarray:
         """X^T X of the binary interaction matrix (float64; integer counts, exact)."""
         matrix = self.interactions[1]
@@ -251,8 +263,8 @@ class RecentPopularity(ScoredRecommender):
     def __init__(self, fit: FitInput, window_days: float):
         super().__init__(fit.catalog, _popularity_rank(fit))
         self.window_days = float(window_days)
-        recent = fit.frame[fit.frame[F.TIMESTAMP] >= fit.as_of - self.window_days * SECONDS_PER_DAY]
-        self._scores = _counts(recent, fit.catalog)
+        recent = (fit.frame[F.TIMESTAMP] >= fit.as_of - self.window_days * SECONDS_PER_DAY).to_numpy()
+        self._scores = _counts(fit.frame.loc[recent, [F.ITEM_ID]], fit.catalog)
         self.rank = _rank_of(self._scores, self._tie_rank)  # the fallback order of item_knn and ease
 
     def scores(self, user_ids):
@@ -267,11 +279,10 @@ class NewcomerPopularity(RecentPopularity):
     def __init__(self, fit: FitInput, window_days: float, first_n: int):
         super().__init__(fit, window_days)
         self.first_n = int(first_n)
-        frame = fit.frame.sort_values(F.TIMESTAMP, kind="stable")
-        ordinal = frame.groupby(frame[F.USER_ID].astype(str), sort=False).cumcount()
-        early = frame[(ordinal < self.first_n).to_numpy()]
-        recent = early[early[F.TIMESTAMP] >= fit.as_of - self.window_days * SECONDS_PER_DAY]
-        self._scores = _counts(recent, fit.catalog)
+        recent = (fit.ordinal < self.first_n) & (
+            fit.frame[F.TIMESTAMP].to_numpy() >= fit.as_of - self.window_days * SECONDS_PER_DAY
+        )
+        self._scores = _counts(fit.frame.loc[recent, [F.ITEM_ID]], fit.catalog)
         self.rank = _rank_of(self._scores, self._tie_rank)
 
 
@@ -446,13 +457,24 @@ def select(
             stacklevel=2,
         )
         names = [n for n in names if n not in (ITEM_KNN, EASE)]
-    val = validation_frame(frame, (F.USER_ID, F.ITEM_ID, F.TIMESTAMP))  # what the fits and the eval set read
+    chosen = _choose_settings(frame, users, catalog, names, grids)
+    # the refits only after the eval window's frame, eval set and fit are gone
+    final_fit = _fit_input(frame, users, catalog, tuple(refit_splits))
+    return {
+        name: FittedBaseline(name, chosen[name][0], chosen[name][1], build(name, final_fit, chosen[name][0]))
+        for name in names
+    }
+
+
+def _choose_settings(frame, users, catalog, names, grids) -> dict[str, tuple[dict, dict]]:
+    """name -> (settings, eval-window metric per grid value): `select`'s choices on train-only fits."""
+    val = validation_frame(frame, (F.USER_ID, F.ITEM_ID, F.TIMESTAMP))  # what the fit and the eval set read
     try:
         eval_set = EvalSet.from_frame(val, catalog=catalog)
     except ValueError:  # no eval window (or no user in it): settings fall back to the first grid value
         eval_set = None
     val_fit = _fit_input(val, users, catalog, ("train",))
-    final_fit = _fit_input(frame, users, catalog, tuple(refit_splits))
+    del val
 
     window, window_scores = _choose(list(grids.recent_days), lambda d: RecentPopularity(val_fit, d), eval_set, grids)
     fallback = RecentPopularity(val_fit, window)
@@ -472,10 +494,7 @@ def select(
     if EASE in names:
         lam, scores = _choose(list(grids.ease_lambdas), lambda v: Ease(val_fit, v, fallback), eval_set, grids)
         chosen[EASE] = ({"lambda": float(lam), "fallback_window_days": float(window)}, scores)
-    return {
-        name: FittedBaseline(name, chosen[name][0], chosen[name][1], build(name, final_fit, chosen[name][0]))
-        for name in names
-    }
+    return chosen
 
 
 def _items_by_user(frame: pd.DataFrame) -> dict[str, list[str]]:
@@ -506,8 +525,7 @@ def serving_lists(
     """
     catalog = tuple(str(i) for i in catalog)
     as_of = float(frame[F.TIMESTAMP].max()) + 1.0 if len(frame) else 0.0
-    fit = FitInput(frame[[F.USER_ID, F.ITEM_ID, F.TIMESTAMP]], users, catalog, as_of)
-    recommend = build(name, fit, settings)
+    recommend = build(name, FitInput(frame[[F.USER_ID, F.ITEM_ID, F.TIMESTAMP]], users, catalog, as_of), settings)
     n = max(1, min(int(n), len(catalog)))
     seen = _items_by_user(frame)
     user_ids = sorted(set(seen) | {str(u) for u in users.index})

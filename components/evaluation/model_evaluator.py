@@ -92,7 +92,7 @@ from towerflow.components.evaluation.offline import (
     release_freed_memory,
     user_slicings,
 )
-from towerflow.components.evaluation.protocol import EvalReport
+from towerflow.components.evaluation.protocol import EvalReport, catalog_ids
 from towerflow.components.evaluation.statistics import SCORED_ITEMS, paired_comparison, quantile_bins
 from towerflow.components.index.component import RetrievalIndex, tower_dir
 from towerflow.components.index.component import read_evaluation as read_index_evaluation
@@ -387,9 +387,11 @@ def _baseline_key(config: "EvaluatorConfig", ks: Sequence[int], test_users: int)
 def write_baseline_evaluation(data: OfflineData, config: "EvaluatorConfig", output_dir: str) -> dict:
     """BaselineEvaluator's work: `evaluate_baselines`, and the best baseline's fallback lists (ModelEvaluator
     copies them when it does not bless the models)."""
-    eval_set = data.eval_set()
-    ks = curve_ks(config.ks, len(eval_set.catalog))
+    # the test window's eval set only once the baselines are chosen (it and the eval window's would
+    # otherwise be held at once)
+    ks = curve_ks(config.ks, len(catalog_ids(data.catalog.index)))
     fitted, reports = evaluate_baselines(data, config, ks)
+    eval_set = data.eval_set()
     best = best_baseline(_to_dicts(reports), config.gate.baseline_metric)
     fallback = None
     if best:

@@ -112,6 +112,11 @@ def string_codes(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return merged[codes], np.asarray(names, dtype=object)
 
 
+def catalog_ids(catalog: Iterable) -> tuple[str, ...]:
+    """An eval set's catalog: the ids as str, each once, in their first order."""
+    return tuple(pd.unique(np.asarray([str(i) for i in catalog], dtype=object)))
+
+
 def _group_sets(keys: np.ndarray, n_items: int, items: np.ndarray, users: np.ndarray) -> list[frozenset[str]]:
     """Per user code of `users`: the frozenset of the items whose (user x n_items + item) key is in
     `keys` (sorted, unique)."""
@@ -215,7 +220,7 @@ class EvalSet:
         if catalog is None:
             catalog_items = tuple(sorted(item_names.tolist()))
         else:
-            catalog_items = tuple(pd.unique(np.asarray([str(i) for i in catalog], dtype=object)))
+            catalog_items = catalog_ids(catalog)
             outside = set(item_names[np.unique(relevant_keys % n_items)].tolist()) - set(catalog_items)
             if outside:
                 raise ValueError(f"relevant items missing from the catalog: {sorted(outside)[:5]}")

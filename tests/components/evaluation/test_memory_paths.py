@@ -231,3 +231,28 @@ def test_release_freed_memory_is_harmless_with_or_without_malloc_trim(monkeypatc
     offline.release_freed_memory()  # glibc here: malloc_trim(0)
     monkeypatch.setattr(offline.ctypes.util, "find_library", lambda name: None)
     offline.release_freed_memory()  # no C library found: nothing to do
+
+
+def reference_newcomer_scores(fit: B.FitInput, window_days: float, first_n: int) -> np.ndarray:
+    """NewcomerPopularity's counts before: a sorted copy of the fit's frame and a groupby per setting."""
+    frame = fit.frame.sort_values(F.TIMESTAMP, kind="stable")
+    ordinal = frame.groupby(frame[F.USER_ID].astype(str), sort=False).cumcount()
+    early = frame[(ordinal < first_n).to_numpy()]
+    recent = early[early[F.TIMESTAMP] >= fit.as_of - window_days * B.SECONDS_PER_DAY]
+    return B._counts(recent, fit.catalog)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_newcomer_and_recent_counts_as_before(seed):
+    frame = _random_frame(seed).rename(columns={"user_id": F.USER_ID, "item_id": F.ITEM_ID, "timestamp": F.TIMESTAMP})
+    frame[F.TIMESTAMP] = frame[F.TIMESTAMP] * (B.SECONDS_PER_DAY // 4)  # many ties: the frame's order decides
+    catalog = tuple(sorted({str(i) for i in frame[F.ITEM_ID]}) + ["never"])
+    as_of = float(frame[F.TIMESTAMP].max()) + 1.0
+    fit = B.FitInput(frame[[F.USER_ID, F.ITEM_ID, F.TIMESTAMP]], pd.DataFrame(), catalog, as_of)
+    assert 0 < (frame[F.TIMESTAMP] >= as_of - 3 * B.SECONDS_PER_DAY).sum() < len(frame)  # windows cut the rows
+    for window in (1, 3, 30):
+        recent = frame[frame[F.TIMESTAMP] >= fit.as_of - window * B.SECONDS_PER_DAY]
+        assert np.array_equal(B.RecentPopularity(fit, window)._scores, B._counts(recent, catalog))
+        for first_n in (1, 2, 5, 50):
+            got = B.NewcomerPopularity(fit, window, first_n)._scores
+            assert np.array_equal(got, reference_newcomer_scores(fit, window, first_n)), (window, first_n)
