@@ -387,7 +387,7 @@ def _plain(value):
 
 def compare_outputs(a_dir: Path, b_dir: Path) -> tuple[int, list[str]]:
     """(values compared, differences) over model_evaluation.json, baseline_fallback.json and the
-    BaselineEvaluator's baseline_evaluation.pkl (nan equals nan)."""
+    BaselineEvaluator's baseline_evaluation.pkl, those in both directories (nan equals nan)."""
     import pickle
 
     count, diffs = 0, []
@@ -411,10 +411,10 @@ def compare_outputs(a_dir: Path, b_dir: Path) -> tuple[int, list[str]]:
                 diffs.append(f"{path}: {str(a)[:60]} != {str(b)[:60]}")
 
     for name in ("model_evaluation.json", "baseline_fallback.json"):
-        if (a_dir / name).exists() or (b_dir / name).exists():
+        if (a_dir / name).exists() and (b_dir / name).exists():
             walk(json.loads((a_dir / name).read_text()), json.loads((b_dir / name).read_text()), name)
     name = "baseline_evaluation.pkl"
-    if (a_dir / name).exists() or (b_dir / name).exists():
+    if (a_dir / name).exists() and (b_dir / name).exists():
         loaded = [pickle.loads((d / name).read_bytes()) for d in (a_dir, b_dir)]  # written by the children above
         walk(*(_plain(x) for x in loaded), name)
     return count, diffs
@@ -441,6 +441,12 @@ def main(argv: list[str] | None = None) -> None:
         "BaselineEvaluator output (what this benchmark measured before it had --evaluator)",
     )
     parser.add_argument("--timeout", type=float, default=1500, help="seconds per run at most")
+    parser.add_argument(
+        "--compare-with",
+        default=None,
+        help="also compare the last version's outputs with this directory's (e.g. the run's own evaluator "
+        "artifact), value by value",
+    )
     parser.add_argument("--out", default=None, help="write the Markdown report here")
     parser.add_argument("--child", nargs=2, metavar=("OUTPUT_DIR", "RESULT_JSON"), help=argparse.SUPPRESS)
     parser.add_argument(
@@ -573,6 +579,15 @@ def main(argv: list[str] | None = None) -> None:
             lines += [f"- `{d}`" for d in diffs[:20]]
         else:
             lines.append(f"{names}: all {count:,} values equal (`created` aside).")
+    if args.compare_with:
+        reference = Path(args.compare_with)
+        count, diffs = compare_outputs(reference, results[labels[-1]]["out_dir"])
+        lines += ["", f"## Same results as `{args.compare_with}`", ""]
+        if diffs:
+            lines.append(f"{len(diffs)} of {count:,} values differ from {labels[-1]}'s outputs:")
+            lines += [f"- `{d}`" for d in diffs[:20]]
+        else:
+            lines.append(f"{labels[-1]}'s outputs and the directory's: all {count:,} values equal (`created` aside).")
     report = "\n".join(lines) + "\n"
     print(report)
     if args.out:
