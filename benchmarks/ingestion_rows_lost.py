@@ -90,6 +90,10 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", required=True, help="the raw data the run read (towerflow CSV format)")
     parser.add_argument("--examples", required=True, help="the run's Ingestion examples directory (Split-*/)")
     args = parser.parse_args(argv)
+    if not os.path.isfile(os.path.join(args.data_dir, "interactions.csv")):
+        parser.error(f"{args.data_dir} has no interactions.csv (the towerflow CSV format)")
+    if not glob.glob(os.path.join(args.examples, "Split-*", "*.gz")):
+        parser.error(f"{args.examples} has no Split-*/*.gz example files")
     started = time.time()
     print(f"machine: {cpu_model()}, {cores()} cores, {memory_gib()}")
     files = shard_files(args.examples)

@@ -588,6 +588,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--command", default=None, help="with --render: the command that measured the json")
     parser.add_argument("--render", default=None, help="only re-render the table from a pipeline_scaling.json")
     args = parser.parse_args(argv)
+    if args.seed_metadata and not Path(args.seed_metadata).is_file():
+        parser.error(f"--seed-metadata {args.seed_metadata}: no such file (an earlier run's metadata.sqlite)")
     command = "benchmarks/pipeline_scaling.py " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.render:
         results = [_load_result(r) for r in json.loads(Path(args.render).read_text())]

@@ -106,6 +106,8 @@ def run_checked(
     20M": whole stretches of one worker's output to one user shard, never reaching the shuffle), and
     a fresh run of the same graph kept every row in others.
     """
+    if attempts < 1:
+        raise ValueError(f"attempts must be >= 1, got {attempts}")
     for attempt in range(1, attempts + 1):
         if attempt > 1:
             for uri in output_uris:
@@ -123,7 +125,7 @@ def run_checked(
             if attempt == attempts:
                 raise
             logging.warning("ingestion attempt %d of %d lost rows, running it again: %s", attempt, attempts, error)
-    raise ValueError(f"attempts must be >= 1, got {attempts}")
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def check_bad_rows(summary: dict, max_bad_fraction: float, quarantine_uri: str = "") -> None:

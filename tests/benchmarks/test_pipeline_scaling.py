@@ -3,6 +3,8 @@
 import os
 import sys
 
+import pytest
+
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
 
 import pipeline_scaling as ps  # noqa: E402
@@ -34,3 +36,9 @@ def test_the_seed_survives_the_json_round_trip():
     from dataclasses import asdict
 
     assert ps._load_result(asdict(_result("s.sqlite"))).seeded_from == "s.sqlite"
+
+
+def test_a_missing_seed_store_is_refused_before_anything_runs(tmp_path):
+    with pytest.raises(SystemExit):
+        ps.main(["--sizes", "100k", "--work-dir", str(tmp_path), "--seed-metadata", str(tmp_path / "none.sqlite")])
+    assert not (tmp_path / "scale-100k").exists()

@@ -305,3 +305,8 @@ def test_later_attempts_get_a_new_pipeline_with_the_first_ones_options():
     assert second.options.get_all_options()["direct_running_mode"] == "in_memory"
     with second as pipeline:  # and it runs
         _ = pipeline | beam.Create([1, 2]) | beam.Map(lambda x: x)
+
+
+def test_zero_attempts_are_refused():
+    with pytest.raises(ValueError, match="attempts must be >= 1"):
+        run_checked(lambda attempt: None, lambda pipeline: None, [], "unused", attempts=0)
